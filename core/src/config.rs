@@ -1,0 +1,585 @@
+//! Runtime configuration: typed, with defaults, builder methods, and
+//! `SLUICEGATE_*` environment variables that override the code.
+//!
+//! ```
+//! use sluicegate::{Config, Overflow};
+//!
+//! let config = Config::default()
+//!     .prefetch(128)
+//!     .max_in_flight(32)
+//!     .overflow(Overflow::Nack)
+//!     .with_env_from(|name| (name == "SLUICEGATE_PREFETCH").then(|| "256".to_string()))
+//!     .unwrap();
+//! assert_eq!(config.prefetch_limit(), 256); // the environment wins
+//! assert_eq!(config.max_in_flight_limit(), 32);
+//!
+//! let err = Config::default()
+//!     .with_env_from(|name| (name == "SLUICEGATE_OVERFLOW").then(|| "explode".to_string()))
+//!     .unwrap_err();
+//! assert!(err.to_string().contains("SLUICEGATE_OVERFLOW=\"explode\""), "{err}");
+//! ```
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::retry::RetryPolicy;
+
+/// What the runtime does with an arriving message when its lanes are full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Overflow {
+    /// Stop pulling and pause the source: the broker holds the backlog.
+    Block,
+    /// Requeue the arriving message at the broker (for competing consumers),
+    /// then stop pulling until a slot frees, so a lone worker never spins.
+    Nack,
+    /// Hand it back to the broker to redeliver after the overflow delay,
+    /// holding nothing meanwhile. The attempt number does not grow.
+    Delay,
+    /// Acknowledge and discard it, counted and logged.
+    Drop,
+}
+
+impl Overflow {
+    /// The names accepted in `SLUICEGATE_OVERFLOW`.
+    pub const NAMES: &'static str = "block, nack, delay, drop";
+
+    /// The lowercase name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Overflow::Block => "block",
+            Overflow::Nack => "nack",
+            Overflow::Delay => "delay",
+            Overflow::Drop => "drop",
+        }
+    }
+}
+
+impl fmt::Display for Overflow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Overflow {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "block" => Ok(Overflow::Block),
+            "nack" | "requeue" => Ok(Overflow::Nack),
+            "delay" => Ok(Overflow::Delay),
+            "drop" => Ok(Overflow::Drop),
+            _ => Err(format!("one of {}", Overflow::NAMES)),
+        }
+    }
+}
+
+/// A configuration value that cannot be used. Names the variable, the value
+/// and what is allowed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {variable}={value:?}: expected {expected}")]
+pub struct ConfigError {
+    /// The variable (or builder setting) at fault.
+    pub variable: String,
+    /// The value it had.
+    pub value: String,
+    /// What would have been accepted.
+    pub expected: String,
+}
+
+impl ConfigError {
+    /// A new error for `variable` holding `value`.
+    pub fn new(
+        variable: impl Into<String>,
+        value: impl fmt::Display,
+        expected: impl Into<String>,
+    ) -> Self {
+        Self {
+            variable: variable.into(),
+            value: value.to_string(),
+            expected: expected.into(),
+        }
+    }
+}
+
+/// Every environment variable the core reads, with its meaning, for
+/// documentation and `--help` output.
+pub const ENV_VARS: &[(&str, &str, &str)] = &[
+    (
+        "SLUICEGATE_PREFETCH",
+        "64",
+        "messages the process holds at most (lanes + running + being settled); the broker prefetch. 1-65535",
+    ),
+    (
+        "SLUICEGATE_MAX_IN_FLIGHT",
+        "16",
+        "handlers running at once. 1..=PREFETCH",
+    ),
+    (
+        "SLUICEGATE_OVERFLOW",
+        "block",
+        "when the lanes are full: block | nack | delay | drop",
+    ),
+    (
+        "SLUICEGATE_OVERFLOW_DELAY_MS",
+        "1000",
+        "with overflow=delay: how long the broker holds an overflowing message back. >= 1",
+    ),
+    (
+        "SLUICEGATE_RETRY_MAX",
+        "5",
+        "retries after the first attempt before dead-lettering. 0-1000",
+    ),
+    (
+        "SLUICEGATE_RETRY_BASE_MS",
+        "200",
+        "first retry delay; doubles each retry. >= 1",
+    ),
+    (
+        "SLUICEGATE_RETRY_MAX_MS",
+        "60000",
+        "longest retry delay. >= RETRY_BASE_MS",
+    ),
+    (
+        "SLUICEGATE_RETRY_JITTER",
+        "true",
+        "add random jitter (up to one extra delay) to retries: true | false",
+    ),
+    (
+        "SLUICEGATE_HANDLER_TIMEOUT_MS",
+        "30000",
+        "a handler running longer is cancelled and its message retried. >= 1",
+    ),
+    (
+        "SLUICEGATE_SHUTDOWN_GRACE_MS",
+        "10000",
+        "on shutdown, how long running handlers may finish before they are cancelled and requeued. >= 0",
+    ),
+];
+
+/// The runtime's settings. Start from [`Config::default`] or
+/// [`Config::from_env`], adjust with the builder methods.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    prefetch: u16,
+    max_in_flight: u16,
+    overflow: Overflow,
+    overflow_delay: Duration,
+    retry: RetryPolicy,
+    handler_timeout: Duration,
+    shutdown_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            prefetch: 64,
+            max_in_flight: 16,
+            overflow: Overflow::Block,
+            overflow_delay: Duration::from_millis(1000),
+            retry: RetryPolicy::default(),
+            handler_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Config {
+    /// Defaults overridden by the `SLUICEGATE_*` environment variables.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::default().with_env()
+    }
+
+    /// This configuration overridden by the `SLUICEGATE_*` environment
+    /// variables (the environment wins over the code).
+    pub fn with_env(self) -> Result<Self, ConfigError> {
+        self.with_env_from(|name| std::env::var(name).ok())
+    }
+
+    /// Like [`Config::with_env`], reading variables through `lookup`.
+    pub fn with_env_from(
+        mut self,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let env = EnvReader { lookup: &lookup };
+        if let Some(v) =
+            env.parse::<u16>("SLUICEGATE_PREFETCH", "a whole number from 1 to 65535")?
+        {
+            self.prefetch = v;
+        }
+        if let Some(v) = env.parse::<u16>(
+            "SLUICEGATE_MAX_IN_FLIGHT",
+            "a whole number from 1 to 65535, at most SLUICEGATE_PREFETCH",
+        )? {
+            self.max_in_flight = v;
+        }
+        if let Some(v) = env.parse::<Overflow>(
+            "SLUICEGATE_OVERFLOW",
+            &format!("one of {}", Overflow::NAMES),
+        )? {
+            self.overflow = v;
+        }
+        if let Some(v) = env.millis("SLUICEGATE_OVERFLOW_DELAY_MS")? {
+            self.overflow_delay = v;
+        }
+        let mut max_retries = self.retry.max_retries();
+        let mut base = self.retry.base();
+        let mut max = self.retry.max();
+        let mut jitter = self.retry.jitter();
+        if let Some(v) =
+            env.parse::<u32>("SLUICEGATE_RETRY_MAX", "a whole number from 0 to 1000")?
+        {
+            max_retries = v;
+        }
+        if let Some(v) = env.millis("SLUICEGATE_RETRY_BASE_MS")? {
+            base = v;
+        }
+        if let Some(v) = env.millis("SLUICEGATE_RETRY_MAX_MS")? {
+            max = v;
+        }
+        if let Some(v) = env.parse::<bool>("SLUICEGATE_RETRY_JITTER", "true or false")? {
+            jitter = v;
+        }
+        self.retry = RetryPolicy::new(max_retries, base, max).with_jitter(jitter);
+        if let Some(v) = env.millis("SLUICEGATE_HANDLER_TIMEOUT_MS")? {
+            self.handler_timeout = v;
+        }
+        if let Some(v) = env.millis("SLUICEGATE_SHUTDOWN_GRACE_MS")? {
+            self.shutdown_grace = v;
+        }
+        self.validate()?;
+        Ok(self)
+    }
+
+    /// Checks the settings together; [`crate::Worker`] calls this before
+    /// it starts.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.prefetch == 0 {
+            return Err(ConfigError::new(
+                "SLUICEGATE_PREFETCH",
+                self.prefetch,
+                "a whole number from 1 to 65535",
+            ));
+        }
+        if self.max_in_flight == 0 || self.max_in_flight > self.prefetch {
+            return Err(ConfigError::new(
+                "SLUICEGATE_MAX_IN_FLIGHT",
+                self.max_in_flight,
+                format!(
+                    "a whole number from 1 to SLUICEGATE_PREFETCH ({})",
+                    self.prefetch
+                ),
+            ));
+        }
+        if self.overflow != Overflow::Block && self.prefetch < 2 {
+            return Err(ConfigError::new(
+                "SLUICEGATE_PREFETCH",
+                self.prefetch,
+                format!(
+                    "at least 2 with SLUICEGATE_OVERFLOW={} (part of the prefetch is kept to see and settle overflowing messages)",
+                    self.overflow
+                ),
+            ));
+        }
+        if self.overflow_delay.is_zero() {
+            return Err(ConfigError::new(
+                "SLUICEGATE_OVERFLOW_DELAY_MS",
+                0,
+                "at least 1",
+            ));
+        }
+        if self.retry.max_retries() > 1000 {
+            return Err(ConfigError::new(
+                "SLUICEGATE_RETRY_MAX",
+                self.retry.max_retries(),
+                "a whole number from 0 to 1000",
+            ));
+        }
+        if self.retry.base().is_zero() {
+            return Err(ConfigError::new(
+                "SLUICEGATE_RETRY_BASE_MS",
+                0,
+                "at least 1",
+            ));
+        }
+        if self.retry.max() < self.retry.base() {
+            return Err(ConfigError::new(
+                "SLUICEGATE_RETRY_MAX_MS",
+                self.retry.max().as_millis(),
+                format!(
+                    "at least SLUICEGATE_RETRY_BASE_MS ({})",
+                    self.retry.base().as_millis()
+                ),
+            ));
+        }
+        if self.handler_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "SLUICEGATE_HANDLER_TIMEOUT_MS",
+                0,
+                "at least 1",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Sets the prefetch: the most messages the process holds.
+    pub fn prefetch(mut self, n: u16) -> Self {
+        self.prefetch = n;
+        self
+    }
+
+    /// Sets how many handlers run at once.
+    pub fn max_in_flight(mut self, n: u16) -> Self {
+        self.max_in_flight = n;
+        self
+    }
+
+    /// Sets the overflow policy.
+    pub fn overflow(mut self, policy: Overflow) -> Self {
+        self.overflow = policy;
+        self
+    }
+
+    /// Sets how long `Overflow::Delay` holds a message back.
+    pub fn overflow_delay(mut self, d: Duration) -> Self {
+        self.overflow_delay = d;
+        self
+    }
+
+    /// Sets the retry policy.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// Sets the handler timeout.
+    pub fn handler_timeout(mut self, d: Duration) -> Self {
+        self.handler_timeout = d;
+        self
+    }
+
+    /// Sets the shutdown grace period.
+    pub fn shutdown_grace(mut self, d: Duration) -> Self {
+        self.shutdown_grace = d;
+        self
+    }
+
+    /// The prefetch.
+    pub fn prefetch_limit(&self) -> u16 {
+        self.prefetch
+    }
+
+    /// The concurrency limit.
+    pub fn max_in_flight_limit(&self) -> u16 {
+        self.max_in_flight
+    }
+
+    /// The overflow policy.
+    pub fn overflow_policy(&self) -> Overflow {
+        self.overflow
+    }
+
+    /// The overflow delay.
+    pub fn overflow_delay_duration(&self) -> Duration {
+        self.overflow_delay
+    }
+
+    /// The retry policy.
+    pub fn retry_policy(&self) -> &RetryPolicy {
+        &self.retry
+    }
+
+    /// The handler timeout.
+    pub fn handler_timeout_duration(&self) -> Duration {
+        self.handler_timeout
+    }
+
+    /// The shutdown grace period.
+    pub fn shutdown_grace_duration(&self) -> Duration {
+        self.shutdown_grace
+    }
+
+    /// How many of the prefetch slots are kept free to see and settle
+    /// overflowing messages: none with `Block`, an eighth (at least one)
+    /// otherwise.
+    pub fn intake_reserve(&self) -> usize {
+        match self.overflow {
+            Overflow::Block => 0,
+            _ => (usize::from(self.prefetch) / 8).max(1),
+        }
+    }
+}
+
+struct EnvReader<'a> {
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl EnvReader<'_> {
+    fn parse<T: FromStr>(&self, name: &str, expected: &str) -> Result<Option<T>, ConfigError> {
+        match (self.lookup)(name) {
+            None => Ok(None),
+            Some(raw) => raw
+                .trim()
+                .parse::<T>()
+                .map(Some)
+                .map_err(|_| ConfigError::new(name, &raw, expected)),
+        }
+    }
+
+    fn millis(&self, name: &str) -> Result<Option<Duration>, ConfigError> {
+        Ok(self
+            .parse::<u64>(name, "a whole number of milliseconds")?
+            .map(Duration::from_millis))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn from(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::default().with_env_from(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn environment_overrides_defaults() {
+        let c = from(&[
+            ("SLUICEGATE_PREFETCH", "200"),
+            ("SLUICEGATE_MAX_IN_FLIGHT", "50"),
+            ("SLUICEGATE_OVERFLOW", "Drop"),
+            ("SLUICEGATE_RETRY_MAX", "2"),
+            ("SLUICEGATE_RETRY_BASE_MS", "10"),
+            ("SLUICEGATE_RETRY_MAX_MS", "80"),
+            ("SLUICEGATE_RETRY_JITTER", "false"),
+            ("SLUICEGATE_HANDLER_TIMEOUT_MS", "1500"),
+            ("SLUICEGATE_SHUTDOWN_GRACE_MS", "0"),
+            ("SLUICEGATE_OVERFLOW_DELAY_MS", "250"),
+        ])
+        .unwrap();
+        assert_eq!(c.prefetch_limit(), 200);
+        assert_eq!(c.max_in_flight_limit(), 50);
+        assert_eq!(c.overflow_policy(), Overflow::Drop);
+        assert_eq!(
+            c.retry_policy(),
+            &RetryPolicy::new(2, Duration::from_millis(10), Duration::from_millis(80))
+                .without_jitter()
+        );
+        assert_eq!(c.handler_timeout_duration(), Duration::from_millis(1500));
+        assert_eq!(c.shutdown_grace_duration(), Duration::ZERO);
+        assert_eq!(c.overflow_delay_duration(), Duration::from_millis(250));
+        assert_eq!(c.intake_reserve(), 25);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable_the_value_and_what_is_allowed() {
+        let cases: &[(&[(&str, &str)], &str, &str, &str)] = &[
+            (
+                &[("SLUICEGATE_PREFETCH", "abc")],
+                "SLUICEGATE_PREFETCH",
+                "abc",
+                "1 to 65535",
+            ),
+            (
+                &[("SLUICEGATE_PREFETCH", "0")],
+                "SLUICEGATE_PREFETCH",
+                "0",
+                "1 to 65535",
+            ),
+            (
+                &[("SLUICEGATE_PREFETCH", "-5")],
+                "SLUICEGATE_PREFETCH",
+                "-5",
+                "1 to 65535",
+            ),
+            (
+                &[("SLUICEGATE_PREFETCH", "70000")],
+                "SLUICEGATE_PREFETCH",
+                "70000",
+                "1 to 65535",
+            ),
+            (
+                &[
+                    ("SLUICEGATE_PREFETCH", "10"),
+                    ("SLUICEGATE_MAX_IN_FLIGHT", "11"),
+                ],
+                "SLUICEGATE_MAX_IN_FLIGHT",
+                "11",
+                "SLUICEGATE_PREFETCH (10)",
+            ),
+            (
+                &[("SLUICEGATE_OVERFLOW", "explode")],
+                "SLUICEGATE_OVERFLOW",
+                "explode",
+                "block, nack, delay, drop",
+            ),
+            (
+                &[("SLUICEGATE_RETRY_BASE_MS", "1.5")],
+                "SLUICEGATE_RETRY_BASE_MS",
+                "1.5",
+                "milliseconds",
+            ),
+            (
+                &[
+                    ("SLUICEGATE_RETRY_BASE_MS", "500"),
+                    ("SLUICEGATE_RETRY_MAX_MS", "100"),
+                ],
+                "SLUICEGATE_RETRY_MAX_MS",
+                "100",
+                "SLUICEGATE_RETRY_BASE_MS (500)",
+            ),
+            (
+                &[("SLUICEGATE_RETRY_JITTER", "maybe")],
+                "SLUICEGATE_RETRY_JITTER",
+                "maybe",
+                "true or false",
+            ),
+            (
+                &[("SLUICEGATE_HANDLER_TIMEOUT_MS", "0")],
+                "SLUICEGATE_HANDLER_TIMEOUT_MS",
+                "0",
+                "at least 1",
+            ),
+            (
+                &[
+                    ("SLUICEGATE_PREFETCH", "1"),
+                    ("SLUICEGATE_MAX_IN_FLIGHT", "1"),
+                    ("SLUICEGATE_OVERFLOW", "drop"),
+                ],
+                "SLUICEGATE_PREFETCH",
+                "1",
+                "at least 2",
+            ),
+        ];
+        for (vars, variable, value, expected) in cases {
+            let err = from(vars).expect_err(&format!("{vars:?} should be refused"));
+            assert_eq!(err.variable, *variable, "{vars:?}");
+            assert_eq!(err.value, *value, "{vars:?}");
+            assert!(err.expected.contains(expected), "{vars:?}: {err}");
+            let text = err.to_string();
+            assert!(text.contains(variable) && text.contains(value), "{text}");
+        }
+    }
+
+    #[test]
+    fn the_env_table_lists_every_variable_read() {
+        let whole = include_str!("config.rs");
+        let source = &whole[..whole.find("#[cfg(test)]").unwrap_or(whole.len())];
+        for (name, _, _) in ENV_VARS {
+            assert!(
+                source.matches(name).count() >= 2,
+                "{name} is documented but never read"
+            );
+        }
+        let read = source.matches("env.parse::<").count() + source.matches("env.millis(\"").count();
+        assert_eq!(
+            read,
+            ENV_VARS.len(),
+            "a variable is read but missing from ENV_VARS"
+        );
+    }
+}

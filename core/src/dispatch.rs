@@ -1,0 +1,147 @@
+//! One handler run: call the handler under a timeout with panics caught,
+//! turn its [`Outcome`] into a broker [`Settlement`] (retry policy
+//! included), count it, and settle the delivery.
+
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+
+use crate::handler::ErasedHandler;
+use crate::message::{Delivery, Message, Settlement};
+use crate::metrics::Metrics;
+use crate::outcome::Outcome;
+use crate::retry::RetryPolicy;
+
+/// Everything a handler task needs, shared by all of them.
+pub(crate) struct Dispatch {
+    pub(crate) handler: ErasedHandler,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) timeout: Duration,
+}
+
+/// Counts a running handler; on drop (every path, cancellation included)
+/// it records the handler time and stops counting.
+struct Running<'a> {
+    metrics: &'a Metrics,
+    started: Instant,
+}
+
+impl<'a> Running<'a> {
+    fn start(metrics: &'a Metrics, queued_for: Duration) -> Self {
+        metrics.handler_started(queued_for);
+        Self {
+            metrics,
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.metrics.handler_finished(self.started.elapsed());
+    }
+}
+
+impl Dispatch {
+    /// Runs the handler on `delivery` holding `permit`, then settles it.
+    pub(crate) async fn run(self: Arc<Self>, delivery: Delivery, permit: OwnedSemaphorePermit) {
+        let message = delivery.shared_message();
+        let running = Running::start(&self.metrics, message.age());
+        let outcome = self.invoke(Arc::clone(&message)).await;
+        drop(running);
+        // The permit covers exactly the handler's run: settling does not hold it.
+        drop(permit);
+        let settlement = self.decide(&message, outcome);
+        settle(delivery, settlement, &self.metrics).await;
+    }
+
+    async fn invoke(&self, message: Arc<Message>) -> Outcome {
+        let handler = Arc::clone(&self.handler);
+        // Calling the handler inside the future catches panics in extractors too.
+        let call = AssertUnwindSafe(async move { handler(message).await }).catch_unwind();
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(panic)) => {
+                self.metrics.panicked.fetch_add(1, Relaxed);
+                Outcome::retry(format!("handler panicked: {}", panic_text(&*panic)))
+            }
+            Err(_) => {
+                self.metrics.timed_out.fetch_add(1, Relaxed);
+                Outcome::retry(format!("handler timed out after {:?}", self.timeout))
+            }
+        }
+    }
+
+    /// The broker settlement for a handler's outcome, counted.
+    fn decide(&self, message: &Message, outcome: Outcome) -> Settlement {
+        let m = &self.metrics;
+        let origin = message.origin();
+        let attempt = message.attempt();
+        match outcome {
+            Outcome::Ack => {
+                m.acked.fetch_add(1, Relaxed);
+                Settlement::Ack
+            }
+            Outcome::Requeue => {
+                m.requeued.fetch_add(1, Relaxed);
+                Settlement::Requeue
+            }
+            Outcome::Drop { reason } => {
+                m.dropped.fetch_add(1, Relaxed);
+                tracing::info!(%origin, attempt, %reason, "message dropped by the handler");
+                Settlement::Ack
+            }
+            Outcome::DeadLetter { reason } => {
+                m.failed.fetch_add(1, Relaxed);
+                m.dead_lettered.fetch_add(1, Relaxed);
+                tracing::warn!(%origin, attempt, %reason, "message dead-lettered");
+                Settlement::DeadLetter { reason }
+            }
+            Outcome::Retry { after, reason } => {
+                m.failed.fetch_add(1, Relaxed);
+                match self.retry.decide(attempt, after) {
+                    Some((after, next)) => {
+                        m.retried.fetch_add(1, Relaxed);
+                        tracing::debug!(%origin, attempt, ?after, %reason, "message will be retried");
+                        Settlement::Delay {
+                            after,
+                            attempt: next,
+                        }
+                    }
+                    None => {
+                        m.dead_lettered.fetch_add(1, Relaxed);
+                        let reason = format!("gave up after {attempt} attempts: {reason}");
+                        tracing::warn!(%origin, attempt, %reason, "message dead-lettered");
+                        Settlement::DeadLetter { reason }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Settles a delivery. A broker that refuses is counted and logged; the
+/// broker still has the message and redelivers it.
+pub(crate) async fn settle(delivery: Delivery, settlement: Settlement, metrics: &Metrics) {
+    if let Err(error) = delivery.settle(settlement).await {
+        metrics.settle_errors.fetch_add(1, Relaxed);
+        tracing::warn!(%error, "broker refused a settlement; it will redeliver the message");
+    }
+}
+
+fn panic_text(panic: &(dyn Any + Send)) -> &str {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s
+    } else {
+        "non-string panic payload"
+    }
+}

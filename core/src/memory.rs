@@ -1,0 +1,938 @@
+//! An in-process broker: the embedded default for workers that need no
+//! external broker, and the ground the core's tests stand on.
+//!
+//! It behaves like a small RabbitMQ: named queues with optional priorities,
+//! per-consumer prefetch windows, ack / requeue / delayed redelivery,
+//! a dead-letter queue per queue (`<name>.dlq` by default) with reason
+//! headers, redelivery counts, and a bounded mode whose publish waits or
+//! fails when the queue is full. Its statistics are the broker's own view
+//! (unacked counts, peaks, settlements of unknown deliveries), independent of
+//! the runtime's counters.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! use sluicegate::memory::{MemoryBroker, Publish, QueueOptions, WhenFull};
+//!
+//! let broker = MemoryBroker::new();
+//! broker.declare("jobs", QueueOptions::default().max_priority(9).capacity(2, WhenFull::Reject));
+//! broker.publish("jobs", Publish::new("low")).await.unwrap();
+//! broker.publish("jobs", Publish::new("high").priority(9)).await.unwrap();
+//! assert!(broker.publish("jobs", "third").await.is_err()); // full
+//! let ready = broker.messages("jobs");
+//! assert_eq!(ready[0].payload.as_ref(), b"high"); // priority order
+//! # }
+//! ```
+
+use std::cmp::{Ordering as CmpOrdering, Reverse};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::message::{Delivery, Headers, Message, Origin, Settle, SettleError, Settlement, header};
+use crate::source::{Source, SourceError};
+
+/// What `publish` does when a bounded queue is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WhenFull {
+    /// Wait until a consumer makes room (backpressure on the producer).
+    Wait,
+    /// Fail at once with [`PublishError::Full`].
+    Reject,
+}
+
+/// How a queue behaves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueOptions {
+    max_priority: u8,
+    capacity: Option<(usize, WhenFull)>,
+    dead_letter: Option<String>,
+}
+
+impl Default for QueueOptions {
+    fn default() -> Self {
+        Self {
+            max_priority: 0,
+            capacity: None,
+            dead_letter: Some(String::new()),
+        }
+    }
+}
+
+impl QueueOptions {
+    /// Priorities 0..=`max` are delivered highest first (0 = no priorities,
+    /// every message in one FIFO). Higher priorities are clamped to `max`.
+    pub fn max_priority(mut self, max: u8) -> Self {
+        self.max_priority = max;
+        self
+    }
+
+    /// At most `capacity` ready messages; `when_full` says what publish does
+    /// beyond that. Requeues and delayed redeliveries are always accepted.
+    pub fn capacity(mut self, capacity: usize, when_full: WhenFull) -> Self {
+        self.capacity = Some((capacity, when_full));
+        self
+    }
+
+    /// Dead-letter into `queue` (default `<name>.dlq`).
+    pub fn dead_letter_to(mut self, queue: impl Into<String>) -> Self {
+        self.dead_letter = Some(queue.into());
+        self
+    }
+
+    /// Discard dead-lettered messages instead of keeping them (still counted).
+    pub fn without_dead_letter(mut self) -> Self {
+        self.dead_letter = None;
+        self
+    }
+}
+
+/// A message to publish.
+#[derive(Clone, Debug, Default)]
+pub struct Publish {
+    payload: Bytes,
+    headers: Headers,
+    priority: u8,
+    key: Option<Bytes>,
+}
+
+impl Publish {
+    /// A message with this payload.
+    pub fn new(payload: impl Into<Bytes>) -> Self {
+        Self {
+            payload: payload.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Sets the priority.
+    pub fn priority(mut self, priority: u8) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<Bytes>) -> Self {
+        self.headers.insert(name, value);
+        self
+    }
+
+    /// Sets the key.
+    pub fn key(mut self, key: impl Into<Bytes>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+}
+
+impl From<&'static str> for Publish {
+    fn from(s: &'static str) -> Self {
+        Publish::new(s)
+    }
+}
+impl From<String> for Publish {
+    fn from(s: String) -> Self {
+        Publish::new(s)
+    }
+}
+impl From<Vec<u8>> for Publish {
+    fn from(v: Vec<u8>) -> Self {
+        Publish::new(v)
+    }
+}
+impl From<Bytes> for Publish {
+    fn from(b: Bytes) -> Self {
+        Publish::new(b)
+    }
+}
+
+/// Why a publish failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// The bounded queue is full and set to reject.
+    #[error("queue {queue:?} is full ({capacity} ready messages)")]
+    Full {
+        /// The queue.
+        queue: String,
+        /// Its capacity.
+        capacity: usize,
+    },
+    /// The queue was closed.
+    #[error("queue {queue:?} is closed")]
+    Closed {
+        /// The queue.
+        queue: String,
+    },
+}
+
+/// The broker's own view of one queue.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Messages accepted by publish.
+    pub published: u64,
+    /// Publishes refused because the queue was full.
+    pub rejected_full: u64,
+    /// Deliveries handed to consumers (redeliveries included).
+    pub delivered: u64,
+    /// Deliveries of messages delivered before.
+    pub redelivered: u64,
+    /// Acknowledged.
+    pub acked: u64,
+    /// Requeued by a consumer.
+    pub requeued: u64,
+    /// Scheduled for delayed redelivery.
+    pub delayed: u64,
+    /// Moved to the dead-letter queue.
+    pub dead_lettered: u64,
+    /// Dropped unsettled by a consumer and requeued.
+    pub abandoned: u64,
+    /// Settlements of a delivery that was not outstanding (must stay 0).
+    pub unknown_settlements: u64,
+    /// Ready now.
+    pub ready: usize,
+    /// Delivered and not yet settled, now.
+    pub unacked: usize,
+    /// The most ever unacked at once.
+    pub max_unacked: usize,
+    /// Waiting for a delayed redelivery, now.
+    pub delayed_now: usize,
+}
+
+/// A message sitting in a queue, as [`MemoryBroker::messages`] shows it.
+#[derive(Clone, Debug)]
+pub struct QueuedMessage {
+    /// The broker's id for the message (stable across redeliveries).
+    pub id: u64,
+    /// The payload.
+    pub payload: Bytes,
+    /// The headers.
+    pub headers: Headers,
+    /// The priority.
+    pub priority: u8,
+    /// The attempt its next delivery carries.
+    pub attempt: u32,
+    /// How many times it was delivered.
+    pub deliveries: u32,
+    /// Whether it waits for a delayed redelivery.
+    pub delayed: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Stored {
+    id: u64,
+    payload: Bytes,
+    headers: Headers,
+    key: Option<Bytes>,
+    priority: u8,
+    attempt: u32,
+    deliveries: u32,
+    published_at: SystemTime,
+}
+
+struct Delayed {
+    due: Instant,
+    seq: u64,
+    message: Stored,
+}
+
+impl PartialEq for Delayed {
+    fn eq(&self, other: &Self) -> bool {
+        (self.due, self.seq) == (other.due, other.seq)
+    }
+}
+impl Eq for Delayed {}
+impl PartialOrd for Delayed {
+    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Delayed {
+    fn cmp(&self, other: &Self) -> CmpOrdering {
+        (self.due, self.seq).cmp(&(other.due, other.seq))
+    }
+}
+
+#[derive(Default)]
+struct QueueState {
+    ready: Vec<VecDeque<Stored>>,
+    ready_len: usize,
+    delayed: BinaryHeap<Reverse<Delayed>>,
+    outstanding: HashSet<u64>,
+    closed: bool,
+    seq: u64,
+    waiting_consumers: usize,
+    waiting_publishers: usize,
+    stats: QueueStats,
+}
+
+impl QueueState {
+    fn push_ready(&mut self, message: Stored, front: bool) {
+        let lane = usize::from(message.priority).min(self.ready.len() - 1);
+        if front {
+            self.ready[lane].push_front(message);
+        } else {
+            self.ready[lane].push_back(message);
+        }
+        self.ready_len += 1;
+    }
+
+    fn pop_ready(&mut self) -> Option<Stored> {
+        let message = self.ready.iter_mut().rev().find_map(VecDeque::pop_front)?;
+        self.ready_len -= 1;
+        Some(message)
+    }
+
+    fn promote_due(&mut self, now: Instant) {
+        while self.delayed.peek().is_some_and(|Reverse(d)| d.due <= now) {
+            if let Some(Reverse(d)) = self.delayed.pop() {
+                self.push_ready(d.message, false);
+            }
+        }
+    }
+
+    fn drained(&self) -> bool {
+        self.closed && self.ready_len == 0 && self.delayed.is_empty() && self.outstanding.is_empty()
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+}
+
+struct Queue {
+    name: Arc<str>,
+    options: QueueOptions,
+    dead_letter: Option<Arc<Queue>>,
+    state: Mutex<QueueState>,
+    consumers: Notify,
+    publishers: Notify,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        // A panic while holding this lock cannot leave the state torn (every
+        // mutation is a few field updates), so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wake_consumers(&self, state: &QueueState) {
+        if state.waiting_consumers > 0 {
+            self.consumers.notify_waiters();
+        }
+    }
+
+    fn wake_publishers(&self, state: &QueueState) {
+        if state.waiting_publishers > 0 {
+            self.publishers.notify_waiters();
+        }
+    }
+
+    fn stored_from(&self, message: &Message, meta: &Meta, attempt: u32) -> Stored {
+        Stored {
+            id: meta.id,
+            payload: message.payload().clone(),
+            headers: message.headers().clone(),
+            key: message.key().cloned(),
+            priority: message.priority(),
+            attempt,
+            deliveries: meta.deliveries,
+            published_at: meta.published_at,
+        }
+    }
+}
+
+/// An in-process broker. Cloning gives another handle to the same broker.
+#[derive(Clone, Default)]
+pub struct MemoryBroker {
+    queues: Arc<Mutex<HashMap<String, Arc<Queue>>>>,
+}
+
+impl std::fmt::Debug for MemoryBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryBroker").finish_non_exhaustive()
+    }
+}
+
+impl MemoryBroker {
+    /// A broker with no queues.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Declares `name` with `options`; a queue that exists keeps its options.
+    pub fn declare(&self, name: &str, options: QueueOptions) {
+        let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        Self::declare_locked(&mut queues, name, options);
+    }
+
+    fn declare_locked(
+        queues: &mut HashMap<String, Arc<Queue>>,
+        name: &str,
+        options: QueueOptions,
+    ) -> Arc<Queue> {
+        if let Some(q) = queues.get(name) {
+            return Arc::clone(q);
+        }
+        let dead_letter = options.dead_letter.as_ref().map(|dlq| {
+            let dlq = if dlq.is_empty() {
+                format!("{name}.dlq")
+            } else {
+                dlq.clone()
+            };
+            Self::declare_locked(queues, &dlq, QueueOptions::default().without_dead_letter())
+        });
+        let levels = usize::from(options.max_priority) + 1;
+        let state = QueueState {
+            ready: (0..levels).map(|_| VecDeque::new()).collect(),
+            ..QueueState::default()
+        };
+        let queue = Arc::new(Queue {
+            name: Arc::from(name),
+            options,
+            dead_letter,
+            state: Mutex::new(state),
+            consumers: Notify::new(),
+            publishers: Notify::new(),
+        });
+        queues.insert(name.to_owned(), Arc::clone(&queue));
+        queue
+    }
+
+    fn queue(&self, name: &str) -> Arc<Queue> {
+        let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        Self::declare_locked(&mut queues, name, QueueOptions::default())
+    }
+
+    /// Publishes into `queue` (declared with defaults if absent). On a full
+    /// bounded queue it waits or fails, as the queue was declared.
+    pub async fn publish(
+        &self,
+        queue: &str,
+        message: impl Into<Publish>,
+    ) -> Result<(), PublishError> {
+        let q = self.queue(queue);
+        let message = message.into();
+        loop {
+            let notified = q.publishers.notified();
+            tokio::pin!(notified);
+            {
+                let mut state = q.lock();
+                match Self::try_enqueue(&q, &mut state, &message) {
+                    Err(PublishError::Full { .. })
+                        if matches!(q.options.capacity, Some((_, WhenFull::Wait))) =>
+                    {
+                        notified.as_mut().enable();
+                        state.waiting_publishers += 1;
+                    }
+                    other => return other,
+                }
+            }
+            notified.await;
+            q.lock().waiting_publishers -= 1;
+        }
+    }
+
+    /// Publishes without waiting: a full bounded queue fails at once.
+    pub fn try_publish(
+        &self,
+        queue: &str,
+        message: impl Into<Publish>,
+    ) -> Result<(), PublishError> {
+        let q = self.queue(queue);
+        let mut state = q.lock();
+        Self::try_enqueue(&q, &mut state, &message.into())
+    }
+
+    fn try_enqueue(
+        q: &Queue,
+        state: &mut QueueState,
+        message: &Publish,
+    ) -> Result<(), PublishError> {
+        if state.closed {
+            return Err(PublishError::Closed {
+                queue: q.name.to_string(),
+            });
+        }
+        if let Some((capacity, _)) = q.options.capacity {
+            if state.ready_len >= capacity {
+                state.stats.rejected_full += 1;
+                return Err(PublishError::Full {
+                    queue: q.name.to_string(),
+                    capacity,
+                });
+            }
+        }
+        let id = state.next_seq();
+        let attempt = message
+            .headers
+            .get_str(header::ATTEMPT)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(1);
+        state.push_ready(
+            Stored {
+                id,
+                payload: message.payload.clone(),
+                headers: message.headers.clone(),
+                key: message.key.clone(),
+                priority: message.priority.min(q.options.max_priority),
+                attempt,
+                deliveries: 0,
+                published_at: SystemTime::now(),
+            },
+            false,
+        );
+        state.stats.published += 1;
+        q.wake_consumers(state);
+        Ok(())
+    }
+
+    /// Closes `queue` to publishers. Its consumers finish (`next` returns
+    /// `None`) once nothing is ready, delayed or unacked.
+    pub fn close(&self, queue: &str) {
+        let q = self.queue(queue);
+        let mut state = q.lock();
+        state.closed = true;
+        q.consumers.notify_waiters();
+        q.wake_publishers(&state);
+    }
+
+    /// A consumer of `queue` (declared with defaults if absent), with no
+    /// prefetch limit until [`Source::set_prefetch`] sets one.
+    pub fn source(&self, queue: &str) -> MemorySource {
+        MemorySource {
+            queue: self.queue(queue),
+            window: Arc::new(Window {
+                prefetch: AtomicUsize::new(usize::MAX),
+                unacked: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    /// The broker's statistics for `queue`.
+    pub fn stats(&self, queue: &str) -> QueueStats {
+        let q = self.queue(queue);
+        let state = q.lock();
+        let mut stats = state.stats.clone();
+        stats.ready = state.ready_len;
+        stats.unacked = state.outstanding.len();
+        stats.delayed_now = state.delayed.len();
+        stats
+    }
+
+    /// The messages waiting in `queue`: ready ones in delivery order, then
+    /// delayed ones by due time.
+    pub fn messages(&self, queue: &str) -> Vec<QueuedMessage> {
+        let q = self.queue(queue);
+        let state = q.lock();
+        let view = |m: &Stored, delayed| QueuedMessage {
+            id: m.id,
+            payload: m.payload.clone(),
+            headers: m.headers.clone(),
+            priority: m.priority,
+            attempt: m.attempt,
+            deliveries: m.deliveries,
+            delayed,
+        };
+        let mut out: Vec<QueuedMessage> = state
+            .ready
+            .iter()
+            .rev()
+            .flat_map(|lane| lane.iter().map(|m| view(m, false)))
+            .collect();
+        let mut delayed: Vec<&Delayed> = state.delayed.iter().map(|Reverse(d)| d).collect();
+        delayed.sort();
+        out.extend(delayed.into_iter().map(|d| view(&d.message, true)));
+        out
+    }
+}
+
+/// One consumer's prefetch window.
+#[derive(Debug)]
+struct Window {
+    prefetch: AtomicUsize,
+    unacked: AtomicUsize,
+}
+
+/// A consumer of one in-memory queue; implements [`Source`].
+pub struct MemorySource {
+    queue: Arc<Queue>,
+    window: Arc<Window>,
+}
+
+impl std::fmt::Debug for MemorySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemorySource")
+            .field("queue", &self.queue.name)
+            .field("window", &self.window)
+            .finish()
+    }
+}
+
+enum Poll {
+    Ready(Box<Delivery>),
+    Finished,
+    Wait(Option<Instant>),
+}
+
+impl MemorySource {
+    fn poll_once(&self, state: &mut QueueState) -> Poll {
+        let now = Instant::now();
+        state.promote_due(now);
+        // Relaxed is enough: the window is only changed under the queue lock,
+        // except the prefetch, which may apply one delivery late.
+        let room = self.window.unacked.load(Ordering::Relaxed)
+            < self.window.prefetch.load(Ordering::Relaxed);
+        if room {
+            if let Some(mut stored) = state.pop_ready() {
+                let tag = state.next_seq();
+                state.outstanding.insert(tag);
+                stored.deliveries += 1;
+                state.stats.delivered += 1;
+                if stored.deliveries > 1 {
+                    state.stats.redelivered += 1;
+                }
+                state.stats.max_unacked = state.stats.max_unacked.max(state.outstanding.len());
+                self.window.unacked.fetch_add(1, Ordering::Relaxed);
+                self.queue.wake_publishers(state);
+                return Poll::Ready(Box::new(self.deliver(stored, tag)));
+            }
+        }
+        if state.drained() {
+            return Poll::Finished;
+        }
+        Poll::Wait(state.delayed.peek().map(|Reverse(d)| d.due))
+    }
+
+    fn deliver(&self, stored: Stored, tag: u64) -> Delivery {
+        let origin = Origin::new(Arc::clone(&self.queue.name), stored.id);
+        let mut message = Message::new(origin, stored.payload)
+            .with_headers(stored.headers)
+            .with_priority(stored.priority)
+            .with_attempt(stored.attempt)
+            .with_redelivered(stored.deliveries > 1)
+            .with_broker_timestamp(stored.published_at);
+        if let Some(key) = stored.key {
+            message = message.with_key(key);
+        }
+        Delivery::new(
+            message,
+            MemorySettle {
+                queue: Arc::clone(&self.queue),
+                window: Arc::clone(&self.window),
+                meta: Meta {
+                    id: stored.id,
+                    tag,
+                    deliveries: stored.deliveries,
+                    published_at: stored.published_at,
+                },
+            },
+        )
+    }
+}
+
+#[async_trait]
+impl Source for MemorySource {
+    async fn next(&mut self) -> Result<Option<Delivery>, SourceError> {
+        loop {
+            let notified = self.queue.consumers.notified();
+            tokio::pin!(notified);
+            let due = {
+                let mut state = self.queue.lock();
+                match self.poll_once(&mut state) {
+                    Poll::Ready(delivery) => return Ok(Some(*delivery)),
+                    Poll::Finished => return Ok(None),
+                    Poll::Wait(due) => {
+                        notified.as_mut().enable();
+                        state.waiting_consumers += 1;
+                        due
+                    }
+                }
+            };
+            // Decrements `waiting_consumers` even if this future is dropped.
+            let _waiting = WaitingGuard(&self.queue);
+            match due {
+                Some(due) => {
+                    tokio::select! {
+                        _ = &mut notified => {}
+                        _ = tokio::time::sleep_until(due) => {}
+                    }
+                }
+                None => notified.await,
+            }
+        }
+    }
+
+    async fn pause(&mut self) -> Result<(), SourceError> {
+        // Pull-based: not calling `next` is all the pausing it needs.
+        Ok(())
+    }
+
+    async fn resume(&mut self) -> Result<(), SourceError> {
+        Ok(())
+    }
+
+    async fn set_prefetch(&mut self, prefetch: u16) -> Result<(), SourceError> {
+        self.window
+            .prefetch
+            .store(usize::from(prefetch).max(1), Ordering::Relaxed);
+        let state = self.queue.lock();
+        self.queue.consumers.notify_waiters();
+        drop(state);
+        Ok(())
+    }
+}
+
+struct WaitingGuard<'a>(&'a Queue);
+
+impl Drop for WaitingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.lock().waiting_consumers -= 1;
+    }
+}
+
+#[derive(Debug)]
+struct Meta {
+    id: u64,
+    tag: u64,
+    deliveries: u32,
+    published_at: SystemTime,
+}
+
+struct MemorySettle {
+    queue: Arc<Queue>,
+    window: Arc<Window>,
+    meta: Meta,
+}
+
+impl MemorySettle {
+    /// Marks the delivery settled; false if it was not outstanding.
+    fn release(&self, state: &mut QueueState) -> bool {
+        if !state.outstanding.remove(&self.meta.tag) {
+            state.stats.unknown_settlements += 1;
+            return false;
+        }
+        self.window.unacked.fetch_sub(1, Ordering::Relaxed);
+        true
+    }
+}
+
+#[async_trait]
+impl Settle for MemorySettle {
+    async fn settle(
+        self: Box<Self>,
+        message: &Message,
+        settlement: Settlement,
+    ) -> Result<(), SettleError> {
+        let queue = &self.queue;
+        let mut state = queue.lock();
+        if !self.release(&mut state) {
+            return Err(SettleError {
+                origin: message.origin().to_string(),
+                settlement,
+                reason: "delivery is not outstanding".into(),
+            });
+        }
+        match settlement {
+            Settlement::Ack => state.stats.acked += 1,
+            Settlement::Requeue => {
+                state.stats.requeued += 1;
+                let stored = queue.stored_from(message, &self.meta, message.attempt());
+                state.push_ready(stored, true);
+            }
+            Settlement::Delay { after, attempt } => {
+                state.stats.delayed += 1;
+                let seq = state.next_seq();
+                let stored = queue.stored_from(message, &self.meta, attempt);
+                state.delayed.push(Reverse(Delayed {
+                    due: Instant::now() + after,
+                    seq,
+                    message: stored,
+                }));
+            }
+            Settlement::DeadLetter { reason } => {
+                state.stats.dead_lettered += 1;
+                let mut stored = queue.stored_from(message, &self.meta, message.attempt());
+                if let Some(dlq) = &queue.dead_letter {
+                    stored.headers.insert(header::REASON, reason);
+                    stored
+                        .headers
+                        .insert(header::ORIGIN, queue.name.to_string());
+                    stored
+                        .headers
+                        .insert(header::ATTEMPT, message.attempt().to_string());
+                    stored.deliveries = 0;
+                    drop(state);
+                    let mut dlq_state = dlq.lock();
+                    stored.id = dlq_state.next_seq();
+                    dlq_state.push_ready(stored, false);
+                    dlq_state.stats.published += 1;
+                    dlq.wake_consumers(&dlq_state);
+                    drop(dlq_state);
+                    state = queue.lock();
+                }
+            }
+        }
+        // Settling frees window room and may finish a closed queue: wake
+        // every consumer so each re-checks its own window.
+        queue.consumers.notify_waiters();
+        drop(state);
+        Ok(())
+    }
+
+    fn abandon(self: Box<Self>, message: &Message) {
+        let queue = &self.queue;
+        let mut state = queue.lock();
+        if self.release(&mut state) {
+            state.stats.abandoned += 1;
+            let stored = queue.stored_from(message, &self.meta, message.attempt());
+            state.push_ready(stored, true);
+        }
+        queue.consumers.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    async fn take(source: &mut MemorySource) -> Delivery {
+        source.next().await.unwrap().expect("a delivery")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn priorities_requeue_to_front_and_prefetch_window() {
+        let broker = MemoryBroker::new();
+        broker.declare("q", QueueOptions::default().max_priority(2));
+        for (p, body) in [(0, "a"), (2, "b"), (1, "c"), (2, "d")] {
+            broker
+                .publish("q", Publish::new(body).priority(p))
+                .await
+                .unwrap();
+        }
+        let mut source = broker.source("q");
+        source.set_prefetch(2).await.unwrap();
+        let first = take(&mut source).await;
+        let second = take(&mut source).await;
+        assert_eq!(first.message().payload().as_ref(), b"b");
+        assert_eq!(second.message().payload().as_ref(), b"d");
+        // The window is full: nothing more until something is settled.
+        let blocked = tokio::time::timeout(Duration::from_secs(5), source.next()).await;
+        assert!(blocked.is_err(), "window of 2 handed out a third delivery");
+        first.requeue().await.unwrap();
+        let again = take(&mut source).await;
+        assert_eq!(again.message().payload().as_ref(), b"b");
+        assert!(again.message().redelivered());
+        assert_eq!(broker.stats("q").max_unacked, 2);
+        again.ack().await.unwrap();
+        second.ack().await.unwrap();
+        let order: Vec<_> = broker
+            .messages("q")
+            .into_iter()
+            .map(|m| m.payload)
+            .collect();
+        assert_eq!(order, vec![Bytes::from("c"), Bytes::from("a")]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn delayed_redelivery_waits_and_carries_the_attempt() {
+        let broker = MemoryBroker::new();
+        broker.publish("q", "x").await.unwrap();
+        let mut source = broker.source("q");
+        let d = take(&mut source).await;
+        let start = Instant::now();
+        d.delay(Duration::from_secs(3), 2).await.unwrap();
+        assert_eq!(broker.stats("q").delayed_now, 1);
+        let again = take(&mut source).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(3));
+        assert_eq!(again.message().attempt(), 2);
+        again.ack().await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dead_letters_carry_reason_origin_and_attempt() {
+        let broker = MemoryBroker::new();
+        broker.publish("orders", "bad").await.unwrap();
+        let mut source = broker.source("orders");
+        take(&mut source)
+            .await
+            .dead_letter("no good")
+            .await
+            .unwrap();
+        let dlq = broker.messages("orders.dlq");
+        assert_eq!(dlq.len(), 1);
+        assert_eq!(dlq[0].headers.get_str(header::REASON), Some("no good"));
+        assert_eq!(dlq[0].headers.get_str(header::ORIGIN), Some("orders"));
+        assert_eq!(dlq[0].headers.get_str(header::ATTEMPT), Some("1"));
+        assert_eq!(broker.stats("orders").dead_lettered, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropped_delivery_is_requeued_and_counted() {
+        let broker = MemoryBroker::new();
+        broker.publish("q", "x").await.unwrap();
+        let mut source = broker.source("q");
+        drop(take(&mut source).await);
+        let stats = broker.stats("q");
+        assert_eq!((stats.abandoned, stats.ready, stats.unacked), (1, 1, 0));
+        let again = take(&mut source).await;
+        assert!(again.message().redelivered());
+        again.ack().await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bounded_queue_waits_or_rejects() {
+        let broker = MemoryBroker::new();
+        broker.declare("wait", QueueOptions::default().capacity(1, WhenFull::Wait));
+        broker.publish("wait", "1").await.unwrap();
+        let b2 = broker.clone();
+        let blocked = tokio::spawn(async move { b2.publish("wait", "2").await });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(
+            !blocked.is_finished(),
+            "publish into a full Wait queue returned"
+        );
+        let mut source = broker.source("wait");
+        take(&mut source).await.ack().await.unwrap();
+        blocked.await.unwrap().unwrap();
+        assert_eq!(broker.stats("wait").ready, 1);
+
+        broker.declare(
+            "reject",
+            QueueOptions::default().capacity(1, WhenFull::Reject),
+        );
+        broker.try_publish("reject", "1").unwrap();
+        assert_eq!(
+            broker.try_publish("reject", "2"),
+            Err(PublishError::Full {
+                queue: "reject".into(),
+                capacity: 1
+            })
+        );
+        assert_eq!(broker.stats("reject").rejected_full, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn closed_queue_finishes_its_consumers_once_drained() {
+        let broker = MemoryBroker::new();
+        broker.publish("q", "x").await.unwrap();
+        broker.close("q");
+        assert!(broker.try_publish("q", "y").is_err());
+        let mut source = broker.source("q");
+        let d = take(&mut source).await;
+        let b2 = broker.clone();
+        let waiter = tokio::spawn(async move { b2.source("q").next().await.map(|d| d.is_none()) });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(
+            !waiter.is_finished(),
+            "finished while a delivery was unacked"
+        );
+        d.ack().await.unwrap();
+        assert!(waiter.await.unwrap().unwrap());
+    }
+}

@@ -1,0 +1,419 @@
+//! The message model: what a handler reads ([`Message`]) and the settle-once
+//! [`Delivery`] that carries it through the runtime.
+//!
+//! A `Delivery` owns the broker's settlement handle. Settling consumes the
+//! delivery, so settling twice does not compile:
+//!
+//! ```compile_fail
+//! # async fn twice(delivery: sluicegate::Delivery) {
+//! delivery.ack().await.ok();
+//! delivery.ack().await.ok(); // error[E0382]: use of moved value
+//! # }
+//! ```
+//!
+//! A delivery dropped without being settled (its task panicked or was
+//! cancelled) is handed back to the broker through [`Settle::abandon`], which
+//! requeues it: nothing is lost silently.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::time::Instant;
+
+/// Header names sluicegate writes when it republishes a message (retry,
+/// dead-letter). Every adapter uses the same names.
+pub mod header {
+    /// The attempt number of the next delivery (1 = first delivery).
+    pub const ATTEMPT: &str = "x-sluicegate-attempt";
+    /// Why a message was dead-lettered.
+    pub const REASON: &str = "x-sluicegate-reason";
+    /// Where a dead-lettered or retried message came from (queue or topic).
+    pub const ORIGIN: &str = "x-sluicegate-origin";
+}
+
+/// Message headers: an ordered map from name to raw bytes.
+///
+/// ```
+/// let mut headers = sluicegate::Headers::new();
+/// headers.insert("tenant", "acme");
+/// assert_eq!(headers.get_str("tenant"), Some("acme"));
+/// ```
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Headers(BTreeMap<String, Bytes>);
+
+impl Headers {
+    /// An empty set of headers.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets a header, replacing any earlier value.
+    pub fn insert(&mut self, name: impl Into<String>, value: impl Into<Bytes>) {
+        self.0.insert(name.into(), value.into());
+    }
+
+    /// The raw value of a header.
+    pub fn get(&self, name: &str) -> Option<&Bytes> {
+        self.0.get(name)
+    }
+
+    /// The value of a header as UTF-8 text, if it is text.
+    pub fn get_str(&self, name: &str) -> Option<&str> {
+        self.get(name).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// Removes a header and returns its value.
+    pub fn remove(&mut self, name: &str) -> Option<Bytes> {
+        self.0.remove(name)
+    }
+
+    /// All headers in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Bytes)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// Number of headers.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when there are no headers.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Headers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut map = f.debug_map();
+        for (k, v) in &self.0 {
+            match std::str::from_utf8(v) {
+                Ok(s) => map.entry(k, &s),
+                Err(_) => map.entry(k, v),
+            };
+        }
+        map.finish()
+    }
+}
+
+/// Where a message came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    /// The queue (AMQP, in-memory) or topic (Kafka) it was consumed from.
+    pub source: Arc<str>,
+    /// Kafka partition; `None` elsewhere.
+    pub partition: Option<i32>,
+    /// Broker position: Kafka offset, AMQP delivery tag, in-memory sequence.
+    pub position: u64,
+}
+
+impl Origin {
+    /// An origin with no partition.
+    pub fn new(source: impl Into<Arc<str>>, position: u64) -> Self {
+        Self {
+            source: source.into(),
+            partition: None,
+            position,
+        }
+    }
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.partition {
+            Some(p) => write!(f, "{}[{}]@{}", self.source, p, self.position),
+            None => write!(f, "{}@{}", self.source, self.position),
+        }
+    }
+}
+
+/// What a handler reads: an owned, immutable message.
+///
+/// ```
+/// use sluicegate::{Message, Origin};
+/// let msg = Message::new(Origin::new("orders", 7), r#"{"id":"a"}"#);
+/// assert_eq!(msg.attempt(), 1);
+/// assert_eq!(msg.payload().as_ref(), br#"{"id":"a"}"#);
+/// ```
+#[derive(Clone, Debug)]
+pub struct Message {
+    payload: Bytes,
+    headers: Headers,
+    key: Option<Bytes>,
+    priority: u8,
+    attempt: u32,
+    redelivered: bool,
+    received_at: Instant,
+    broker_timestamp: Option<SystemTime>,
+    origin: Origin,
+}
+
+impl Message {
+    /// A message received now, first attempt, priority 0.
+    pub fn new(origin: Origin, payload: impl Into<Bytes>) -> Self {
+        Self {
+            payload: payload.into(),
+            headers: Headers::new(),
+            key: None,
+            priority: 0,
+            attempt: 1,
+            redelivered: false,
+            received_at: Instant::now(),
+            broker_timestamp: None,
+            origin,
+        }
+    }
+
+    /// Sets the headers.
+    pub fn with_headers(mut self, headers: Headers) -> Self {
+        self.headers = headers;
+        self
+    }
+
+    /// Sets the key (Kafka key, AMQP routing key).
+    pub fn with_key(mut self, key: impl Into<Bytes>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Sets the priority (higher is more urgent).
+    pub fn with_priority(mut self, priority: u8) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Sets the attempt number (1 = first delivery). Values below 1 become 1.
+    pub fn with_attempt(mut self, attempt: u32) -> Self {
+        self.attempt = attempt.max(1);
+        self
+    }
+
+    /// Marks the message as delivered before (broker redelivery flag).
+    pub fn with_redelivered(mut self, redelivered: bool) -> Self {
+        self.redelivered = redelivered;
+        self
+    }
+
+    /// Sets the broker's own timestamp for the message.
+    pub fn with_broker_timestamp(mut self, at: SystemTime) -> Self {
+        self.broker_timestamp = Some(at);
+        self
+    }
+
+    /// The payload bytes.
+    pub fn payload(&self) -> &Bytes {
+        &self.payload
+    }
+
+    /// The headers.
+    pub fn headers(&self) -> &Headers {
+        &self.headers
+    }
+
+    /// The key, if the broker gave one.
+    pub fn key(&self) -> Option<&Bytes> {
+        self.key.as_ref()
+    }
+
+    /// The priority (higher is more urgent).
+    pub fn priority(&self) -> u8 {
+        self.priority
+    }
+
+    /// Which attempt this is: 1 for the first delivery, growing with each retry.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// Whether the broker says it delivered this message before.
+    pub fn redelivered(&self) -> bool {
+        self.redelivered
+    }
+
+    /// When this process received the message.
+    pub fn received_at(&self) -> Instant {
+        self.received_at
+    }
+
+    /// How long ago this process received the message.
+    pub fn age(&self) -> Duration {
+        self.received_at.elapsed()
+    }
+
+    /// The broker's timestamp, if it has one.
+    pub fn broker_timestamp(&self) -> Option<SystemTime> {
+        self.broker_timestamp
+    }
+
+    /// Where the message came from.
+    pub fn origin(&self) -> &Origin {
+        &self.origin
+    }
+}
+
+/// How a delivery is settled at the broker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Settlement {
+    /// Done: remove it from the broker (also used for counted drops).
+    Ack,
+    /// Give it back to the broker now, unchanged (saturation, shutdown).
+    Requeue,
+    /// Redeliver it after `after`, as attempt number `attempt`.
+    Delay {
+        /// How long the broker should hold it back.
+        after: Duration,
+        /// The attempt number the redelivery carries.
+        attempt: u32,
+    },
+    /// Move it to the dead-letter destination with a reason.
+    DeadLetter {
+        /// Why; written to the [`header::REASON`] header.
+        reason: String,
+    },
+}
+
+/// Error from a broker while settling a delivery.
+///
+/// The message is not lost: a broker that did not record the settlement
+/// redelivers it (AMQP requeues unacked messages of a closed channel; Kafka
+/// does not commit past it).
+#[derive(Debug, thiserror::Error)]
+#[error("settling {origin} as {settlement:?} failed: {reason}")]
+pub struct SettleError {
+    /// The delivery's origin.
+    pub origin: String,
+    /// The settlement that failed.
+    pub settlement: Settlement,
+    /// What the broker said.
+    pub reason: String,
+}
+
+/// The broker side of one delivery: how an adapter settles it.
+///
+/// Implemented by each adapter (and by the in-memory broker). `settle` and
+/// `abandon` take `self: Box<Self>`, so each handle is used exactly once.
+#[async_trait]
+pub trait Settle: Send + 'static {
+    /// Settles the delivery at the broker.
+    async fn settle(
+        self: Box<Self>,
+        message: &Message,
+        settlement: Settlement,
+    ) -> Result<(), SettleError>;
+
+    /// The delivery was dropped unsettled (panic, cancelled task). Must hand
+    /// it back to the broker without blocking: requeue it, or make sure it is
+    /// redelivered.
+    fn abandon(self: Box<Self>, message: &Message);
+}
+
+/// A message plus its settle-once broker handle.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use sluicegate::memory::MemoryBroker;
+/// use sluicegate::source::Source;
+///
+/// let broker = MemoryBroker::new();
+/// broker.publish("jobs", "hello").await.unwrap();
+/// let mut source = broker.source("jobs");
+/// let delivery = source.next().await.unwrap().unwrap();
+/// assert_eq!(delivery.message().payload().as_ref(), b"hello");
+/// delivery.ack().await.unwrap(); // consumes the delivery
+/// assert_eq!(broker.stats("jobs").acked, 1);
+/// # }
+/// ```
+pub struct Delivery {
+    message: Arc<Message>,
+    handle: Option<Box<dyn Settle>>,
+    abandoned: Option<Arc<AtomicU64>>,
+}
+
+impl Delivery {
+    /// Wraps a message and the broker handle that settles it.
+    pub fn new(message: Message, handle: impl Settle) -> Self {
+        Self {
+            message: Arc::new(message),
+            handle: Some(Box::new(handle)),
+            abandoned: None,
+        }
+    }
+
+    /// The message.
+    pub fn message(&self) -> &Message {
+        &self.message
+    }
+
+    /// A shared reference to the message, for handing to a handler.
+    pub fn shared_message(&self) -> Arc<Message> {
+        Arc::clone(&self.message)
+    }
+
+    /// Counts into `counter` if this delivery is ever dropped unsettled.
+    pub(crate) fn count_abandon_in(&mut self, counter: Arc<AtomicU64>) {
+        self.abandoned = Some(counter);
+    }
+
+    /// Settles the delivery, consuming it.
+    pub async fn settle(mut self, settlement: Settlement) -> Result<(), SettleError> {
+        match self.handle.take() {
+            Some(handle) => handle.settle(&self.message, settlement).await,
+            // Unreachable: the handle is only taken here and in Drop.
+            None => Ok(()),
+        }
+    }
+
+    /// Acknowledges the delivery.
+    pub async fn ack(self) -> Result<(), SettleError> {
+        self.settle(Settlement::Ack).await
+    }
+
+    /// Gives the delivery back to the broker unchanged.
+    pub async fn requeue(self) -> Result<(), SettleError> {
+        self.settle(Settlement::Requeue).await
+    }
+
+    /// Redelivers after `after` as attempt `attempt`.
+    pub async fn delay(self, after: Duration, attempt: u32) -> Result<(), SettleError> {
+        self.settle(Settlement::Delay { after, attempt }).await
+    }
+
+    /// Dead-letters the delivery with a reason.
+    pub async fn dead_letter(self, reason: impl Into<String>) -> Result<(), SettleError> {
+        self.settle(Settlement::DeadLetter {
+            reason: reason.into(),
+        })
+        .await
+    }
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("origin", &self.message.origin)
+            .field("attempt", &self.message.attempt)
+            .field("settled", &self.handle.is_none())
+            .finish()
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            if let Some(counter) = &self.abandoned {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            tracing::warn!(
+                origin = %self.message.origin,
+                attempt = self.message.attempt,
+                "delivery dropped unsettled (panic or cancelled task): handing it back to the broker"
+            );
+            handle.abandon(&self.message);
+        }
+    }
+}

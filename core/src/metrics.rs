@@ -1,0 +1,270 @@
+//! Saturation metrics shared by every broker: counters for each way a
+//! message is settled, gauges for what is held and running (with their
+//! maxima), and histograms of handler time and queue time.
+//!
+//! ```
+//! let metrics = sluicegate::Metrics::new();
+//! let snapshot = metrics.snapshot();
+//! assert_eq!(snapshot.received, 0);
+//! println!("{snapshot}"); // one status line
+//! ```
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+/// Live counters and gauges of one worker. Cheap to share (`Arc`).
+#[derive(Debug)]
+pub struct Metrics {
+    pub(crate) received: AtomicU64,
+    pub(crate) acked: AtomicU64,
+    pub(crate) retried: AtomicU64,
+    pub(crate) requeued: AtomicU64,
+    pub(crate) deferred: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+    pub(crate) dead_lettered: AtomicU64,
+    pub(crate) abandoned: Arc<AtomicU64>,
+    pub(crate) failed: AtomicU64,
+    pub(crate) panicked: AtomicU64,
+    pub(crate) timed_out: AtomicU64,
+    pub(crate) overflowed: AtomicU64,
+    pub(crate) settle_errors: AtomicU64,
+    pub(crate) source_errors: AtomicU64,
+    held: Gauge,
+    running: Gauge,
+    queued: AtomicU64,
+    handler_time: Mutex<Histogram<u64>>,
+    queue_time: Mutex<Histogram<u64>>,
+}
+
+/// A gauge that remembers its maximum.
+#[derive(Debug, Default)]
+struct Gauge {
+    now: AtomicU64,
+    max: AtomicU64,
+}
+
+impl Gauge {
+    fn set(&self, v: u64) {
+        self.now.store(v, Relaxed);
+        self.max.fetch_max(v, Relaxed);
+    }
+    fn inc(&self) {
+        let v = self.now.fetch_add(1, Relaxed) + 1;
+        self.max.fetch_max(v, Relaxed);
+    }
+    fn dec(&self) {
+        self.now.fetch_sub(1, Relaxed);
+    }
+}
+
+fn histogram() -> Mutex<Histogram<u64>> {
+    // Microseconds from 1 µs to one hour, 2 significant digits.
+    let h = Histogram::new_with_bounds(1, 3_600_000_000, 2).unwrap_or_else(|_| {
+        Histogram::new(2).unwrap_or_else(|_| unreachable!("2 significant digits is valid"))
+    });
+    Mutex::new(h)
+}
+
+fn record(h: &Mutex<Histogram<u64>>, d: Duration) {
+    let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1);
+    if let Ok(mut h) = h.lock() {
+        h.saturating_record(micros);
+    }
+}
+
+fn quantile(h: &Mutex<Histogram<u64>>, q: f64) -> Duration {
+    match h.lock() {
+        Ok(h) if !h.is_empty() => Duration::from_micros(h.value_at_quantile(q)),
+        _ => Duration::ZERO,
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Fresh metrics, all zero.
+    pub fn new() -> Self {
+        Self {
+            received: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
+            requeued: AtomicU64::new(0),
+            deferred: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
+            abandoned: Arc::new(AtomicU64::new(0)),
+            failed: AtomicU64::new(0),
+            panicked: AtomicU64::new(0),
+            timed_out: AtomicU64::new(0),
+            overflowed: AtomicU64::new(0),
+            settle_errors: AtomicU64::new(0),
+            source_errors: AtomicU64::new(0),
+            held: Gauge::default(),
+            running: Gauge::default(),
+            queued: AtomicU64::new(0),
+            handler_time: histogram(),
+            queue_time: histogram(),
+        }
+    }
+
+    pub(crate) fn set_held(&self, held: usize, queued: usize) {
+        self.held.set(held as u64);
+        self.queued.store(queued as u64, Relaxed);
+    }
+
+    pub(crate) fn handler_started(&self, queued_for: Duration) {
+        self.running.inc();
+        record(&self.queue_time, queued_for);
+    }
+
+    pub(crate) fn handler_finished(&self, took: Duration) {
+        self.running.dec();
+        record(&self.handler_time, took);
+    }
+
+    /// A point-in-time copy of every value.
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        MetricsSnapshot {
+            received: self.received.load(Relaxed),
+            acked: self.acked.load(Relaxed),
+            retried: self.retried.load(Relaxed),
+            requeued: self.requeued.load(Relaxed),
+            deferred: self.deferred.load(Relaxed),
+            dropped: self.dropped.load(Relaxed),
+            dead_lettered: self.dead_lettered.load(Relaxed),
+            abandoned: self.abandoned.load(Relaxed),
+            failed: self.failed.load(Relaxed),
+            panicked: self.panicked.load(Relaxed),
+            timed_out: self.timed_out.load(Relaxed),
+            overflowed: self.overflowed.load(Relaxed),
+            settle_errors: self.settle_errors.load(Relaxed),
+            source_errors: self.source_errors.load(Relaxed),
+            held: self.held.now.load(Relaxed),
+            max_held: self.held.max.load(Relaxed),
+            running: self.running.now.load(Relaxed),
+            max_running: self.running.max.load(Relaxed),
+            queued: self.queued.load(Relaxed),
+            handler_p50: quantile(&self.handler_time, 0.50),
+            handler_p99: quantile(&self.handler_time, 0.99),
+            queue_p50: quantile(&self.queue_time, 0.50),
+            queue_p99: quantile(&self.queue_time, 0.99),
+        }
+    }
+}
+
+/// Every metric at one moment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MetricsSnapshot {
+    /// Deliveries taken from the source.
+    pub received: u64,
+    /// Acknowledged after the handler succeeded.
+    pub acked: u64,
+    /// Handed back for a later attempt after a failure.
+    pub retried: u64,
+    /// Requeued unchanged (handler asked, overflow `nack`, shutdown).
+    pub requeued: u64,
+    /// Delayed by the overflow policy `delay` (not a failure).
+    pub deferred: u64,
+    /// Discarded deliberately (overflow `drop` or the handler's `Drop`).
+    pub dropped: u64,
+    /// Dead-lettered (permanent error, malformed payload, retries used up).
+    pub dead_lettered: u64,
+    /// Dropped unsettled (panic, cancelled task) and handed back to the broker.
+    pub abandoned: u64,
+    /// Handler runs that failed (errors, panics and timeouts included).
+    pub failed: u64,
+    /// Handler runs that panicked.
+    pub panicked: u64,
+    /// Handler runs cancelled by the timeout.
+    pub timed_out: u64,
+    /// Deliveries that arrived while the lanes were full.
+    pub overflowed: u64,
+    /// Settlements the broker refused (the broker redelivers those).
+    pub settle_errors: u64,
+    /// Errors from the source (the runtime backs off and tries again).
+    pub source_errors: u64,
+    /// Deliveries held now (queued + running + being settled).
+    pub held: u64,
+    /// The most ever held at once.
+    pub max_held: u64,
+    /// Handlers running now.
+    pub running: u64,
+    /// The most handlers ever running at once.
+    pub max_running: u64,
+    /// Deliveries waiting in the lanes now.
+    pub queued: u64,
+    /// Median handler time.
+    pub handler_p50: Duration,
+    /// 99th percentile handler time.
+    pub handler_p99: Duration,
+    /// Median time from receipt to handler start.
+    pub queue_p50: Duration,
+    /// 99th percentile time from receipt to handler start.
+    pub queue_p99: Duration,
+}
+
+impl MetricsSnapshot {
+    /// Deliveries settled in any way so far.
+    pub fn settled(&self) -> u64 {
+        self.acked
+            + self.retried
+            + self.requeued
+            + self.deferred
+            + self.dropped
+            + self.dead_lettered
+    }
+}
+
+impl fmt::Display for MetricsSnapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "received={} running={} held={} acked={} retried={} requeued={} delayed={} dropped={} dead_lettered={} \
+             handler_p50={:.1?} handler_p99={:.1?} queue_p50={:.1?} queue_p99={:.1?}",
+            self.received,
+            self.running,
+            self.held,
+            self.acked,
+            self.retried,
+            self.requeued,
+            self.deferred,
+            self.dropped,
+            self.dead_lettered,
+            self.handler_p50,
+            self.handler_p99,
+            self.queue_p50,
+            self.queue_p99,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gauges_remember_their_maximum_and_quantiles_come_from_records() {
+        let m = Metrics::new();
+        m.set_held(5, 2);
+        m.set_held(3, 0);
+        for ms in 1..=100 {
+            m.handler_started(Duration::from_millis(1));
+            m.handler_finished(Duration::from_millis(ms));
+        }
+        let s = m.snapshot();
+        assert_eq!((s.held, s.max_held), (3, 5));
+        assert_eq!((s.running, s.max_running), (0, 1));
+        let p50 = s.handler_p50.as_millis();
+        let p99 = s.handler_p99.as_millis();
+        assert!((49..=51).contains(&p50), "{p50}");
+        assert!((98..=100).contains(&p99), "{p99}");
+    }
+}

@@ -1,0 +1,466 @@
+//! The worker loop: pull only while there is room, queue in the lanes, admit
+//! through the gate, apply the overflow policy when full, and drain on
+//! shutdown.
+//!
+//! Bounds it keeps at every moment:
+//! - held (lanes + running handlers + settlements in flight) ≤ prefetch;
+//! - accepted (lanes + running) ≤ prefetch − intake reserve, the reserve
+//!   being the slots kept to see and settle overflowing messages;
+//! - running handlers ≤ max in-flight.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use tokio::task::{JoinError, JoinSet};
+use tokio::time::Instant;
+
+use crate::config::{Config, Overflow};
+use crate::dispatch::{Dispatch, settle};
+use crate::gate::Gate;
+use crate::handler::{ErasedHandler, Handler, erase};
+use crate::lanes::Lanes;
+use crate::message::{Delivery, Settlement};
+use crate::metrics::{Metrics, MetricsSnapshot};
+use crate::source::{Source, SourceError};
+
+/// Why the worker stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// The source said it has nothing more; everything held was processed.
+    SourceFinished,
+    /// The shutdown signal fired.
+    Shutdown,
+    /// The source failed for good (see the error returned).
+    SourceFailed,
+}
+
+/// What happened during the drain.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Deliveries still waiting in the lanes, requeued at once.
+    pub requeued_from_lanes: u64,
+    /// Handler runs that finished within the grace period.
+    pub finished_in_grace: u64,
+    /// Tasks cancelled at the end of the grace period; their deliveries were
+    /// handed back to the broker.
+    pub cancelled: u64,
+}
+
+/// The summary a worker returns when it stops.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Report {
+    /// Why it stopped.
+    pub stopped_by: StopReason,
+    /// The drain, if one was needed.
+    pub drain: DrainReport,
+    /// Every metric at the end.
+    pub metrics: MetricsSnapshot,
+}
+
+/// Errors that stop a worker.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is invalid: the worker did not start.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The source failed for good, after the worker drained.
+    #[error("source failed: {0}")]
+    Source(#[from] SourceError),
+}
+
+/// Runs one handler against one source.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), sluicegate::Error> {
+/// use sluicegate::memory::MemoryBroker;
+/// use sluicegate::{Config, Worker};
+///
+/// let broker = MemoryBroker::new();
+/// for n in 0..10 {
+///     broker.publish("jobs", format!("{n}")).await.unwrap();
+/// }
+/// broker.close("jobs"); // the worker stops once the queue is drained
+///
+/// async fn handle(text: String) {
+///     tracing::info!("got {text}");
+/// }
+/// let report = Worker::new(broker.source("jobs"), handle)
+///     .config(Config::default().prefetch(4).max_in_flight(2))
+///     .run()
+///     .await?;
+/// assert_eq!(report.metrics.acked, 10);
+/// assert!(report.metrics.max_held <= 4);
+/// # Ok(()) }
+/// ```
+pub struct Worker<S> {
+    source: S,
+    handler: ErasedHandler,
+    config: Config,
+    metrics: Arc<Metrics>,
+}
+
+impl<S: Source> Worker<S> {
+    /// A worker running `handler` on what `source` delivers, with the
+    /// default configuration.
+    pub fn new<H: Handler<Args>, Args>(source: S, handler: H) -> Self {
+        Self {
+            source,
+            handler: erase(handler),
+            config: Config::default(),
+            metrics: Arc::new(Metrics::new()),
+        }
+    }
+
+    /// Sets the configuration.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The worker's live metrics (read them while it runs).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// Runs until the source finishes or SIGINT/SIGTERM arrives.
+    pub async fn run(self) -> Result<Report, Error> {
+        self.run_until(crate::shutdown::signal()).await
+    }
+
+    /// Runs until the source finishes or `shutdown` completes, then drains:
+    /// stops pulling, requeues what waits in the lanes, lets running
+    /// handlers finish within the grace period, cancels and requeues the rest.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<Report, Error> {
+        self.config.validate()?;
+        let mut flow = Flow::new(self.source, self.handler, self.config, self.metrics);
+        flow.source
+            .set_prefetch(flow.config.prefetch_limit())
+            .await?;
+        flow.run(shutdown).await
+    }
+}
+
+enum Task {
+    Handler,
+    Settle,
+}
+
+struct Flow<S> {
+    source: S,
+    config: Config,
+    metrics: Arc<Metrics>,
+    dispatch: Arc<Dispatch>,
+    lanes: Lanes,
+    gate: Gate,
+    tasks: JoinSet<Task>,
+    handlers: usize,
+    paused: bool,
+    nack_hold: bool,
+    source_done: bool,
+    retry_source_at: Option<Instant>,
+    source_failures: u32,
+    last_drop_log: Option<Instant>,
+}
+
+impl<S: Source> Flow<S> {
+    fn new(source: S, handler: ErasedHandler, config: Config, metrics: Arc<Metrics>) -> Self {
+        let dispatch = Arc::new(Dispatch {
+            handler,
+            metrics: Arc::clone(&metrics),
+            retry: config.retry_policy().clone(),
+            timeout: config.handler_timeout_duration(),
+        });
+        Self {
+            source,
+            gate: Gate::new(usize::from(config.max_in_flight_limit())),
+            config,
+            metrics,
+            dispatch,
+            lanes: Lanes::default(),
+            tasks: JoinSet::new(),
+            handlers: 0,
+            paused: false,
+            nack_hold: false,
+            source_done: false,
+            retry_source_at: None,
+            source_failures: 0,
+            last_drop_log: None,
+        }
+    }
+
+    fn prefetch(&self) -> usize {
+        usize::from(self.config.prefetch_limit())
+    }
+
+    fn held(&self) -> usize {
+        self.lanes.len() + self.tasks.len()
+    }
+
+    fn accepted(&self) -> usize {
+        self.lanes.len() + self.handlers
+    }
+
+    fn accept_limit(&self) -> usize {
+        self.prefetch() - self.config.intake_reserve()
+    }
+
+    fn can_pull(&self) -> bool {
+        !self.source_done
+            && self.retry_source_at.is_none()
+            && self.held() < self.prefetch()
+            && !(self.nack_hold && self.accepted() >= self.accept_limit())
+    }
+
+    async fn run(mut self, shutdown: impl Future<Output = ()> + Send) -> Result<Report, Error> {
+        tokio::pin!(shutdown);
+        let mut failure = None;
+        let stopped_by = loop {
+            self.start_ready();
+            self.steer_source().await;
+            self.metrics.set_held(self.held(), self.lanes.len());
+            if self.source_done && self.held() == 0 {
+                break StopReason::SourceFinished;
+            }
+            let can_pull = self.can_pull();
+            let retry_at = self.retry_source_at;
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break StopReason::Shutdown,
+                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => self.finished(done),
+                permit = self.gate.admit(), if !self.lanes.is_empty() => {
+                    if let Some(delivery) = self.lanes.pop() {
+                        self.start(delivery, permit);
+                    }
+                }
+                () = sleep_until_opt(retry_at), if retry_at.is_some() => self.retry_source_at = None,
+                pulled = self.source.next(), if can_pull => match pulled {
+                    Ok(Some(delivery)) => {
+                        self.source_failures = 0;
+                        self.intake(delivery);
+                    }
+                    Ok(None) => self.source_done = true,
+                    Err(error) if error.is_retryable() => self.source_failed(&error),
+                    Err(error) => {
+                        tracing::error!(%error, "source failed for good; draining");
+                        failure = Some(error);
+                        break StopReason::SourceFailed;
+                    }
+                },
+            }
+        };
+        let drain = if stopped_by == StopReason::SourceFinished {
+            DrainReport::default()
+        } else {
+            self.drain().await
+        };
+        self.metrics.set_held(self.held(), self.lanes.len());
+        let report = Report {
+            stopped_by,
+            drain,
+            metrics: self.metrics.snapshot(),
+        };
+        tracing::info!(?stopped_by, ?drain, metrics = %report.metrics, "worker stopped");
+        match failure {
+            Some(error) => Err(Error::Source(error)),
+            None => Ok(report),
+        }
+    }
+
+    /// Starts handlers for waiting deliveries while permits are free.
+    fn start_ready(&mut self) {
+        while !self.lanes.is_empty() {
+            let Some(permit) = self.gate.try_admit() else {
+                break;
+            };
+            if let Some(delivery) = self.lanes.pop() {
+                self.start(delivery, permit);
+            }
+        }
+    }
+
+    fn start(&mut self, delivery: Delivery, permit: tokio::sync::OwnedSemaphorePermit) {
+        let dispatch = Arc::clone(&self.dispatch);
+        self.handlers += 1;
+        self.tasks.spawn(async move {
+            dispatch.run(delivery, permit).await;
+            Task::Handler
+        });
+    }
+
+    fn settle_in_background(&mut self, delivery: Delivery, settlement: Settlement) {
+        let metrics = Arc::clone(&self.metrics);
+        self.tasks.spawn(async move {
+            settle(delivery, settlement, &metrics).await;
+            Task::Settle
+        });
+    }
+
+    fn finished(&mut self, done: Result<Task, JoinError>) {
+        match done {
+            Ok(Task::Handler) => self.handlers -= 1,
+            Ok(Task::Settle) => {}
+            Err(error) => {
+                // Panics are caught inside the task, so this is a panic in a
+                // broker adapter's settle. Its delivery was handed back when
+                // the task unwound. The task kind is lost with the panic, so
+                // recount handlers from the tasks left.
+                tracing::error!(%error, "a settlement task failed; its delivery was handed back to the broker");
+                self.handlers = self.handlers.min(self.tasks.len());
+            }
+        }
+        if self.accepted() < self.accept_limit() {
+            self.nack_hold = false;
+        }
+    }
+
+    fn intake(&mut self, mut delivery: Delivery) {
+        self.metrics.received.fetch_add(1, Relaxed);
+        delivery.count_abandon_in(Arc::clone(&self.metrics.abandoned));
+        if self.accepted() < self.accept_limit() {
+            self.lanes.push(delivery);
+            return;
+        }
+        self.metrics.overflowed.fetch_add(1, Relaxed);
+        match self.config.overflow_policy() {
+            // `can_pull` keeps held < prefetch = accept limit, so Block never
+            // overflows; keep the delivery rather than lose it if it ever did.
+            Overflow::Block => self.lanes.push(delivery),
+            Overflow::Nack => {
+                self.metrics.requeued.fetch_add(1, Relaxed);
+                self.nack_hold = true;
+                self.settle_in_background(delivery, Settlement::Requeue);
+            }
+            Overflow::Delay => {
+                self.metrics.deferred.fetch_add(1, Relaxed);
+                let settlement = Settlement::Delay {
+                    after: self.config.overflow_delay_duration(),
+                    attempt: delivery.message().attempt(),
+                };
+                self.settle_in_background(delivery, settlement);
+            }
+            Overflow::Drop => {
+                self.metrics.dropped.fetch_add(1, Relaxed);
+                let origin = delivery.message().origin().to_string();
+                tracing::debug!(%origin, "lanes full: message dropped (overflow policy drop)");
+                self.log_drops_now_and_then();
+                self.settle_in_background(delivery, Settlement::Ack);
+            }
+        }
+    }
+
+    /// One warning a second while overflow drops go on, with the total.
+    fn log_drops_now_and_then(&mut self) {
+        let now = Instant::now();
+        if self
+            .last_drop_log
+            .is_none_or(|last| now.duration_since(last) >= Duration::from_secs(1))
+        {
+            self.last_drop_log = Some(now);
+            tracing::warn!(
+                dropped_total = self.metrics.dropped.load(Relaxed),
+                prefetch = self.prefetch(),
+                "lanes full: dropping arriving messages (SLUICEGATE_OVERFLOW=drop)"
+            );
+        }
+    }
+
+    fn source_failed(&mut self, error: &SourceError) {
+        self.metrics.source_errors.fetch_add(1, Relaxed);
+        self.source_failures = self.source_failures.saturating_add(1);
+        let exponent = self.source_failures.min(6) - 1;
+        let wait = Duration::from_millis(100 * (1 << exponent)); // 100 ms .. 3.2 s
+        tracing::warn!(%error, retry_in = ?wait, "source error; pulling again after a pause");
+        self.retry_source_at = Some(Instant::now() + wait);
+    }
+
+    /// Tells the source to stop fetching when the worker is full and to
+    /// fetch again once a quarter of the prefetch is free (hysteresis, so a
+    /// broker is not told to pause and resume for every message).
+    async fn steer_source(&mut self) {
+        let prefetch = self.prefetch();
+        let full = !self.can_pull() && !self.source_done && self.retry_source_at.is_none();
+        if full && !self.paused {
+            self.paused = true;
+            if let Err(error) = self.source.pause().await {
+                self.metrics.source_errors.fetch_add(1, Relaxed);
+                tracing::warn!(%error, "source refused to pause");
+            }
+        } else if self.paused && self.held() <= prefetch - (prefetch / 4).max(1) {
+            self.paused = false;
+            if let Err(error) = self.source.resume().await {
+                self.metrics.source_errors.fetch_add(1, Relaxed);
+                tracing::warn!(%error, "source refused to resume");
+            }
+        }
+    }
+
+    async fn drain(&mut self) -> DrainReport {
+        let mut report = DrainReport::default();
+        if !self.paused {
+            self.paused = true;
+            if let Err(error) = self.source.pause().await {
+                tracing::warn!(%error, "source refused to pause for the drain");
+            }
+        }
+        let waiting: Vec<Delivery> = self.lanes.drain().collect();
+        for delivery in waiting {
+            report.requeued_from_lanes += 1;
+            self.metrics.requeued.fetch_add(1, Relaxed);
+            self.settle_in_background(delivery, Settlement::Requeue);
+        }
+        let grace = self.config.shutdown_grace_duration();
+        tracing::info!(
+            running = self.handlers,
+            requeued = report.requeued_from_lanes,
+            ?grace,
+            "draining: waiting for running handlers"
+        );
+        let deadline = tokio::time::sleep(grace);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                biased;
+                done = self.tasks.join_next() => match done {
+                    None => return report,
+                    Some(done) => {
+                        if matches!(done, Ok(Task::Handler)) {
+                            report.finished_in_grace += 1;
+                        }
+                        self.finished(done);
+                    }
+                },
+                () = &mut deadline => break,
+            }
+        }
+        report.cancelled = self.tasks.len() as u64;
+        tracing::warn!(
+            cancelled = report.cancelled,
+            "grace period over: cancelling the rest; their messages go back to the broker"
+        );
+        self.tasks.abort_all();
+        while let Some(done) = self.tasks.join_next().await {
+            if let Ok(task) = done {
+                // Finished just before the abort took effect.
+                report.cancelled = report.cancelled.saturating_sub(1);
+                if matches!(task, Task::Handler) {
+                    report.finished_in_grace += 1;
+                    self.handlers -= 1;
+                }
+            }
+        }
+        self.handlers = 0;
+        report
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

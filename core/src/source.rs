@@ -1,0 +1,73 @@
+//! The adapter contract: a [`Source`] of deliveries that can be pulled,
+//! paused, resumed and re-tuned. Settling goes through each delivery's own
+//! handle ([`crate::message::Settle`]), so it can happen on any task.
+
+use async_trait::async_trait;
+
+use crate::message::Delivery;
+use crate::outcome::BoxError;
+
+/// An error from a source. `retryable` errors (a lost connection the adapter
+/// is re-establishing) make the runtime back off and pull again; others stop
+/// the worker after it drains.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}")]
+pub struct SourceError {
+    what: String,
+    retryable: bool,
+    #[source]
+    cause: Option<BoxError>,
+}
+
+impl SourceError {
+    /// A transient error: the runtime backs off and pulls again.
+    pub fn retryable(what: impl Into<String>) -> Self {
+        Self {
+            what: what.into(),
+            retryable: true,
+            cause: None,
+        }
+    }
+
+    /// A fatal error: the worker drains and stops with it.
+    pub fn fatal(what: impl Into<String>) -> Self {
+        Self {
+            what: what.into(),
+            retryable: false,
+            cause: None,
+        }
+    }
+
+    /// Attaches the underlying error.
+    pub fn with_cause(mut self, cause: impl Into<BoxError>) -> Self {
+        self.cause = Some(cause.into());
+        self
+    }
+
+    /// Whether pulling again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        self.retryable
+    }
+}
+
+/// Where deliveries come from: implemented by each broker adapter and by
+/// [`crate::memory::MemorySource`].
+///
+/// `next` must be cancel-safe: the runtime polls it inside `select!` and
+/// may drop the future before it completes; a delivery must never be lost
+/// that way (receiving from a channel is cancel-safe).
+#[async_trait]
+pub trait Source: Send + 'static {
+    /// The next delivery; `Ok(None)` when the source is finished for good.
+    async fn next(&mut self) -> Result<Option<Delivery>, SourceError>;
+
+    /// The runtime holds all it may: stop fetching from the broker
+    /// (deliveries already fetched may still be returned by `next`).
+    async fn pause(&mut self) -> Result<(), SourceError>;
+
+    /// The runtime has room again: fetch from the broker again.
+    async fn resume(&mut self) -> Result<(), SourceError>;
+
+    /// The most unsettled deliveries the broker should hand this consumer.
+    async fn set_prefetch(&mut self, prefetch: u16) -> Result<(), SourceError>;
+}
