@@ -9,9 +9,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
+use crate::gate::Permit;
 use crate::handler::ErasedHandler;
 use crate::message::{Delivery, Message, Settlement};
 use crate::metrics::Metrics;
@@ -34,12 +34,10 @@ struct Running<'a> {
 }
 
 impl<'a> Running<'a> {
-    fn start(metrics: &'a Metrics, queued_for: Duration) -> Self {
-        metrics.handler_started(queued_for);
-        Self {
-            metrics,
-            started: Instant::now(),
-        }
+    fn start(metrics: &'a Metrics, received_at: Instant) -> Self {
+        let started = Instant::now();
+        metrics.handler_started(started.saturating_duration_since(received_at));
+        Self { metrics, started }
     }
 }
 
@@ -51,9 +49,9 @@ impl Drop for Running<'_> {
 
 impl Dispatch {
     /// Runs the handler on `delivery` holding `permit`, then settles it.
-    pub(crate) async fn run(self: Arc<Self>, delivery: Delivery, permit: OwnedSemaphorePermit) {
+    pub(crate) async fn run(self: Arc<Self>, delivery: Delivery, permit: Permit) {
         let message = delivery.shared_message();
-        let running = Running::start(&self.metrics, message.age());
+        let running = Running::start(&self.metrics, message.received_at());
         let outcome = self.invoke(Arc::clone(&message)).await;
         drop(running);
         // The permit covers exactly the handler's run: settling does not hold it.
@@ -65,8 +63,14 @@ impl Dispatch {
     async fn invoke(&self, message: Arc<Message>) -> Outcome {
         let handler = Arc::clone(&self.handler);
         // Calling the handler inside the future catches panics in extractors too.
-        let call = AssertUnwindSafe(async move { handler(message).await }).catch_unwind();
-        match tokio::time::timeout(self.timeout, call).await {
+        let mut call =
+            std::pin::pin!(AssertUnwindSafe(async move { handler(message).await }).catch_unwind());
+        // Most handlers that finish at once need no timer: poll once first.
+        let finished = match futures_util::poll!(call.as_mut()) {
+            std::task::Poll::Ready(result) => Ok(result),
+            std::task::Poll::Pending => tokio::time::timeout(self.timeout, call).await,
+        };
+        match finished {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(panic)) => {
                 self.metrics.panicked.fetch_add(1, Relaxed);

@@ -5,32 +5,45 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 /// Admits at most `limit` handler runs at once.
 #[derive(Debug, Clone)]
 pub(crate) struct Gate {
     permits: Arc<Semaphore>,
+    freed: Arc<Notify>,
+}
+
+/// A handler's right to run. Dropping it frees the slot and wakes the loop.
+#[derive(Debug)]
+pub(crate) struct Permit {
+    permit: Option<OwnedSemaphorePermit>,
+    freed: Arc<Notify>,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        // Release first, then wake: the woken loop must find the slot free.
+        drop(self.permit.take());
+        self.freed.notify_one();
+    }
 }
 
 impl Gate {
-    pub(crate) fn new(limit: usize) -> Self {
+    /// A gate of `limit` permits that signals `freed` when one is released.
+    pub(crate) fn new(limit: usize, freed: Arc<Notify>) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(limit)),
+            freed,
         }
     }
 
     /// A permit now, if one is free.
-    pub(crate) fn try_admit(&self) -> Option<OwnedSemaphorePermit> {
-        Arc::clone(&self.permits).try_acquire_owned().ok()
-    }
-
-    /// Waits for a permit. Cancel-safe.
-    pub(crate) async fn admit(&self) -> OwnedSemaphorePermit {
-        match Arc::clone(&self.permits).acquire_owned().await {
-            Ok(permit) => permit,
-            // The semaphore is never closed; if it were, admit nothing more.
-            Err(_) => std::future::pending().await,
-        }
+    pub(crate) fn try_admit(&self) -> Option<Permit> {
+        let permit = Arc::clone(&self.permits).try_acquire_owned().ok()?;
+        Some(Permit {
+            permit: Some(permit),
+            freed: Arc::clone(&self.freed),
+        })
     }
 }

@@ -56,6 +56,7 @@ pub mod retry;
 mod runtime;
 pub mod shutdown;
 pub mod source;
+mod tracker;
 
 pub use config::{Config, ConfigError, Overflow};
 pub use handler::{Context, FromMessage, Handler, Json, MessageHandler, Payload, Rejection};

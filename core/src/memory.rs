@@ -326,8 +326,17 @@ impl Queue {
         }
     }
 
+    /// Wakes publishers waiting on a full queue once a quarter of it is free
+    /// again (hysteresis: not one wake-up per freed slot), or when it closes.
     fn wake_publishers(&self, state: &QueueState) {
-        if state.waiting_publishers > 0 {
+        if state.waiting_publishers == 0 {
+            return;
+        }
+        let roomy = match self.options.capacity {
+            Some((capacity, _)) => state.ready_len + (capacity / 4).max(1) <= capacity,
+            None => true,
+        };
+        if roomy || state.closed {
             self.publishers.notify_waiters();
         }
     }
@@ -574,7 +583,7 @@ impl std::fmt::Debug for MemorySource {
 }
 
 enum Poll {
-    Ready(Box<Delivery>),
+    Ready(Delivery),
     Finished,
     Wait(Option<Instant>),
 }
@@ -599,7 +608,7 @@ impl MemorySource {
                 state.stats.max_unacked = state.stats.max_unacked.max(state.outstanding.len());
                 self.window.unacked.fetch_add(1, Ordering::Relaxed);
                 self.queue.wake_publishers(state);
-                return Poll::Ready(Box::new(self.deliver(stored, tag)));
+                return Poll::Ready(self.deliver(stored, tag));
             }
         }
         if state.drained() {
@@ -644,7 +653,7 @@ impl Source for MemorySource {
             let due = {
                 let mut state = self.queue.lock();
                 match self.poll_once(&mut state) {
-                    Poll::Ready(delivery) => return Ok(Some(*delivery)),
+                    Poll::Ready(delivery) => return Ok(Some(delivery)),
                     Poll::Finished => return Ok(None),
                     Poll::Wait(due) => {
                         notified.as_mut().enable();
@@ -665,6 +674,17 @@ impl Source for MemorySource {
                 None => notified.await,
             }
         }
+    }
+
+    fn next_ready(&mut self, max: usize, out: &mut Vec<Delivery>) -> Result<(), SourceError> {
+        let mut state = self.queue.lock();
+        for _ in 0..max {
+            match self.poll_once(&mut state) {
+                Poll::Ready(delivery) => out.push(delivery),
+                Poll::Finished | Poll::Wait(_) => break,
+            }
+        }
+        Ok(())
     }
 
     async fn pause(&mut self) -> Result<(), SourceError> {
@@ -778,8 +798,8 @@ impl Settle for MemorySettle {
             }
         }
         // Settling frees window room and may finish a closed queue: wake
-        // every consumer so each re-checks its own window.
-        queue.consumers.notify_waiters();
+        // every waiting consumer so each re-checks its own window.
+        queue.wake_consumers(&state);
         drop(state);
         Ok(())
     }
@@ -792,7 +812,7 @@ impl Settle for MemorySettle {
             let stored = queue.stored_from(message, &self.meta, message.attempt());
             state.push_ready(stored, true);
         }
-        queue.consumers.notify_waiters();
+        queue.wake_consumers(&state);
     }
 }
 

@@ -13,17 +13,17 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
 
 use crate::config::{Config, Overflow};
 use crate::dispatch::{Dispatch, settle};
-use crate::gate::Gate;
+use crate::gate::{Gate, Permit};
 use crate::handler::{ErasedHandler, Handler, erase};
 use crate::lanes::Lanes;
 use crate::message::{Delivery, Settlement};
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::source::{Source, SourceError};
+use crate::tracker::{Kind, Tracker};
 
 /// Why the worker stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,6 +68,10 @@ pub enum Error {
     /// The source failed for good, after the worker drained.
     #[error("source failed: {0}")]
     Source(#[from] SourceError),
+    /// The tokio runtime shut down under the worker; what it held went
+    /// back to the broker.
+    #[error("the worker was cancelled by its tokio runtime shutting down")]
+    Cancelled,
 }
 
 /// Runs one handler against one source.
@@ -132,22 +136,26 @@ impl<S: Source> Worker<S> {
     /// Runs until the source finishes or `shutdown` completes, then drains:
     /// stops pulling, requeues what waits in the lanes, lets running
     /// handlers finish within the grace period, cancels and requeues the rest.
+    ///
+    /// The loop runs as a task of its own on the current tokio runtime, so
+    /// the handler tasks it spawns start on a worker thread's local queue.
     pub async fn run_until(
         self,
-        shutdown: impl Future<Output = ()> + Send,
+        shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<Report, Error> {
         self.config.validate()?;
         let mut flow = Flow::new(self.source, self.handler, self.config, self.metrics);
         flow.source
             .set_prefetch(flow.config.prefetch_limit())
             .await?;
-        flow.run(shutdown).await
+        match tokio::spawn(flow.run(shutdown)).await {
+            Ok(result) => result,
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            // Only a runtime shutting down cancels the loop; every delivery it
+            // held was handed back to the broker as its task was dropped.
+            Err(_) => Err(Error::Cancelled),
+        }
     }
-}
-
-enum Task {
-    Handler,
-    Settle,
 }
 
 struct Flow<S> {
@@ -157,8 +165,7 @@ struct Flow<S> {
     dispatch: Arc<Dispatch>,
     lanes: Lanes,
     gate: Gate,
-    tasks: JoinSet<Task>,
-    handlers: usize,
+    tasks: Arc<Tracker>,
     paused: bool,
     nack_hold: bool,
     source_done: bool,
@@ -175,15 +182,18 @@ impl<S: Source> Flow<S> {
             retry: config.retry_policy().clone(),
             timeout: config.handler_timeout_duration(),
         });
+        let freed = Arc::new(tokio::sync::Notify::new());
         Self {
             source,
-            gate: Gate::new(usize::from(config.max_in_flight_limit())),
+            gate: Gate::new(
+                usize::from(config.max_in_flight_limit()),
+                Arc::clone(&freed),
+            ),
+            tasks: Arc::new(Tracker::new(freed)),
             config,
             metrics,
             dispatch,
             lanes: Lanes::default(),
-            tasks: JoinSet::new(),
-            handlers: 0,
             paused: false,
             nack_hold: false,
             source_done: false,
@@ -198,11 +208,11 @@ impl<S: Source> Flow<S> {
     }
 
     fn held(&self) -> usize {
-        self.lanes.len() + self.tasks.len()
+        self.lanes.len() + self.tasks.total()
     }
 
     fn accepted(&self) -> usize {
-        self.lanes.len() + self.handlers
+        self.lanes.len() + self.tasks.handlers()
     }
 
     fn accept_limit(&self) -> usize {
@@ -219,7 +229,17 @@ impl<S: Source> Flow<S> {
     async fn run(mut self, shutdown: impl Future<Output = ()> + Send) -> Result<Report, Error> {
         tokio::pin!(shutdown);
         let mut failure = None;
+        let mut ready = Vec::new();
         let stopped_by = loop {
+            if let Err(error) = self.take_ready(&mut ready) {
+                if error.is_retryable() {
+                    self.source_failed(&error);
+                } else {
+                    tracing::error!(%error, "source failed for good; draining");
+                    failure = Some(error);
+                    break StopReason::SourceFailed;
+                }
+            }
             self.start_ready();
             self.steer_source().await;
             self.metrics.set_held(self.held(), self.lanes.len());
@@ -231,12 +251,7 @@ impl<S: Source> Flow<S> {
             tokio::select! {
                 biased;
                 () = &mut shutdown => break StopReason::Shutdown,
-                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => self.finished(done),
-                permit = self.gate.admit(), if !self.lanes.is_empty() => {
-                    if let Some(delivery) = self.lanes.pop() {
-                        self.start(delivery, permit);
-                    }
-                }
+                () = self.tasks.ended(), if self.tasks.total() > 0 => self.finished(),
                 () = sleep_until_opt(retry_at), if retry_at.is_some() => self.retry_source_at = None,
                 pulled = self.source.next(), if can_pull => match pulled {
                     Ok(Some(delivery)) => {
@@ -271,6 +286,25 @@ impl<S: Source> Flow<S> {
         }
     }
 
+    /// Takes what the source has ready now, as far as there is room, without
+    /// waiting (one lock or channel drain instead of one wake-up each).
+    fn take_ready(&mut self, ready: &mut Vec<Delivery>) -> Result<(), SourceError> {
+        loop {
+            if !self.can_pull() {
+                return Ok(());
+            }
+            let room = self.prefetch() - self.held();
+            self.source.next_ready(room, ready)?;
+            if ready.is_empty() {
+                return Ok(());
+            }
+            self.source_failures = 0;
+            for delivery in ready.drain(..) {
+                self.intake(delivery);
+            }
+        }
+    }
+
     /// Starts handlers for waiting deliveries while permits are free.
     fn start_ready(&mut self) {
         while !self.lanes.is_empty() {
@@ -283,36 +317,23 @@ impl<S: Source> Flow<S> {
         }
     }
 
-    fn start(&mut self, delivery: Delivery, permit: tokio::sync::OwnedSemaphorePermit) {
+    fn start(&mut self, delivery: Delivery, permit: Permit) {
         let dispatch = Arc::clone(&self.dispatch);
-        self.handlers += 1;
-        self.tasks.spawn(async move {
-            dispatch.run(delivery, permit).await;
-            Task::Handler
-        });
+        self.tasks
+            .spawn(Kind::Handler, dispatch.run(delivery, permit));
     }
 
     fn settle_in_background(&mut self, delivery: Delivery, settlement: Settlement) {
         let metrics = Arc::clone(&self.metrics);
-        self.tasks.spawn(async move {
+        self.tasks.spawn(Kind::Settle, async move {
             settle(delivery, settlement, &metrics).await;
-            Task::Settle
         });
     }
 
-    fn finished(&mut self, done: Result<Task, JoinError>) {
-        match done {
-            Ok(Task::Handler) => self.handlers -= 1,
-            Ok(Task::Settle) => {}
-            Err(error) => {
-                // Panics are caught inside the task, so this is a panic in a
-                // broker adapter's settle. Its delivery was handed back when
-                // the task unwound. The task kind is lost with the panic, so
-                // recount handlers from the tasks left.
-                tracing::error!(%error, "a settlement task failed; its delivery was handed back to the broker");
-                self.handlers = self.handlers.min(self.tasks.len());
-            }
-        }
+    /// Some task ended. (A handler's panic is caught inside its task; a
+    /// panic in an adapter's settle unwinds the task, which hands its
+    /// delivery back to the broker as it drops.)
+    fn finished(&mut self) {
         if self.accepted() < self.accept_limit() {
             self.nack_hold = false;
         }
@@ -414,46 +435,35 @@ impl<S: Source> Flow<S> {
             self.settle_in_background(delivery, Settlement::Requeue);
         }
         let grace = self.config.shutdown_grace_duration();
+        let running = self.tasks.handlers();
         tracing::info!(
-            running = self.handlers,
+            running,
             requeued = report.requeued_from_lanes,
             ?grace,
             "draining: waiting for running handlers"
         );
         let deadline = tokio::time::sleep(grace);
         tokio::pin!(deadline);
-        loop {
+        while self.tasks.total() > 0 {
             tokio::select! {
                 biased;
-                done = self.tasks.join_next() => match done {
-                    None => return report,
-                    Some(done) => {
-                        if matches!(done, Ok(Task::Handler)) {
-                            report.finished_in_grace += 1;
-                        }
-                        self.finished(done);
-                    }
-                },
+                () = self.tasks.ended() => {}
                 () = &mut deadline => break,
             }
         }
-        report.cancelled = self.tasks.len() as u64;
-        tracing::warn!(
-            cancelled = report.cancelled,
-            "grace period over: cancelling the rest; their messages go back to the broker"
-        );
-        self.tasks.abort_all();
-        while let Some(done) = self.tasks.join_next().await {
-            if let Ok(task) = done {
-                // Finished just before the abort took effect.
-                report.cancelled = report.cancelled.saturating_sub(1);
-                if matches!(task, Task::Handler) {
-                    report.finished_in_grace += 1;
-                    self.handlers -= 1;
-                }
+        if self.tasks.total() > 0 {
+            tracing::warn!(
+                left = self.tasks.total(),
+                "grace period over: cancelling the rest; their messages go back to the broker"
+            );
+            self.tasks.cancel_all();
+            while self.tasks.total() > 0 {
+                self.tasks.ended().await;
             }
         }
-        self.handlers = 0;
+        let (cancelled_handlers, cancelled_settles) = self.tasks.cancelled();
+        report.cancelled = (cancelled_handlers + cancelled_settles) as u64;
+        report.finished_in_grace = running.saturating_sub(cancelled_handlers) as u64;
         report
     }
 }

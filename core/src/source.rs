@@ -61,6 +61,16 @@ pub trait Source: Send + 'static {
     /// The next delivery; `Ok(None)` when the source is finished for good.
     async fn next(&mut self) -> Result<Option<Delivery>, SourceError>;
 
+    /// Deliveries that are ready now, without waiting: up to `max` of them,
+    /// appended to `out`. The runtime calls this before waiting on `next`,
+    /// so a source that can hand over a batch under one lock (or drain a
+    /// channel with `try_recv`) saves a wake-up per message. The default
+    /// hands over nothing.
+    fn next_ready(&mut self, max: usize, out: &mut Vec<Delivery>) -> Result<(), SourceError> {
+        let _ = (max, out);
+        Ok(())
+    }
+
     /// The runtime holds all it may: stop fetching from the broker
     /// (deliveries already fetched may still be returned by `next`).
     async fn pause(&mut self) -> Result<(), SourceError>;
