@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluicegate::memory::{MemoryBroker, QueueOptions, WhenFull};
-use sluicegate::{Config, Worker};
+use sluicegate::{
+    Config, Delivery, Message, Origin, Settle, SettleError, Settlement, Source, SourceError, Worker,
+};
 use tokio::sync::{Semaphore, mpsc};
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -74,16 +76,42 @@ async fn sluicegate(n: usize) -> Duration {
         })
     };
     let config = Config::default().prefetch(1024).max_in_flight(64);
-    let report = Worker::new(broker.source("bench"), || async {})
-        .config(config)
-        .run_until(std::future::pending())
-        .await;
+    let worker = Worker::new(broker.source("bench"), || async {}).config(config);
+    let metrics = worker.metrics();
+    let report = watchdog(
+        "sluicegate + memory broker",
+        worker.run_until(std::future::pending()),
+        || {
+            format!(
+                "worker: {:?}\nbroker: {:?}",
+                metrics.snapshot(),
+                broker.stats("bench")
+            )
+        },
+    )
+    .await;
     let _ = producer.await;
     let elapsed = started.elapsed();
     match report {
         Ok(r) if r.metrics.acked == n as u64 => elapsed,
         Ok(r) => panic!("sluicegate acked {} of {n}", r.metrics.acked),
         Err(e) => panic!("sluicegate failed: {e}"),
+    }
+}
+
+/// Awaits `run`, or after 60 s prints `state()` and exits: a stuck
+/// benchmark says where it is stuck instead of hanging.
+async fn watchdog<T>(
+    what: &str,
+    run: impl std::future::Future<Output = T>,
+    state: impl Fn() -> String,
+) -> T {
+    match tokio::time::timeout(Duration::from_secs(60), run).await {
+        Ok(out) => out,
+        Err(_) => {
+            eprintln!("{what}: no progress for 60 s\n{}", state());
+            std::process::exit(3);
+        }
     }
 }
 
@@ -94,6 +122,80 @@ async fn spawned(run: impl std::future::Future<Output = Duration> + Send + 'stat
     match tokio::spawn(run).await {
         Ok(elapsed) => elapsed,
         Err(e) => panic!("raw loop failed: {e}"),
+    }
+}
+
+/// A source over a bounded mpsc that settles with no broker at all: the
+/// runtime's own overhead, without the in-memory broker's bookkeeping.
+struct ChannelSource(mpsc::Receiver<u64>);
+
+struct NoBroker;
+
+#[async_trait::async_trait]
+impl Settle for NoBroker {
+    async fn settle(self: Box<Self>, _: &Message, _: Settlement) -> Result<(), SettleError> {
+        Ok(())
+    }
+    fn abandon(self: Box<Self>, _: &Message) {}
+}
+
+fn delivery(n: u64) -> Delivery {
+    Delivery::new(
+        Message::new(Origin::new("bench", n), bytes::Bytes::new()),
+        NoBroker,
+    )
+}
+
+#[async_trait::async_trait]
+impl Source for ChannelSource {
+    async fn next(&mut self) -> Result<Option<Delivery>, SourceError> {
+        Ok(self.0.recv().await.map(delivery))
+    }
+    fn next_ready(&mut self, max: usize, out: &mut Vec<Delivery>) -> Result<(), SourceError> {
+        for _ in 0..max {
+            match self.0.try_recv() {
+                Ok(n) => out.push(delivery(n)),
+                Err(_) => break,
+            }
+        }
+        Ok(())
+    }
+    async fn pause(&mut self) -> Result<(), SourceError> {
+        Ok(())
+    }
+    async fn resume(&mut self) -> Result<(), SourceError> {
+        Ok(())
+    }
+    async fn set_prefetch(&mut self, _: u16) -> Result<(), SourceError> {
+        Ok(())
+    }
+}
+
+async fn runtime_over_channel(n: usize) -> Duration {
+    let started = Instant::now();
+    let (tx, rx) = mpsc::channel::<u64>(1024);
+    let producer = tokio::spawn(async move {
+        for i in 0..n as u64 {
+            if tx.send(i).await.is_err() {
+                break;
+            }
+        }
+    });
+    let config = Config::default().prefetch(1024).max_in_flight(64);
+    let worker = Worker::new(ChannelSource(rx), || async {}).config(config);
+    let metrics = worker.metrics();
+    let report = watchdog(
+        "runtime over a channel",
+        worker.run_until(std::future::pending()),
+        || format!("worker: {:?}", metrics.snapshot()),
+    )
+    .await;
+    let _ = producer.await;
+    let elapsed = started.elapsed();
+    match report {
+        Ok(r) if r.metrics.acked == n as u64 => elapsed,
+        Ok(r) => panic!("runtime over a channel acked {} of {n}", r.metrics.acked),
+        Err(e) => panic!("runtime over a channel failed: {e}"),
     }
 }
 
@@ -111,23 +213,29 @@ fn main() {
         .build()
         .expect("a tokio runtime");
     println!("dispatch bench: {n} no-op messages, {rounds} alternating rounds, 2 worker threads");
-    // Warm up both paths once.
+    // Warm up every path once.
     rt.block_on(spawned(raw_tokio(n / 10)));
     rt.block_on(sluicegate(n / 10));
-    let (mut raw, mut ours) = (Vec::new(), Vec::new());
+    rt.block_on(runtime_over_channel(n / 10));
+    let (mut raw, mut ours, mut chan) = (Vec::new(), Vec::new(), Vec::new());
+    let rate = |d: Duration| n as f64 / d.as_secs_f64();
     for round in 1..=rounds {
-        let r = n as f64 / rt.block_on(spawned(raw_tokio(n))).as_secs_f64();
-        let s = n as f64 / rt.block_on(sluicegate(n)).as_secs_f64();
+        let r = rate(rt.block_on(spawned(raw_tokio(n))));
+        let s = rate(rt.block_on(sluicegate(n)));
+        let c = rate(rt.block_on(runtime_over_channel(n)));
         println!(
-            "round {round}: raw tokio {r:>10.0} msg/s   sluicegate {s:>10.0} msg/s   ratio {:.2}",
-            s / r
+            "round {round}: raw tokio {r:>9.0} msg/s | sluicegate + memory broker {s:>9.0} msg/s, ratio {:.2} | runtime over a channel {c:>9.0} msg/s, ratio {:.2}",
+            s / r,
+            c / r
         );
         raw.push(r);
         ours.push(s);
+        chan.push(c);
     }
-    let (r, s) = (median(&mut raw), median(&mut ours));
+    let (r, s, c) = (median(&mut raw), median(&mut ours), median(&mut chan));
     println!(
-        "median: raw tokio {r:.0} msg/s, sluicegate {s:.0} msg/s, ratio {:.2} (target >= 0.5 and > 500k msg/s)",
-        s / r
+        "median: raw tokio {r:.0} msg/s | sluicegate + memory broker {s:.0} msg/s, ratio {:.2} (target >= 0.5 and > 500k) | runtime over a channel {c:.0} msg/s, ratio {:.2}",
+        s / r,
+        c / r
     );
 }

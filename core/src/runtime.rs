@@ -251,7 +251,11 @@ impl<S: Source> Flow<S> {
             tokio::select! {
                 biased;
                 () = &mut shutdown => break StopReason::Shutdown,
-                () = self.tasks.ended(), if self.tasks.total() > 0 => self.finished(),
+                // Always enabled: `can_pull` and the counts above are a snapshot,
+                // and a task that ends after it leaves a permit here, so the
+                // loop looks again. (Guarding this on a live count raced: every
+                // task could end between the two reads, leaving no branch.)
+                () = self.tasks.ended() => self.finished(),
                 () = sleep_until_opt(retry_at), if retry_at.is_some() => self.retry_source_at = None,
                 pulled = self.source.next(), if can_pull => match pulled {
                     Ok(Some(delivery)) => {
