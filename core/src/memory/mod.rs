@@ -23,19 +23,19 @@
 //! # }
 //! ```
 
-use std::cmp::{Ordering as CmpOrdering, Reverse};
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use async_trait::async_trait;
 use bytes::Bytes;
-use tokio::sync::Notify;
-use tokio::time::Instant;
 
-use crate::message::{Delivery, Headers, Message, Origin, Settle, SettleError, Settlement, header};
-use crate::source::{Source, SourceError};
+use crate::message::{Headers, header};
+
+mod consumer;
+mod queue;
+
+pub use consumer::MemorySource;
+use queue::{Delayed, Queue, QueueState, Stored};
 
 /// What `publish` does when a bounded queue is full.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -190,8 +190,6 @@ pub struct QueueStats {
     pub dead_lettered: u64,
     /// Dropped unsettled by a consumer and requeued.
     pub abandoned: u64,
-    /// Settlements of a delivery that was not outstanding (must stay 0).
-    pub unknown_settlements: u64,
     /// Ready now.
     pub ready: usize,
     /// Delivered and not yet settled, now.
@@ -219,140 +217,6 @@ pub struct QueuedMessage {
     pub deliveries: u32,
     /// Whether it waits for a delayed redelivery.
     pub delayed: bool,
-}
-
-#[derive(Clone, Debug)]
-struct Stored {
-    id: u64,
-    payload: Bytes,
-    headers: Headers,
-    key: Option<Bytes>,
-    priority: u8,
-    attempt: u32,
-    deliveries: u32,
-    published_at: SystemTime,
-}
-
-struct Delayed {
-    due: Instant,
-    seq: u64,
-    message: Stored,
-}
-
-impl PartialEq for Delayed {
-    fn eq(&self, other: &Self) -> bool {
-        (self.due, self.seq) == (other.due, other.seq)
-    }
-}
-impl Eq for Delayed {}
-impl PartialOrd for Delayed {
-    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Delayed {
-    fn cmp(&self, other: &Self) -> CmpOrdering {
-        (self.due, self.seq).cmp(&(other.due, other.seq))
-    }
-}
-
-#[derive(Default)]
-struct QueueState {
-    ready: Vec<VecDeque<Stored>>,
-    ready_len: usize,
-    delayed: BinaryHeap<Reverse<Delayed>>,
-    outstanding: HashSet<u64>,
-    closed: bool,
-    seq: u64,
-    waiting_consumers: usize,
-    waiting_publishers: usize,
-    stats: QueueStats,
-}
-
-impl QueueState {
-    fn push_ready(&mut self, message: Stored, front: bool) {
-        let lane = usize::from(message.priority).min(self.ready.len() - 1);
-        if front {
-            self.ready[lane].push_front(message);
-        } else {
-            self.ready[lane].push_back(message);
-        }
-        self.ready_len += 1;
-    }
-
-    fn pop_ready(&mut self) -> Option<Stored> {
-        let message = self.ready.iter_mut().rev().find_map(VecDeque::pop_front)?;
-        self.ready_len -= 1;
-        Some(message)
-    }
-
-    fn promote_due(&mut self, now: Instant) {
-        while self.delayed.peek().is_some_and(|Reverse(d)| d.due <= now) {
-            if let Some(Reverse(d)) = self.delayed.pop() {
-                self.push_ready(d.message, false);
-            }
-        }
-    }
-
-    fn drained(&self) -> bool {
-        self.closed && self.ready_len == 0 && self.delayed.is_empty() && self.outstanding.is_empty()
-    }
-
-    fn next_seq(&mut self) -> u64 {
-        self.seq += 1;
-        self.seq
-    }
-}
-
-struct Queue {
-    name: Arc<str>,
-    options: QueueOptions,
-    dead_letter: Option<Arc<Queue>>,
-    state: Mutex<QueueState>,
-    consumers: Notify,
-    publishers: Notify,
-}
-
-impl Queue {
-    fn lock(&self) -> MutexGuard<'_, QueueState> {
-        // A panic while holding this lock cannot leave the state torn (every
-        // mutation is a few field updates), so a poisoned lock is still usable.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn wake_consumers(&self, state: &QueueState) {
-        if state.waiting_consumers > 0 {
-            self.consumers.notify_waiters();
-        }
-    }
-
-    /// Wakes publishers waiting on a full queue once a quarter of it is free
-    /// again (hysteresis: not one wake-up per freed slot), or when it closes.
-    fn wake_publishers(&self, state: &QueueState) {
-        if state.waiting_publishers == 0 {
-            return;
-        }
-        let roomy = match self.options.capacity {
-            Some((capacity, _)) => state.ready_len + (capacity / 4).max(1) <= capacity,
-            None => true,
-        };
-        if roomy || state.closed {
-            self.publishers.notify_waiters();
-        }
-    }
-
-    fn stored_from(&self, message: &Message, meta: &Meta, attempt: u32) -> Stored {
-        Stored {
-            id: meta.id,
-            payload: message.payload().clone(),
-            headers: message.headers().clone(),
-            key: message.key().cloned(),
-            priority: message.priority(),
-            attempt,
-            deliveries: meta.deliveries,
-            published_at: meta.published_at,
-        }
-    }
 }
 
 /// An in-process broker. Cloning gives another handle to the same broker.
@@ -395,19 +259,7 @@ impl MemoryBroker {
             };
             Self::declare_locked(queues, &dlq, QueueOptions::default().without_dead_letter())
         });
-        let levels = usize::from(options.max_priority) + 1;
-        let state = QueueState {
-            ready: (0..levels).map(|_| VecDeque::new()).collect(),
-            ..QueueState::default()
-        };
-        let queue = Arc::new(Queue {
-            name: Arc::from(name),
-            options,
-            dead_letter,
-            state: Mutex::new(state),
-            consumers: Notify::new(),
-            publishers: Notify::new(),
-        });
+        let queue = Arc::new(Queue::new(name, options, dead_letter));
         queues.insert(name.to_owned(), Arc::clone(&queue));
         queue
     }
@@ -496,7 +348,7 @@ impl MemoryBroker {
             false,
         );
         state.stats.published += 1;
-        q.wake_consumers(state);
+        q.wake_consumers();
         Ok(())
     }
 
@@ -506,31 +358,20 @@ impl MemoryBroker {
         let q = self.queue(queue);
         let mut state = q.lock();
         state.closed = true;
-        q.consumers.notify_waiters();
         q.wake_publishers(&state);
+        drop(state);
+        q.consumers.notify_waiters();
     }
 
     /// A consumer of `queue` (declared with defaults if absent), with no
-    /// prefetch limit until [`Source::set_prefetch`] sets one.
+    /// prefetch limit until [`crate::Source::set_prefetch`] sets one.
     pub fn source(&self, queue: &str) -> MemorySource {
-        MemorySource {
-            queue: self.queue(queue),
-            window: Arc::new(Window {
-                prefetch: AtomicUsize::new(usize::MAX),
-                unacked: AtomicUsize::new(0),
-            }),
-        }
+        MemorySource::new(self.queue(queue))
     }
 
     /// The broker's statistics for `queue`.
     pub fn stats(&self, queue: &str) -> QueueStats {
-        let q = self.queue(queue);
-        let state = q.lock();
-        let mut stats = state.stats.clone();
-        stats.ready = state.ready_len;
-        stats.unacked = state.outstanding.len();
-        stats.delayed_now = state.delayed.len();
-        stats
+        self.queue(queue).stats()
     }
 
     /// The messages waiting in `queue`: ready ones in delivery order, then
@@ -553,273 +394,21 @@ impl MemoryBroker {
             .rev()
             .flat_map(|lane| lane.iter().map(|m| view(m, false)))
             .collect();
-        let mut delayed: Vec<&Delayed> = state.delayed.iter().map(|Reverse(d)| d).collect();
+        let mut delayed: Vec<&Delayed> =
+            state.delayed.iter().map(|std::cmp::Reverse(d)| d).collect();
         delayed.sort();
         out.extend(delayed.into_iter().map(|d| view(&d.message, true)));
         out
     }
 }
 
-/// One consumer's prefetch window.
-#[derive(Debug)]
-struct Window {
-    prefetch: AtomicUsize,
-    unacked: AtomicUsize,
-}
-
-/// A consumer of one in-memory queue; implements [`Source`].
-pub struct MemorySource {
-    queue: Arc<Queue>,
-    window: Arc<Window>,
-}
-
-impl std::fmt::Debug for MemorySource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemorySource")
-            .field("queue", &self.queue.name)
-            .field("window", &self.window)
-            .finish()
-    }
-}
-
-enum Poll {
-    Ready(Delivery),
-    Finished,
-    Wait(Option<Instant>),
-}
-
-impl MemorySource {
-    fn poll_once(&self, state: &mut QueueState) -> Poll {
-        let now = Instant::now();
-        state.promote_due(now);
-        // Relaxed is enough: the window is only changed under the queue lock,
-        // except the prefetch, which may apply one delivery late.
-        let room = self.window.unacked.load(Ordering::Relaxed)
-            < self.window.prefetch.load(Ordering::Relaxed);
-        if room {
-            if let Some(mut stored) = state.pop_ready() {
-                let tag = state.next_seq();
-                state.outstanding.insert(tag);
-                stored.deliveries += 1;
-                state.stats.delivered += 1;
-                if stored.deliveries > 1 {
-                    state.stats.redelivered += 1;
-                }
-                state.stats.max_unacked = state.stats.max_unacked.max(state.outstanding.len());
-                self.window.unacked.fetch_add(1, Ordering::Relaxed);
-                self.queue.wake_publishers(state);
-                return Poll::Ready(self.deliver(stored, tag));
-            }
-        }
-        if state.drained() {
-            return Poll::Finished;
-        }
-        Poll::Wait(state.delayed.peek().map(|Reverse(d)| d.due))
-    }
-
-    fn deliver(&self, stored: Stored, tag: u64) -> Delivery {
-        let origin = Origin::new(Arc::clone(&self.queue.name), stored.id);
-        let mut message = Message::new(origin, stored.payload)
-            .with_headers(stored.headers)
-            .with_priority(stored.priority)
-            .with_attempt(stored.attempt)
-            .with_redelivered(stored.deliveries > 1)
-            .with_broker_timestamp(stored.published_at);
-        if let Some(key) = stored.key {
-            message = message.with_key(key);
-        }
-        Delivery::new(
-            message,
-            MemorySettle {
-                queue: Arc::clone(&self.queue),
-                window: Arc::clone(&self.window),
-                meta: Meta {
-                    id: stored.id,
-                    tag,
-                    deliveries: stored.deliveries,
-                    published_at: stored.published_at,
-                },
-            },
-        )
-    }
-}
-
-#[async_trait]
-impl Source for MemorySource {
-    async fn next(&mut self) -> Result<Option<Delivery>, SourceError> {
-        loop {
-            let notified = self.queue.consumers.notified();
-            tokio::pin!(notified);
-            let due = {
-                let mut state = self.queue.lock();
-                match self.poll_once(&mut state) {
-                    Poll::Ready(delivery) => return Ok(Some(delivery)),
-                    Poll::Finished => return Ok(None),
-                    Poll::Wait(due) => {
-                        notified.as_mut().enable();
-                        state.waiting_consumers += 1;
-                        due
-                    }
-                }
-            };
-            // Decrements `waiting_consumers` even if this future is dropped.
-            let _waiting = WaitingGuard(&self.queue);
-            match due {
-                Some(due) => {
-                    tokio::select! {
-                        _ = &mut notified => {}
-                        _ = tokio::time::sleep_until(due) => {}
-                    }
-                }
-                None => notified.await,
-            }
-        }
-    }
-
-    fn next_ready(&mut self, max: usize, out: &mut Vec<Delivery>) -> Result<(), SourceError> {
-        let mut state = self.queue.lock();
-        for _ in 0..max {
-            match self.poll_once(&mut state) {
-                Poll::Ready(delivery) => out.push(delivery),
-                Poll::Finished | Poll::Wait(_) => break,
-            }
-        }
-        Ok(())
-    }
-
-    async fn pause(&mut self) -> Result<(), SourceError> {
-        // Pull-based: not calling `next` is all the pausing it needs.
-        Ok(())
-    }
-
-    async fn resume(&mut self) -> Result<(), SourceError> {
-        Ok(())
-    }
-
-    async fn set_prefetch(&mut self, prefetch: u16) -> Result<(), SourceError> {
-        self.window
-            .prefetch
-            .store(usize::from(prefetch).max(1), Ordering::Relaxed);
-        let state = self.queue.lock();
-        self.queue.consumers.notify_waiters();
-        drop(state);
-        Ok(())
-    }
-}
-
-struct WaitingGuard<'a>(&'a Queue);
-
-impl Drop for WaitingGuard<'_> {
-    fn drop(&mut self) {
-        self.0.lock().waiting_consumers -= 1;
-    }
-}
-
-#[derive(Debug)]
-struct Meta {
-    id: u64,
-    tag: u64,
-    deliveries: u32,
-    published_at: SystemTime,
-}
-
-struct MemorySettle {
-    queue: Arc<Queue>,
-    window: Arc<Window>,
-    meta: Meta,
-}
-
-impl MemorySettle {
-    /// Marks the delivery settled; false if it was not outstanding.
-    fn release(&self, state: &mut QueueState) -> bool {
-        if !state.outstanding.remove(&self.meta.tag) {
-            state.stats.unknown_settlements += 1;
-            return false;
-        }
-        self.window.unacked.fetch_sub(1, Ordering::Relaxed);
-        true
-    }
-}
-
-#[async_trait]
-impl Settle for MemorySettle {
-    async fn settle(
-        self: Box<Self>,
-        message: &Message,
-        settlement: Settlement,
-    ) -> Result<(), SettleError> {
-        let queue = &self.queue;
-        let mut state = queue.lock();
-        if !self.release(&mut state) {
-            return Err(SettleError {
-                origin: message.origin().to_string(),
-                settlement,
-                reason: "delivery is not outstanding".into(),
-            });
-        }
-        match settlement {
-            Settlement::Ack => state.stats.acked += 1,
-            Settlement::Requeue => {
-                state.stats.requeued += 1;
-                let stored = queue.stored_from(message, &self.meta, message.attempt());
-                state.push_ready(stored, true);
-            }
-            Settlement::Delay { after, attempt } => {
-                state.stats.delayed += 1;
-                let seq = state.next_seq();
-                let stored = queue.stored_from(message, &self.meta, attempt);
-                state.delayed.push(Reverse(Delayed {
-                    due: Instant::now() + after,
-                    seq,
-                    message: stored,
-                }));
-            }
-            Settlement::DeadLetter { reason } => {
-                state.stats.dead_lettered += 1;
-                let mut stored = queue.stored_from(message, &self.meta, message.attempt());
-                if let Some(dlq) = &queue.dead_letter {
-                    stored.headers.insert(header::REASON, reason);
-                    stored
-                        .headers
-                        .insert(header::ORIGIN, queue.name.to_string());
-                    stored
-                        .headers
-                        .insert(header::ATTEMPT, message.attempt().to_string());
-                    stored.deliveries = 0;
-                    drop(state);
-                    let mut dlq_state = dlq.lock();
-                    stored.id = dlq_state.next_seq();
-                    dlq_state.push_ready(stored, false);
-                    dlq_state.stats.published += 1;
-                    dlq.wake_consumers(&dlq_state);
-                    drop(dlq_state);
-                    state = queue.lock();
-                }
-            }
-        }
-        // Settling frees window room and may finish a closed queue: wake
-        // every waiting consumer so each re-checks its own window.
-        queue.wake_consumers(&state);
-        drop(state);
-        Ok(())
-    }
-
-    fn abandon(self: Box<Self>, message: &Message) {
-        let queue = &self.queue;
-        let mut state = queue.lock();
-        if self.release(&mut state) {
-            state.stats.abandoned += 1;
-            let stored = queue.stored_from(message, &self.meta, message.attempt());
-            state.push_ready(stored, true);
-        }
-        queue.wake_consumers(&state);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::Delivery;
+    use crate::source::Source;
     use std::time::Duration;
+    use tokio::time::Instant;
 
     async fn take(source: &mut MemorySource) -> Delivery {
         source.next().await.unwrap().expect("a delivery")
