@@ -477,7 +477,9 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_variable_the_value_and_what_is_allowed() {
-        let cases: &[(&[(&str, &str)], &str, &str, &str)] = &[
+        // (variables set, variable blamed, value quoted, part of what is allowed)
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str, &'a str);
+        let cases: &[Case<'_>] = &[
             (
                 &[("SLUICEGATE_PREFETCH", "abc")],
                 "SLUICEGATE_PREFETCH",

@@ -3,6 +3,8 @@
 //! a run that stops making progress; each run must finish within a minute
 //! (it takes well under a second when correct).
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
 use std::time::Duration;
 
 use sluicegate::memory::{MemoryBroker, QueueOptions, WhenFull};

@@ -2,6 +2,8 @@
 //! bounds under overload, each overflow policy, failures that never lose a
 //! message, retries, and the drain.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

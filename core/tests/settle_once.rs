@@ -2,6 +2,8 @@
 //! panics, timeouts, requeues, drops and shutdown, every delivery is settled
 //! exactly once, and every message ends in exactly one place.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
 use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -1,1 +1,0 @@
-//! Runnable examples live beside this crate: see `quickstart.rs`.
