@@ -10,6 +10,7 @@
 //! ```text
 //! cargo bench -p sluicegate --bench dispatch                 # 200k messages x 7 rounds
 //! DISPATCH_MESSAGES=50000 DISPATCH_ROUNDS=3 cargo bench -p sluicegate --bench dispatch
+//! DISPATCH_ONLY=sluicegate cargo bench -p sluicegate --bench dispatch   # one path, for a profiler
 //! ```
 
 use std::sync::Arc;
@@ -206,6 +207,22 @@ fn median(v: &mut [f64]) -> f64 {
 
 fn main() {
     let n = env_usize("DISPATCH_MESSAGES", 200_000);
+    // For profiling one path: DISPATCH_ONLY=sluicegate runs just that, with no comparison.
+    if std::env::var("DISPATCH_ONLY").as_deref() == Ok("sluicegate") {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        for _ in 0..env_usize("DISPATCH_ROUNDS", 7) {
+            let elapsed = rt.block_on(sluicegate(n));
+            println!(
+                "sluicegate + memory broker {:.0} msg/s",
+                n as f64 / elapsed.as_secs_f64()
+            );
+        }
+        return;
+    }
     let rounds = env_usize("DISPATCH_ROUNDS", 7).max(1);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

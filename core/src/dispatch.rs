@@ -61,26 +61,32 @@ impl Dispatch {
     }
 
     async fn invoke(&self, message: Arc<Message>) -> Outcome {
-        let handler = Arc::clone(&self.handler);
-        // Calling the handler inside the future catches panics in extractors too.
-        let mut call =
-            std::pin::pin!(AssertUnwindSafe(async move { handler(message).await }).catch_unwind());
-        // Most handlers that finish at once need no timer: poll once first.
-        let finished = match futures_util::poll!(call.as_mut()) {
+        // Extractors run when the handler is called: catch their panics too.
+        let call = match std::panic::catch_unwind(AssertUnwindSafe(|| (self.handler)(message))) {
+            Ok(future) => future,
+            Err(panic) => return self.panicked(&*panic),
+        };
+        // The handler's future is boxed already, so this wrapper is small.
+        let mut call = AssertUnwindSafe(call).catch_unwind();
+        // Most handlers that finish at once need no timer: poll once first,
+        // and only a handler still running pays for a (boxed) timeout.
+        let finished = match futures_util::poll!(&mut call) {
             std::task::Poll::Ready(result) => Ok(result),
-            std::task::Poll::Pending => tokio::time::timeout(self.timeout, call).await,
+            std::task::Poll::Pending => Box::pin(tokio::time::timeout(self.timeout, call)).await,
         };
         match finished {
             Ok(Ok(outcome)) => outcome,
-            Ok(Err(panic)) => {
-                self.metrics.panicked.fetch_add(1, Relaxed);
-                Outcome::retry(format!("handler panicked: {}", panic_text(&*panic)))
-            }
+            Ok(Err(panic)) => self.panicked(&*panic),
             Err(_) => {
                 self.metrics.timed_out.fetch_add(1, Relaxed);
                 Outcome::retry(format!("handler timed out after {:?}", self.timeout))
             }
         }
+    }
+
+    fn panicked(&self, panic: &(dyn Any + Send)) -> Outcome {
+        self.metrics.panicked.fetch_add(1, Relaxed);
+        Outcome::retry(format!("handler panicked: {}", panic_text(panic)))
     }
 
     /// The broker settlement for a handler's outcome, counted.

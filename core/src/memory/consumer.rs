@@ -53,7 +53,7 @@ impl MemorySource {
     }
 
     fn poll_once(&self, state: &mut QueueState) -> Poll {
-        state.promote_due(Instant::now());
+        state.promote_due();
         let room = self.window.unacked.load(SeqCst) < self.window.prefetch.load(SeqCst);
         if room {
             if let Some(mut stored) = state.pop_ready() {

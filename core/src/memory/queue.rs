@@ -92,7 +92,13 @@ impl QueueState {
         self.delayed.push(Reverse(Delayed { due, seq, message }));
     }
 
-    pub(super) fn promote_due(&mut self, now: Instant) {
+    /// Moves delayed messages that are due to the ready lanes. Reads the
+    /// clock only when something is delayed.
+    pub(super) fn promote_due(&mut self) {
+        if self.delayed.is_empty() {
+            return;
+        }
+        let now = Instant::now();
         while self.delayed.peek().is_some_and(|Reverse(d)| d.due <= now) {
             if let Some(Reverse(d)) = self.delayed.pop() {
                 self.push_ready(d.message, false);
