@@ -10,7 +10,7 @@
 //! ```text
 //! cargo bench -p sluicegate --bench dispatch                 # 200k messages x 7 rounds
 //! DISPATCH_MESSAGES=50000 DISPATCH_ROUNDS=3 cargo bench -p sluicegate --bench dispatch
-//! DISPATCH_ONLY=sluicegate cargo bench -p sluicegate --bench dispatch   # one path, for a profiler
+//! DISPATCH_ONLY=sluicegate cargo bench -p sluicegate --bench dispatch   # one path (raw|channel|sluicegate), for a profiler
 //! ```
 
 use std::sync::Arc;
@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use sluicegate::memory::{MemoryBroker, QueueOptions, WhenFull};
 use sluicegate::{
-    Config, Delivery, Message, Origin, Settle, SettleError, Settlement, Source, SourceError, Worker,
+    Config, Delivery, Message, Origin, Settle, SettleFuture, Settlement, Source, SourceError,
+    Worker,
 };
 use tokio::sync::{Semaphore, mpsc};
 
@@ -132,10 +133,9 @@ struct ChannelSource(mpsc::Receiver<u64>);
 
 struct NoBroker;
 
-#[async_trait::async_trait]
 impl Settle for NoBroker {
-    async fn settle(self: Box<Self>, _: &Message, _: Settlement) -> Result<(), SettleError> {
-        Ok(())
+    fn settle(self: Box<Self>, _: Arc<Message>, _: Settlement) -> SettleFuture {
+        SettleFuture::done(Ok(()))
     }
     fn abandon(self: Box<Self>, _: &Message) {}
 }
@@ -207,8 +207,9 @@ fn median(v: &mut [f64]) -> f64 {
 
 fn main() {
     let n = env_usize("DISPATCH_MESSAGES", 200_000);
-    // For profiling one path: DISPATCH_ONLY=sluicegate runs just that, with no comparison.
-    if std::env::var("DISPATCH_ONLY").as_deref() == Ok("sluicegate") {
+    // For profiling one path: DISPATCH_ONLY=raw|channel|sluicegate runs just that one.
+    let only = std::env::var("DISPATCH_ONLY").ok();
+    if let Some(only) = only.as_deref() {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

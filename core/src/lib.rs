@@ -60,7 +60,9 @@ mod tracker;
 
 pub use config::{Config, ConfigError, Overflow};
 pub use handler::{Context, FromMessage, Handler, Json, MessageHandler, Payload, Rejection};
-pub use message::{Delivery, Headers, Message, Origin, Settle, SettleError, Settlement};
+pub use message::{
+    Delivery, Headers, Message, Origin, Settle, SettleError, SettleFuture, Settlement,
+};
 pub use metrics::{Metrics, MetricsSnapshot};
 pub use outcome::{BoxError, ErrorKind, HandlerError, IntoOutcome, Outcome};
 pub use retry::RetryPolicy;

@@ -21,7 +21,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use async_trait::async_trait;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use bytes::Bytes;
 use tokio::time::Instant;
 
@@ -297,19 +300,74 @@ pub struct SettleError {
 ///
 /// Implemented by each adapter (and by the in-memory broker). `settle` and
 /// `abandon` take `self: Box<Self>`, so each handle is used exactly once.
-#[async_trait]
+///
+/// ```
+/// use std::sync::Arc;
+/// use sluicegate::{Message, Settle, SettleFuture, Settlement};
+///
+/// /// Settles by printing: a broker that needs no round trip.
+/// struct Print;
+///
+/// impl Settle for Print {
+///     fn settle(self: Box<Self>, message: Arc<Message>, settlement: Settlement) -> SettleFuture {
+///         println!("{} -> {settlement:?}", message.origin());
+///         SettleFuture::done(Ok(())) // finished: nothing to await, nothing allocated
+///     }
+///     fn abandon(self: Box<Self>, message: &Message) {
+///         println!("{} handed back", message.origin());
+///     }
+/// }
+/// ```
 pub trait Settle: Send + 'static {
-    /// Settles the delivery at the broker.
-    async fn settle(
-        self: Box<Self>,
-        message: &Message,
-        settlement: Settlement,
-    ) -> Result<(), SettleError>;
+    /// Settles the delivery at the broker. Return [`SettleFuture::done`]
+    /// when that needs no waiting, [`SettleFuture::pending`] otherwise.
+    fn settle(self: Box<Self>, message: Arc<Message>, settlement: Settlement) -> SettleFuture;
 
     /// The delivery was dropped unsettled (panic, cancelled task). Must hand
     /// it back to the broker without blocking: requeue it, or make sure it is
     /// redelivered.
     fn abandon(self: Box<Self>, message: &Message);
+}
+
+/// The result of [`Settle::settle`]: finished already, or a future to await.
+/// Brokers that settle without a round trip allocate nothing.
+pub enum SettleFuture {
+    /// Settled (or failed) already.
+    Done(Option<Result<(), SettleError>>),
+    /// Settling needs a round trip to the broker.
+    Pending(Pin<Box<dyn Future<Output = Result<(), SettleError>> + Send + 'static>>),
+}
+
+impl SettleFuture {
+    /// Finished with `result`.
+    pub fn done(result: Result<(), SettleError>) -> Self {
+        SettleFuture::Done(Some(result))
+    }
+
+    /// Finishes when `future` does.
+    pub fn pending(future: impl Future<Output = Result<(), SettleError>> + Send + 'static) -> Self {
+        SettleFuture::Pending(Box::pin(future))
+    }
+}
+
+impl Future for SettleFuture {
+    type Output = Result<(), SettleError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            SettleFuture::Done(result) => Poll::Ready(result.take().unwrap_or(Ok(()))),
+            SettleFuture::Pending(future) => future.as_mut().poll(cx),
+        }
+    }
+}
+
+impl fmt::Debug for SettleFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SettleFuture::Done(result) => f.debug_tuple("Done").field(result).finish(),
+            SettleFuture::Pending(_) => f.write_str("Pending(..)"),
+        }
+    }
 }
 
 /// A message plus its settle-once broker handle.
@@ -362,7 +420,7 @@ impl Delivery {
     /// Settles the delivery, consuming it.
     pub async fn settle(mut self, settlement: Settlement) -> Result<(), SettleError> {
         match self.handle.take() {
-            Some(handle) => handle.settle(&self.message, settlement).await,
+            Some(handle) => handle.settle(Arc::clone(&self.message), settlement).await,
             // Unreachable: the handle is only taken here and in Drop.
             None => Ok(()),
         }

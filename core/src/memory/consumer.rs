@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use super::queue::{Queue, QueueState, Stored};
-use crate::message::{Delivery, Message, Origin, Settle, SettleError, Settlement, header};
+use crate::message::{Delivery, Message, Origin, Settle, SettleFuture, Settlement, header};
 use crate::source::{Source, SourceError};
 
 /// One consumer's prefetch window.
@@ -232,13 +232,8 @@ impl MemorySettle {
     }
 }
 
-#[async_trait]
 impl Settle for MemorySettle {
-    async fn settle(
-        self: Box<Self>,
-        message: &Message,
-        settlement: Settlement,
-    ) -> Result<(), SettleError> {
+    fn settle(self: Box<Self>, message: Arc<Message>, settlement: Settlement) -> SettleFuture {
         match settlement {
             // The hot path: no message moves, so no lock.
             Settlement::Ack => {
@@ -247,17 +242,18 @@ impl Settle for MemorySettle {
             Settlement::Requeue => {
                 let mut state = self.queue.lock();
                 state.stats.requeued += 1;
-                state.push_ready(self.stored(message, message.attempt()), true);
+                state.push_ready(self.stored(&message, message.attempt()), true);
             }
             Settlement::Delay { after, attempt } => {
                 let mut state = self.queue.lock();
                 state.stats.delayed += 1;
-                state.push_delayed(Instant::now() + after, self.stored(message, attempt));
+                state.push_delayed(Instant::now() + after, self.stored(&message, attempt));
             }
-            Settlement::DeadLetter { reason } => self.dead_letter(message, reason),
+            Settlement::DeadLetter { reason } => self.dead_letter(&message, reason),
         }
         self.release();
-        Ok(())
+        // In-process: settled before this returns, nothing to await.
+        SettleFuture::done(Ok(()))
     }
 
     fn abandon(self: Box<Self>, message: &Message) {
