@@ -216,11 +216,12 @@ fn main() {
             .build()
             .expect("a tokio runtime");
         for _ in 0..env_usize("DISPATCH_ROUNDS", 7) {
-            let elapsed = rt.block_on(sluicegate(n));
-            println!(
-                "sluicegate + memory broker {:.0} msg/s",
-                n as f64 / elapsed.as_secs_f64()
-            );
+            let elapsed = match only {
+                "raw" => rt.block_on(spawned(raw_tokio(n))),
+                "channel" => rt.block_on(runtime_over_channel(n)),
+                _ => rt.block_on(sluicegate(n)),
+            };
+            println!("{only}: {:.0} msg/s", n as f64 / elapsed.as_secs_f64());
         }
         return;
     }
