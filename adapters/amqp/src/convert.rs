@@ -1,0 +1,129 @@
+//! Between lapin's types and sluicegate's: deliveries become owned
+//! [`Message`]s at once; headers go both ways.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use sluicegate::message::header;
+use sluicegate::{Headers, Message, Origin};
+
+/// The text or bytes of an AMQP header value; other types as their display.
+fn value_bytes(value: &AMQPValue) -> Bytes {
+    match value {
+        AMQPValue::LongString(s) => Bytes::copy_from_slice(s.as_bytes()),
+        AMQPValue::ShortString(s) => Bytes::copy_from_slice(s.as_str().as_bytes()),
+        AMQPValue::ByteArray(b) => Bytes::copy_from_slice(b.as_slice()),
+        AMQPValue::Boolean(b) => Bytes::from(b.to_string()),
+        AMQPValue::ShortShortInt(n) => Bytes::from(n.to_string()),
+        AMQPValue::ShortShortUInt(n) => Bytes::from(n.to_string()),
+        AMQPValue::ShortInt(n) => Bytes::from(n.to_string()),
+        AMQPValue::ShortUInt(n) => Bytes::from(n.to_string()),
+        AMQPValue::LongInt(n) => Bytes::from(n.to_string()),
+        AMQPValue::LongUInt(n) => Bytes::from(n.to_string()),
+        AMQPValue::LongLongInt(n) => Bytes::from(n.to_string()),
+        AMQPValue::Timestamp(n) => Bytes::from(n.to_string()),
+        other => Bytes::from(format!("{other:?}")),
+    }
+}
+
+/// An owned message from a lapin delivery consumed from `queue`.
+pub(crate) fn message_from(queue: &Arc<str>, delivery: &lapin::message::Delivery) -> Message {
+    let props = &delivery.properties;
+    let mut headers = Headers::new();
+    if let Some(table) = props.headers() {
+        for (name, value) in table.inner() {
+            headers.insert(name.as_str(), value_bytes(value));
+        }
+    }
+    let attempt = headers
+        .get_str(header::ATTEMPT)
+        .and_then(|a| a.trim().parse::<u32>().ok())
+        .unwrap_or(1);
+    let mut message = Message::new(
+        Origin::new(Arc::clone(queue), delivery.delivery_tag),
+        Bytes::copy_from_slice(&delivery.data),
+    )
+    .with_headers(headers)
+    .with_attempt(attempt)
+    .with_redelivered(delivery.redelivered)
+    .with_priority(props.priority().unwrap_or(0));
+    if !delivery.routing_key.as_str().is_empty() {
+        message = message.with_key(Bytes::copy_from_slice(
+            delivery.routing_key.as_str().as_bytes(),
+        ));
+    }
+    if let Some(seconds) = props.timestamp() {
+        message =
+            message.with_broker_timestamp(SystemTime::UNIX_EPOCH + Duration::from_secs(*seconds));
+    }
+    message
+}
+
+/// Properties for republishing `message` (retry, dead-letter): its own
+/// headers with `extra` on top, its priority, persistent.
+pub(crate) fn republish_properties(
+    original: &BasicProperties,
+    message: &Message,
+    extra: &[(&str, String)],
+) -> BasicProperties {
+    let mut table = FieldTable::default();
+    for (name, value) in message.headers().iter() {
+        table.insert(
+            ShortString::from(name),
+            AMQPValue::LongString(LongString::from(value.to_vec())),
+        );
+    }
+    for (name, value) in extra {
+        table.insert(
+            ShortString::from(*name),
+            AMQPValue::LongString(LongString::from(value.as_bytes().to_vec())),
+        );
+    }
+    let mut props = BasicProperties::default()
+        .with_headers(table)
+        .with_delivery_mode(2)
+        .with_priority(message.priority());
+    if let Some(content_type) = original.content_type() {
+        props = props.with_content_type(content_type.clone());
+    }
+    if let Some(id) = original.message_id() {
+        props = props.with_message_id(id.clone());
+    }
+    if let Some(ts) = original.timestamp() {
+        props = props.with_timestamp(*ts);
+    }
+    props
+}
+
+/// Delay queues come in fixed tiers (RabbitMQ expires only at the head of a
+/// queue, so one queue must hold one TTL): the smallest tier at least as
+/// long as the delay, up to an hour.
+pub(crate) fn delay_tier(after: Duration) -> u64 {
+    const TIERS_MS: [u64; 15] = [
+        50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 30_000, 60_000, 120_000, 300_000, 600_000,
+        1_800_000, 3_600_000,
+    ];
+    let ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+    TIERS_MS
+        .iter()
+        .copied()
+        .find(|&t| t >= ms)
+        .unwrap_or(3_600_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_round_up_to_a_tier() {
+        assert_eq!(delay_tier(Duration::from_millis(1)), 50);
+        assert_eq!(delay_tier(Duration::from_millis(100)), 100);
+        assert_eq!(delay_tier(Duration::from_millis(101)), 200);
+        assert_eq!(delay_tier(Duration::from_secs(45)), 60_000);
+        assert_eq!(delay_tier(Duration::from_secs(86_400)), 3_600_000);
+    }
+}

@@ -1,0 +1,74 @@
+//! # sluicegate-amqp
+//!
+//! RabbitMQ (AMQP 0-9-1) for sluicegate, on lapin. An [`AmqpSource`] makes
+//! RabbitMQ's own flow control carry the runtime's decisions:
+//!
+//! - the prefetch is `basic.qos` with `global: true` (RabbitMQ applies a
+//!   re-issued per-channel limit at once, a per-consumer one only to new
+//!   consumers), set before consuming starts and changeable at runtime;
+//! - manual acks only; settling a delivery acks, requeues (`basic.nack`),
+//!   delays it through a delay queue, or dead-letters it;
+//! - a delay republishes the message into `<queue>.delay.<ms>` (a queue with
+//!   that message TTL that dead-letters back to the work queue; RabbitMQ
+//!   expires only at the head, so each queue holds one TTL), with the next
+//!   attempt number in the `x-sluicegate-attempt` header, so retry limits
+//!   survive redeliveries and restarts;
+//! - a dead-letter republishes into the dead-letter queue with the reason,
+//!   origin and attempt headers;
+//! - every republish waits for its publisher confirm before the original is
+//!   acked: a crash between the two gives a duplicate, never a loss.
+//!
+//! ```no_run
+//! use sluicegate::{Config, Worker};
+//! use sluicegate_amqp::{AmqpConfig, AmqpSource};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let source = AmqpSource::connect(AmqpConfig::from_env()?).await?; // AMQP_URL, SLUICEGATE_QUEUE
+//! let report = Worker::new(source, |text: String| async move { println!("{text}") })
+//!     .config(Config::from_env()?)
+//!     .run()
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Not yet here (see the AMQP issue): reconnection after a lost connection
+//! (a lost connection now stops the worker; RabbitMQ requeues what it held),
+//! ack coalescing, consuming several queues as lanes, `connection.blocked`.
+
+mod config;
+mod convert;
+mod settle;
+mod source;
+
+pub use config::{AmqpConfig, Declare, ENV_VARS};
+pub use source::AmqpSource;
+
+/// An error from the AMQP adapter, naming what it was doing.
+#[derive(Debug, thiserror::Error)]
+pub enum AmqpError {
+    /// A configuration value is invalid.
+    #[error(transparent)]
+    Config(#[from] sluicegate::ConfigError),
+    /// The broker refused or could not be reached.
+    #[error("{action}: {source}")]
+    Broker {
+        /// What the adapter was doing, with the names involved.
+        action: String,
+        /// What lapin said.
+        #[source]
+        source: lapin::Error,
+    },
+}
+
+impl AmqpError {
+    pub(crate) fn broker(action: impl Into<String>) -> impl FnOnce(lapin::Error) -> Self {
+        let action = action.into();
+        move |source| AmqpError::Broker { action, source }
+    }
+}
+
+impl From<AmqpError> for sluicegate::SourceError {
+    fn from(error: AmqpError) -> Self {
+        sluicegate::SourceError::fatal(error.to_string()).with_cause(error)
+    }
+}

@@ -1,0 +1,459 @@
+//! Against a real RabbitMQ on AMQP_URL (default 127.0.0.1:5672), started by
+//! `scripts/test`. An unreachable broker fails these tests; it never skips
+//! them. The broker's view is read from the broker itself (rabbitmqctl, or
+//! passive declares), not from sluicegate's counters.
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lapin::options::{
+    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use sluicegate::message::header;
+use sluicegate::{Config, Context, HandlerError, Json, RetryPolicy, Source, Worker};
+use sluicegate_amqp::{AmqpConfig, AmqpSource};
+
+fn url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://127.0.0.1:5672/%2f".into())
+}
+
+fn unique(name: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "sg-test-{name}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+async fn channel() -> (Connection, Channel) {
+    let conn = Connection::connect(&url(), ConnectionProperties::default())
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "RabbitMQ is not reachable at {}: {e} (scripts/test starts it)",
+                url()
+            )
+        });
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    (conn, ch)
+}
+
+async fn publish(ch: &Channel, queue: &str, payload: &[u8]) {
+    let confirm = ch
+        .basic_publish(
+            ShortString::from(""),
+            ShortString::from(queue),
+            BasicPublishOptions::default(),
+            payload,
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(confirm.is_ack());
+}
+
+/// Messages ready in `queue`, from the broker (passive declare).
+async fn ready(ch: &Channel, queue: &str) -> u32 {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    ch.queue_declare(ShortString::from(queue), passive, FieldTable::default())
+        .await
+        .unwrap()
+        .message_count()
+}
+
+/// Takes every message out of `queue`: payload and headers as text.
+async fn take_all(ch: &Channel, queue: &str) -> Vec<(String, BTreeMap<String, String>)> {
+    let mut out = Vec::new();
+    let auto_ack = BasicGetOptions { no_ack: true };
+    while let Some(msg) = ch
+        .basic_get(ShortString::from(queue), auto_ack)
+        .await
+        .unwrap()
+    {
+        let mut headers = BTreeMap::new();
+        if let Some(table) = msg.delivery.properties.headers() {
+            for (k, v) in table.inner() {
+                let text = match v {
+                    AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+                    other => format!("{other:?}"),
+                };
+                headers.insert(k.as_str().to_owned(), text);
+            }
+        }
+        out.push((
+            String::from_utf8_lossy(&msg.delivery.data).into_owned(),
+            headers,
+        ));
+    }
+    out
+}
+
+async fn delete(ch: &Channel, queues: &[String]) {
+    for q in queues {
+        let _ = ch
+            .queue_delete(ShortString::from(q.as_str()), QueueDeleteOptions::default())
+            .await;
+    }
+}
+
+/// The broker's own count of unacknowledged messages on `queue`.
+fn broker_unacked(queue: &str) -> u64 {
+    let out = Command::new("rabbitmqctl")
+        .args([
+            "list_queues",
+            "name",
+            "messages_unacknowledged",
+            "--no-table-headers",
+            "-q",
+        ])
+        .output()
+        .expect("rabbitmqctl (installed with rabbitmq-server by scripts/test)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .filter_map(|l| l.split_once('\t'))
+        .find(|(name, _)| name.trim() == queue)
+        .and_then(|(_, n)| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The prefetch the broker applies to the channels consuming `queue`
+/// (channel-wide, `global_prefetch_count`).
+fn broker_channel_prefetch() -> Vec<u64> {
+    let out = Command::new("rabbitmqctl")
+        .args([
+            "list_channels",
+            "global_prefetch_count",
+            "consumer_count",
+            "--no-table-headers",
+            "-q",
+        ])
+        .output()
+        .expect("rabbitmqctl");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.split('\t');
+            let prefetch: u64 = parts.next()?.trim().parse().ok()?;
+            let consumers: u64 = parts.next()?.trim().parse().ok()?;
+            (consumers > 0).then_some(prefetch)
+        })
+        .collect()
+}
+
+async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_never_has_more_unacked_than_the_prefetch() {
+    let queue = unique("prefetch");
+    let (_conn, ch) = channel().await;
+    let source = AmqpSource::connect(AmqpConfig::new(url(), &queue))
+        .await
+        .unwrap();
+    for i in 0..120 {
+        publish(&ch, &queue, format!("{i}").as_bytes()).await;
+    }
+    // Sample the broker's count while a slow worker runs.
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let (queue, sampling) = (queue.clone(), Arc::clone(&sampling));
+        tokio::task::spawn_blocking(move || {
+            let mut samples = Vec::new();
+            while sampling.load(Ordering::Relaxed) {
+                samples.push(broker_unacked(&queue));
+            }
+            samples
+        })
+    };
+    async fn slow(_: String) {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let worker = Worker::new(source, slow).config(Config::default().prefetch(10).max_in_flight(4));
+    let metrics = worker.metrics();
+    let run = tokio::spawn(worker.run_until(async move {
+        while metrics.snapshot().acked < 120 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }));
+    let report = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    sampling.store(false, Ordering::Relaxed);
+    let samples = sampler.await.unwrap();
+    assert_eq!(report.metrics.acked, 120);
+    assert!(samples.len() >= 3, "too few broker samples: {samples:?}");
+    assert!(
+        samples.iter().any(|&n| n > 0),
+        "the sampler never saw a delivery out: {samples:?}"
+    );
+    assert!(
+        samples.iter().all(|&n| n <= 10),
+        "the broker saw more than 10 unacked: {samples:?}"
+    );
+    assert!(report.metrics.max_held <= 10);
+    assert_eq!(ready(&ch, &queue).await, 0);
+    delete(&ch, &[queue.clone(), format!("{queue}.dlq")]).await;
+}
+
+/// Per job id: each attempt number seen by the handler, and when.
+type Attempts = BTreeMap<u32, Vec<(u32, Instant)>>;
+
+#[derive(serde::Deserialize)]
+struct Job {
+    id: u32,
+    fail: bool,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_retry_with_growing_delays_then_dead_letter_and_malformed_dead_letter_at_once() {
+    let queue = unique("outcomes");
+    let dlq = format!("{queue}.dlq");
+    let (_conn, ch) = channel().await;
+    let source = AmqpSource::connect(AmqpConfig::new(url(), &queue))
+        .await
+        .unwrap();
+    let (mut failing, mut malformed) = (BTreeSet::new(), BTreeSet::new());
+    const N: u32 = 1000;
+    for id in 0..N {
+        if id % 100 == 7 {
+            malformed.insert(id);
+            publish(
+                &ch,
+                &queue,
+                format!("{{\"id\": {id}, \"fail\": ").as_bytes(),
+            )
+            .await;
+        } else {
+            let fail = id % 20 == 3;
+            if fail {
+                failing.insert(id);
+            }
+            publish(
+                &ch,
+                &queue,
+                format!("{{\"id\": {id}, \"fail\": {fail}}}").as_bytes(),
+            )
+            .await;
+        }
+    }
+    let seen: Arc<Mutex<Attempts>> = Arc::default();
+    let log = Arc::clone(&seen);
+    let handler = move |Json(job): Json<Job>, ctx: Context| {
+        log.lock()
+            .unwrap()
+            .entry(job.id)
+            .or_default()
+            .push((ctx.attempt(), Instant::now()));
+        async move {
+            if job.fail {
+                return Err(HandlerError::retryable(format!("job {} failed", job.id)));
+            }
+            Ok(())
+        }
+    };
+    let good = u64::from(N) - failing.len() as u64 - malformed.len() as u64;
+    let bad = (failing.len() + malformed.len()) as u64;
+    let retry =
+        RetryPolicy::new(2, Duration::from_millis(100), Duration::from_secs(2)).without_jitter();
+    let worker = Worker::new(source, handler).config(
+        Config::default()
+            .prefetch(50)
+            .max_in_flight(16)
+            .retry(retry),
+    );
+    let metrics = worker.metrics();
+    let run = tokio::spawn(worker.run_until(async move {
+        loop {
+            let m = metrics.snapshot();
+            if m.acked >= good && m.dead_lettered >= bad {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }));
+    let report = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let m = &report.metrics;
+    assert_eq!(
+        (m.acked, m.dead_lettered, m.retried),
+        (good, bad, 2 * failing.len() as u64),
+        "{m:?}"
+    );
+
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    for id in 0..N {
+        let attempts: Vec<u32> = seen
+            .get(&id)
+            .map(|v| v.iter().map(|(a, _)| *a).collect())
+            .unwrap_or_default();
+        if malformed.contains(&id) {
+            assert!(attempts.is_empty(), "malformed {id} reached the handler");
+        } else if failing.contains(&id) {
+            assert_eq!(attempts, [1, 2, 3], "failing {id}");
+            let times: Vec<Instant> = seen[&id].iter().map(|(_, t)| *t).collect();
+            let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+            // At least 100 ms, then at least 200 ms: the tiers below. (Above
+            // that, a redelivery queues behind the backlog at the tail.)
+            assert!(
+                gaps[0] >= Duration::from_millis(100) && gaps[1] >= Duration::from_millis(200),
+                "{id}: {gaps:?}"
+            );
+        } else {
+            assert_eq!(attempts, [1], "good {id} processed other than once");
+        }
+    }
+    wait_until("the work queue to empty", Duration::from_secs(10), || {
+        broker_unacked(&queue) == 0
+    })
+    .await;
+    assert_eq!(ready(&ch, &queue).await, 0, "the work queue is not empty");
+    let dead = take_all(&ch, &dlq).await;
+    let mut dead_ids = BTreeSet::new();
+    for (payload, headers) in &dead {
+        let id: u32 = payload
+            .trim_start_matches(|c: char| !c.is_ascii_digit())
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .unwrap();
+        dead_ids.insert(id);
+        let reason = &headers[header::REASON];
+        assert_eq!(headers[header::ORIGIN], queue);
+        if malformed.contains(&id) {
+            assert!(reason.starts_with("payload is not valid JSON"), "{reason}");
+            assert_eq!(headers[header::ATTEMPT], "1");
+        } else {
+            assert_eq!(
+                reason,
+                &format!("gave up after 3 attempts: job {id} failed")
+            );
+            assert_eq!(headers[header::ATTEMPT], "3");
+        }
+    }
+    // The retries went through one delay queue per tier, growing: 100 ms, 200 ms.
+    for tier in ["100", "200"] {
+        let name = format!("{queue}.delay.{tier}");
+        assert_eq!(ready(&ch, &name).await, 0, "{name} exists and is empty");
+    }
+    let expected: BTreeSet<u32> = failing.union(&malformed).copied().collect();
+    assert_eq!(dead_ids, expected);
+    assert_eq!(dead.len(), expected.len(), "a dead letter was duplicated");
+    delete(
+        &ch,
+        &[
+            queue.clone(),
+            dlq,
+            format!("{queue}.delay.100"),
+            format!("{queue}.delay.200"),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefetch_change_at_runtime_is_what_the_broker_applies() {
+    let queue = unique("qos");
+    let (_conn, ch) = channel().await;
+    let mut source = AmqpSource::connect(AmqpConfig::new(url(), &queue))
+        .await
+        .unwrap();
+    for i in 0..40 {
+        publish(&ch, &queue, format!("{i}").as_bytes()).await;
+    }
+    source.set_prefetch(5).await.unwrap();
+    let mut held = Vec::new();
+    // Hold what arrives without settling: the broker stops at the limit.
+    for _ in 0..5 {
+        held.push(
+            tokio::time::timeout(Duration::from_secs(10), source.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    wait_until(
+        "the broker to count 5 unacked",
+        Duration::from_secs(10),
+        || broker_unacked(&queue) == 5,
+    )
+    .await;
+    assert_eq!(
+        broker_channel_prefetch(),
+        vec![5],
+        "the broker's channel prefetch"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        broker_unacked(&queue),
+        5,
+        "the broker delivered past a prefetch of 5"
+    );
+
+    source.set_prefetch(20).await.unwrap();
+    for _ in 0..15 {
+        held.push(
+            tokio::time::timeout(Duration::from_secs(10), source.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    wait_until(
+        "the broker to count 20 unacked",
+        Duration::from_secs(10),
+        || broker_unacked(&queue) == 20,
+    )
+    .await;
+    assert_eq!(broker_channel_prefetch(), vec![20]);
+    for delivery in held {
+        delivery.ack().await.unwrap();
+    }
+    drop(source);
+    delete(&ch, &[queue.clone(), format!("{queue}.dlq")]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_broker_is_a_clear_error() {
+    let err = AmqpSource::connect(AmqpConfig::new("amqp://guest:secret@127.0.0.1:1/%2f", "q"))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("connecting to AMQP_URL=amqp://guest:***@127.0.0.1:1/%2f"),
+        "{text}"
+    );
+    assert!(!text.contains("secret"), "{text}");
+}
