@@ -21,11 +21,16 @@ ensure_rabbitmq() {
   echo "RabbitMQ: starting"
   # Debian's package may not start it (no init system here): start it directly.
   rabbitmq-server -detached
-  if ! timeout 180 rabbitmqctl await_startup >/dev/null 2>&1; then
-    echo "scripts/test: RabbitMQ did not finish starting within 180 s; its log:" >&2
-    tail -n 40 /var/log/rabbitmq/*.log >&2 2>/dev/null || true
-    return 1
-  fi
+  # await_startup fails at once while the node is not reachable yet: retry.
+  local deadline=$((SECONDS + 180))
+  until rabbitmqctl await_startup >/dev/null 2>&1; do
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      echo "scripts/test: RabbitMQ did not finish starting within 180 s; its log:" >&2
+      tail -n 40 /var/log/rabbitmq/*.log >&2 2>/dev/null || true
+      return 1
+    fi
+    sleep 2
+  done
   for _ in $(seq 1 60); do
     port_open 5672 && { echo "RabbitMQ: up on 127.0.0.1:5672 ($(rabbitmqctl version 2>/dev/null))"; return 0; }
     sleep 1
