@@ -105,6 +105,18 @@ pub(crate) struct AmqpSettle {
     pub(crate) topology: Arc<Topology>,
 }
 
+/// lapin answers `Ok(false)` when the delivery's channel is gone: nothing
+/// was settled, and the broker will redeliver the message.
+fn settled(what: &str, result: Result<bool, lapin::Error>) -> Result<(), String> {
+    match result {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(format!(
+            "{what}: the delivery's channel is closed; the broker redelivers the message"
+        )),
+        Err(e) => Err(format!("{what}: {e}")),
+    }
+}
+
 fn failed(message: &Message, settlement: &Settlement, reason: impl Into<String>) -> SettleError {
     SettleError {
         origin: message.origin().to_string(),
@@ -125,11 +137,8 @@ impl AmqpSettle {
                     multiple: false,
                     requeue: true,
                 };
-                return acker
-                    .nack(requeue)
-                    .await
-                    .map(drop)
-                    .map_err(|e| failed(&message, &settlement, format!("basic.nack: {e}")));
+                return settled("basic.nack", acker.nack(requeue).await)
+                    .map_err(|e| failed(&message, &settlement, e));
             }
             Settlement::Delay { after, attempt } => {
                 let tier = delay_tier(*after);
@@ -167,11 +176,8 @@ impl AmqpSettle {
             }
         }
         // Only now, with any republish confirmed, is the original acked.
-        acker
-            .ack(BasicAckOptions::default())
-            .await
-            .map(drop)
-            .map_err(|e| failed(&message, &settlement, format!("basic.ack: {e}")))
+        settled("basic.ack", acker.ack(BasicAckOptions::default()).await)
+            .map_err(|e| failed(&message, &settlement, e))
     }
 }
 
@@ -186,7 +192,7 @@ impl Settle for AmqpSettle {
             Ok(runtime) => {
                 runtime.spawn(async move {
                     let requeue = BasicNackOptions { multiple: false, requeue: true };
-                    if let Err(error) = self.delivery.acker.nack(requeue).await {
+                    if let Err(error) = settled("basic.nack", self.delivery.acker.nack(requeue).await) {
                         tracing::warn!(%origin, %error, "could not requeue an abandoned delivery; the broker redelivers it when the channel closes");
                     }
                 });

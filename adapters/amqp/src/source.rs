@@ -18,13 +18,26 @@ use crate::convert::message_from;
 use crate::settle::{AmqpSettle, Topology};
 
 /// A consumer of one RabbitMQ queue; implements [`Source`].
+///
+/// A lost connection is re-established: `next` reports a retryable error,
+/// the runtime backs off, and the next pull reconnects, re-declares the
+/// topology, re-applies the prefetch and consumes again. Deliveries from the
+/// dead channel cannot be settled any more (their tags died with it): their
+/// settlements fail, are counted, and RabbitMQ redelivers those messages.
 pub struct AmqpSource {
+    config: AmqpConfig,
+    link: Option<Link>,
+    queue: Arc<str>,
+    prefetch: u16,
+    reconnects: u64,
+}
+
+/// One connection's worth of state.
+struct Link {
     connection: Connection,
     channel: Channel,
     consumer: Option<Consumer>,
-    queue: Arc<str>,
     topology: Arc<Topology>,
-    prefetch: u16,
 }
 
 impl std::fmt::Debug for AmqpSource {
@@ -32,22 +45,22 @@ impl std::fmt::Debug for AmqpSource {
         f.debug_struct("AmqpSource")
             .field("queue", &self.queue)
             .field("prefetch", &self.prefetch)
-            .field("consuming", &self.consumer.is_some())
+            .field("connected", &self.link.is_some())
+            .field("reconnects", &self.reconnects)
             .finish()
     }
 }
 
-impl AmqpSource {
-    /// Connects to `config`'s broker and declares (or checks) the work queue
-    /// and the dead-letter queue. Consuming starts when the runtime sets the
-    /// prefetch, so nothing is delivered before the limit is in place.
-    pub async fn connect(config: AmqpConfig) -> Result<Self, AmqpError> {
-        let url = config.url.clone();
-        let connection = Connection::connect(&url, ConnectionProperties::default())
+impl Link {
+    /// Connects, opens a consuming and a publishing (confirming) channel,
+    /// and declares (or checks) the work and dead-letter queues.
+    async fn open(config: &AmqpConfig) -> Result<Self, AmqpError> {
+        let url = &config.url;
+        let connection = Connection::connect(url, ConnectionProperties::default())
             .await
             .map_err(AmqpError::broker(format!(
                 "connecting to AMQP_URL={}",
-                redact(&url)
+                redact(url)
             )))?;
         let channel = connection
             .create_channel()
@@ -88,14 +101,61 @@ impl AmqpSource {
                     ),
                 }))?;
         }
-        let queue: Arc<str> = Arc::from(config.queue.as_str());
         Ok(Self {
             connection,
             channel,
             consumer: None,
-            topology: Arc::new(Topology::new(config.queue, dead_letter_queue, publisher)),
-            queue,
+            topology: Arc::new(Topology::new(
+                config.queue.clone(),
+                dead_letter_queue,
+                publisher,
+            )),
+        })
+    }
+
+    async fn set_prefetch(&self, prefetch: u16) -> Result<(), AmqpError> {
+        // global: true is RabbitMQ's per-channel limit, which applies at once
+        // to the running consumer (a per-consumer limit would not).
+        self.channel
+            .basic_qos(prefetch, BasicQosOptions { global: true })
+            .await
+            .map_err(AmqpError::broker(format!(
+                "setting the prefetch (basic.qos) to {prefetch}"
+            )))
+    }
+
+    async fn consume(&mut self, queue: &str) -> Result<(), AmqpError> {
+        let consumer = self
+            .channel
+            .basic_consume(
+                ShortString::from(queue),
+                ShortString::from(""),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(AmqpError::broker(format!("consuming from {queue:?}")))?;
+        self.consumer = Some(consumer);
+        Ok(())
+    }
+
+    fn alive(&self) -> bool {
+        self.connection.status().connected() && self.channel.status().connected()
+    }
+}
+
+impl AmqpSource {
+    /// Connects to `config`'s broker and declares (or checks) the work queue
+    /// and the dead-letter queue. Consuming starts when the runtime sets the
+    /// prefetch, so nothing is delivered before the limit is in place.
+    pub async fn connect(config: AmqpConfig) -> Result<Self, AmqpError> {
+        let link = Link::open(&config).await?;
+        Ok(Self {
+            queue: Arc::from(config.queue.as_str()),
+            config,
+            link: Some(link),
             prefetch: 0,
+            reconnects: 0,
         })
     }
 
@@ -104,76 +164,118 @@ impl AmqpSource {
         self.prefetch
     }
 
-    async fn start_consuming(&mut self) -> Result<(), SourceError> {
-        if self.consumer.is_some() {
-            return Ok(());
-        }
+    /// How many times the connection was re-established.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects
+    }
+
+    /// The link, consuming; reconnects first if the connection was lost.
+    async fn consuming(&mut self) -> Result<&mut Link, SourceError> {
         if self.prefetch == 0 {
             self.set_prefetch(1).await?;
         }
-        let consumer = self
-            .channel
-            .basic_consume(
-                ShortString::from(&*self.queue),
-                ShortString::from(""),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(AmqpError::broker(format!(
-                "consuming from {:?}",
-                self.queue
-            )))?;
-        self.consumer = Some(consumer);
-        Ok(())
+        let link = match self.link.take() {
+            Some(link) => link,
+            None => {
+                let link = Link::open(&self.config).await.map_err(|e| {
+                    SourceError::retryable(format!("reconnecting to RabbitMQ: {e}")).with_cause(e)
+                })?;
+                link.set_prefetch(self.prefetch)
+                    .await
+                    .map_err(|e| SourceError::retryable(e.to_string()))?;
+                self.reconnects += 1;
+                tracing::info!(queue = %self.queue, reconnects = self.reconnects, "reconnected to RabbitMQ");
+                link
+            }
+        };
+        let link = self.link.insert(link);
+        if link.consumer.is_none() {
+            link.consume(&self.queue)
+                .await
+                .map_err(|e| SourceError::retryable(e.to_string()))?;
+        }
+        Ok(link)
     }
 
-    fn delivery(&self, delivery: lapin::message::Delivery) -> Delivery {
+    fn delivery(&self, delivery: lapin::message::Delivery, topology: &Arc<Topology>) -> Delivery {
         let message = message_from(&self.queue, &delivery);
         Delivery::new(
             message,
             AmqpSettle {
                 delivery,
-                topology: Arc::clone(&self.topology),
+                topology: Arc::clone(topology),
             },
         )
     }
 
-    fn lost(&self, error: lapin::Error) -> SourceError {
-        SourceError::fatal(format!(
-            "consuming from {:?}: {error} (the broker requeues every unacked delivery of this channel)",
+    /// The consumer ended or failed. A dead connection or channel is dropped
+    /// (the next pull reconnects); a consumer the broker cancelled on a live
+    /// channel means the queue is gone: the source is finished.
+    fn ended(&mut self, error: Option<lapin::Error>) -> Result<Option<Delivery>, SourceError> {
+        let alive = self.link.as_ref().is_some_and(Link::alive);
+        if alive && error.is_none() {
+            tracing::warn!(queue = %self.queue, "RabbitMQ cancelled the consumer (queue deleted?): the source is finished");
+            return Ok(None);
+        }
+        self.link = None;
+        let why = error.map_or_else(|| "the channel closed".to_owned(), |e| e.to_string());
+        tracing::warn!(
+            queue = %self.queue,
+            %why,
+            "lost the RabbitMQ connection: reconnecting; deliveries in flight cannot be settled and will be redelivered"
+        );
+        Err(SourceError::retryable(format!(
+            "consuming from {:?}: {why}",
             self.queue
-        ))
-        .with_cause(error)
+        )))
     }
 }
 
 #[async_trait]
 impl Source for AmqpSource {
     async fn next(&mut self) -> Result<Option<Delivery>, SourceError> {
-        self.start_consuming().await?;
-        let Some(consumer) = self.consumer.as_mut() else {
+        let link = self.consuming().await?;
+        let topology = Arc::clone(&link.topology);
+        let Some(consumer) = link.consumer.as_mut() else {
             return Ok(None);
         };
         match consumer.next().await {
-            Some(Ok(delivery)) => Ok(Some(self.delivery(delivery))),
-            Some(Err(error)) => Err(self.lost(error)),
-            None => Ok(None), // the broker cancelled the consumer
+            Some(Ok(delivery)) => Ok(Some(self.delivery(delivery, &topology))),
+            Some(Err(error)) => self.ended(Some(error)),
+            None => self.ended(None),
         }
     }
 
     fn next_ready(&mut self, max: usize, out: &mut Vec<Delivery>) -> Result<(), SourceError> {
+        let Some(link) = self.link.as_mut() else {
+            return Ok(());
+        };
+        let topology = Arc::clone(&link.topology);
+        let Some(consumer) = link.consumer.as_mut() else {
+            return Ok(());
+        };
+        let mut taken = Vec::new();
+        let mut failure = None;
         for _ in 0..max {
-            let Some(consumer) = self.consumer.as_mut() else {
-                return Ok(());
-            };
             match consumer.next().now_or_never() {
-                Some(Some(Ok(delivery))) => out.push(self.delivery(delivery)),
-                Some(Some(Err(error))) => return Err(self.lost(error)),
-                Some(None) | None => return Ok(()),
+                Some(Some(Ok(delivery))) => taken.push(delivery),
+                Some(Some(Err(error))) => {
+                    failure = Some(Some(error));
+                    break;
+                }
+                Some(None) => {
+                    failure = Some(None);
+                    break;
+                }
+                None => break,
             }
         }
-        Ok(())
+        out.extend(taken.into_iter().map(|d| self.delivery(d, &topology)));
+        match failure {
+            // Hand over what was taken; `next` reports the end.
+            Some(error) if out.is_empty() => self.ended(error).map(drop),
+            _ => Ok(()),
+        }
     }
 
     async fn pause(&mut self) -> Result<(), SourceError> {
@@ -187,22 +289,12 @@ impl Source for AmqpSource {
 
     async fn set_prefetch(&mut self, prefetch: u16) -> Result<(), SourceError> {
         let prefetch = prefetch.max(1);
-        // global: true is RabbitMQ's per-channel limit, which applies at once
-        // to the running consumer (a per-consumer limit would not).
-        self.channel
-            .basic_qos(prefetch, BasicQosOptions { global: true })
-            .await
-            .map_err(AmqpError::broker(format!(
-                "setting the prefetch (basic.qos) to {prefetch}"
-            )))?;
         self.prefetch = prefetch;
-        Ok(())
-    }
-}
-
-impl Drop for AmqpSource {
-    fn drop(&mut self) {
-        tracing::debug!(queue = %self.queue, status = ?self.connection.status(), "AMQP source dropped");
+        match &self.link {
+            Some(link) => link.set_prefetch(prefetch).await.map_err(SourceError::from),
+            // Applied when the connection is back.
+            None => Ok(()),
+        }
     }
 }
 

@@ -21,6 +21,10 @@ use sluicegate::message::header;
 use sluicegate::{Config, Context, HandlerError, Json, RetryPolicy, Source, Worker};
 use sluicegate_amqp::{AmqpConfig, AmqpSource};
 
+/// The broker is shared state (connections, channels, rabbitmqctl views):
+/// these tests take turns.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://127.0.0.1:5672/%2f".into())
 }
@@ -64,6 +68,28 @@ async fn publish(ch: &Channel, queue: &str, payload: &[u8]) {
         .await
         .unwrap();
     assert!(confirm.is_ack());
+}
+
+/// Publishes all of `payloads`, then waits for every confirm at once.
+async fn publish_all(ch: &Channel, queue: &str, payloads: &[Vec<u8>]) {
+    for payload in payloads {
+        let _confirm = ch
+            .basic_publish(
+                ShortString::from(""),
+                ShortString::from(queue),
+                BasicPublishOptions::default(),
+                payload,
+                BasicProperties::default(),
+            )
+            .await
+            .unwrap();
+    }
+    let returned = ch.wait_for_confirms().await.unwrap();
+    assert!(
+        returned.is_empty(),
+        "{} publishes were returned",
+        returned.len()
+    );
 }
 
 /// Messages ready in `queue`, from the broker (passive declare).
@@ -170,6 +196,7 @@ async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_broker_never_has_more_unacked_than_the_prefetch() {
+    let _serial = SERIAL.lock().await;
     let queue = unique("prefetch");
     let (_conn, ch) = channel().await;
     let source = AmqpSource::connect(AmqpConfig::new(url(), &queue))
@@ -232,7 +259,8 @@ struct Job {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failures_retry_with_growing_delays_then_dead_letter_and_malformed_dead_letter_at_once() {
+async fn ten_thousand_with_5pc_failing_and_1pc_malformed_end_exactly_where_they_should() {
+    let _serial = SERIAL.lock().await;
     let queue = unique("outcomes");
     let dlq = format!("{queue}.dlq");
     let (_conn, ch) = channel().await;
@@ -240,29 +268,21 @@ async fn failures_retry_with_growing_delays_then_dead_letter_and_malformed_dead_
         .await
         .unwrap();
     let (mut failing, mut malformed) = (BTreeSet::new(), BTreeSet::new());
-    const N: u32 = 1000;
+    const N: u32 = 10_000;
+    let mut payloads = Vec::new();
     for id in 0..N {
         if id % 100 == 7 {
             malformed.insert(id);
-            publish(
-                &ch,
-                &queue,
-                format!("{{\"id\": {id}, \"fail\": ").as_bytes(),
-            )
-            .await;
+            payloads.push(format!("{{\"id\": {id}, \"fail\": ").into_bytes());
         } else {
             let fail = id % 20 == 3;
             if fail {
                 failing.insert(id);
             }
-            publish(
-                &ch,
-                &queue,
-                format!("{{\"id\": {id}, \"fail\": {fail}}}").as_bytes(),
-            )
-            .await;
+            payloads.push(format!("{{\"id\": {id}, \"fail\": {fail}}}").into_bytes());
         }
     }
+    publish_all(&ch, &queue, &payloads).await;
     let seen: Arc<Mutex<Attempts>> = Arc::default();
     let log = Arc::clone(&seen);
     let handler = move |Json(job): Json<Job>, ctx: Context| {
@@ -383,6 +403,7 @@ async fn failures_retry_with_growing_delays_then_dead_letter_and_malformed_dead_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prefetch_change_at_runtime_is_what_the_broker_applies() {
+    let _serial = SERIAL.lock().await;
     let queue = unique("qos");
     let (_conn, ch) = channel().await;
     let mut source = AmqpSource::connect(AmqpConfig::new(url(), &queue))
@@ -447,6 +468,7 @@ async fn a_prefetch_change_at_runtime_is_what_the_broker_applies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_broker_is_a_clear_error() {
+    let _serial = SERIAL.lock().await;
     let err = AmqpSource::connect(AmqpConfig::new("amqp://guest:secret@127.0.0.1:1/%2f", "q"))
         .await
         .unwrap_err();
@@ -456,4 +478,75 @@ async fn an_unreachable_broker_is_a_clear_error() {
         "{text}"
     );
     assert!(!text.contains("secret"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_connection_close_mid_run_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    let queue = unique("reconnect");
+    let source = AmqpSource::connect(AmqpConfig::new(url(), &queue))
+        .await
+        .unwrap();
+    {
+        let (_conn, ch) = channel().await;
+        for i in 0..2000 {
+            publish(&ch, &queue, format!("{i}").as_bytes()).await;
+        }
+    }
+    let processed: Arc<Mutex<BTreeMap<u32, u32>>> = Arc::default();
+    let log = Arc::clone(&processed);
+    let handler = move |text: String| {
+        let id: u32 = text.parse().unwrap();
+        *log.lock().unwrap().entry(id).or_default() += 1;
+        async { tokio::time::sleep(Duration::from_millis(2)).await }
+    };
+    let worker =
+        Worker::new(source, handler).config(Config::default().prefetch(50).max_in_flight(8));
+    let metrics = worker.metrics();
+    let done = Arc::clone(&processed);
+    let run = tokio::spawn(worker.run_until(async move {
+        while done.lock().unwrap().len() < 2000 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }));
+    let m = Arc::clone(&metrics);
+    wait_until("300 acks before the close", Duration::from_secs(30), || {
+        m.snapshot().acked >= 300
+    })
+    .await;
+    let closed = Command::new("rabbitmqctl")
+        .args(["close_all_connections", "sluicegate test: forced close"])
+        .output()
+        .unwrap();
+    assert!(closed.status.success(), "{closed:?}");
+    let report = tokio::time::timeout(Duration::from_secs(90), run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let processed = processed.lock().unwrap().clone();
+    assert_eq!(processed.len(), 2000, "some messages were never processed");
+    let duplicates: u32 = processed.values().map(|n| n - 1).sum();
+    println!(
+        "forced close: {duplicates} duplicates, {} settlements refused, {} source errors",
+        report.metrics.settle_errors, report.metrics.source_errors
+    );
+    assert!(
+        report.metrics.source_errors >= 1,
+        "the worker never saw the connection go: {:?}",
+        report.metrics
+    );
+    assert!(
+        duplicates <= 50 + 8,
+        "more duplicates ({duplicates}) than the prefetch could hold"
+    );
+    let (_conn, ch) = channel().await;
+    wait_until(
+        "the broker to drain the queue",
+        Duration::from_secs(10),
+        || broker_unacked(&queue) == 0,
+    )
+    .await;
+    assert_eq!(ready(&ch, &queue).await, 0);
+    delete(&ch, &[queue.clone(), format!("{queue}.dlq")]).await;
 }
