@@ -17,11 +17,13 @@ use crate::message::{Delivery, Message, Settlement};
 use crate::metrics::Metrics;
 use crate::outcome::Outcome;
 use crate::retry::RetryPolicy;
+use crate::settled::{OnSettled, Settled};
 
 /// Everything a handler task needs, shared by all of them.
 pub(crate) struct Dispatch {
     pub(crate) handler: ErasedHandler,
     pub(crate) metrics: Arc<Metrics>,
+    pub(crate) on_settled: Option<OnSettled>,
     pub(crate) retry: RetryPolicy,
     pub(crate) timeout: Duration,
 }
@@ -56,8 +58,15 @@ impl Dispatch {
         drop(running);
         // The permit covers exactly the handler's run: settling does not hold it.
         drop(permit);
-        let settlement = self.decide(&message, outcome);
-        settle(delivery, settlement, &self.metrics).await;
+        let (settlement, how) = self.decide(&message, outcome);
+        settle(
+            delivery,
+            settlement,
+            how,
+            &self.metrics,
+            self.on_settled.as_ref(),
+        )
+        .await;
     }
 
     async fn invoke(&self, message: Arc<Message>) -> Outcome {
@@ -90,29 +99,29 @@ impl Dispatch {
     }
 
     /// The broker settlement for a handler's outcome, counted.
-    fn decide(&self, message: &Message, outcome: Outcome) -> Settlement {
+    fn decide(&self, message: &Message, outcome: Outcome) -> (Settlement, Settled) {
         let m = &self.metrics;
         let origin = message.origin();
         let attempt = message.attempt();
         match outcome {
             Outcome::Ack => {
                 m.acked.fetch_add(1, Relaxed);
-                Settlement::Ack
+                (Settlement::Ack, Settled::Acked)
             }
             Outcome::Requeue => {
                 m.requeued.fetch_add(1, Relaxed);
-                Settlement::Requeue
+                (Settlement::Requeue, Settled::Requeued)
             }
             Outcome::Drop { reason } => {
                 m.dropped.fetch_add(1, Relaxed);
                 tracing::info!(%origin, attempt, %reason, "message dropped by the handler");
-                Settlement::Ack
+                (Settlement::Ack, Settled::Dropped { reason })
             }
             Outcome::DeadLetter { reason } => {
                 m.failed.fetch_add(1, Relaxed);
                 m.dead_lettered.fetch_add(1, Relaxed);
                 tracing::warn!(%origin, attempt, %reason, "message dead-lettered");
-                Settlement::DeadLetter { reason }
+                dead_letter(reason)
             }
             Outcome::Retry { after, reason } => {
                 m.failed.fetch_add(1, Relaxed);
@@ -120,16 +129,23 @@ impl Dispatch {
                     Some((after, next)) => {
                         m.retried.fetch_add(1, Relaxed);
                         tracing::debug!(%origin, attempt, ?after, %reason, "message will be retried");
-                        Settlement::Delay {
+                        let settled = Settled::Retried {
                             after,
-                            attempt: next,
-                        }
+                            next_attempt: next,
+                        };
+                        (
+                            Settlement::Delay {
+                                after,
+                                attempt: next,
+                            },
+                            settled,
+                        )
                     }
                     None => {
                         m.dead_lettered.fetch_add(1, Relaxed);
                         let reason = format!("gave up after {attempt} attempts: {reason}");
                         tracing::warn!(%origin, attempt, %reason, "message dead-lettered");
-                        Settlement::DeadLetter { reason }
+                        dead_letter(reason)
                     }
                 }
             }
@@ -137,12 +153,34 @@ impl Dispatch {
     }
 }
 
-/// Settles a delivery. A broker that refuses is counted and logged; the
-/// broker still has the message and redelivers it.
-pub(crate) async fn settle(delivery: Delivery, settlement: Settlement, metrics: &Metrics) {
-    if let Err(error) = delivery.settle(settlement).await {
-        metrics.settle_errors.fetch_add(1, Relaxed);
-        tracing::warn!(%error, "broker refused a settlement; it will redeliver the message");
+fn dead_letter(reason: String) -> (Settlement, Settled) {
+    let settled = Settled::DeadLettered {
+        reason: reason.clone(),
+    };
+    (Settlement::DeadLetter { reason }, settled)
+}
+
+/// Settles a delivery and tells the observer. A broker that refuses is
+/// counted and logged (the observer hears nothing): the broker still has the
+/// message and redelivers it.
+pub(crate) async fn settle(
+    delivery: Delivery,
+    settlement: Settlement,
+    how: Settled,
+    metrics: &Metrics,
+    on_settled: Option<&OnSettled>,
+) {
+    let message = on_settled.map(|_| delivery.shared_message());
+    match delivery.settle(settlement).await {
+        Ok(()) => {
+            if let (Some(observe), Some(message)) = (on_settled, message) {
+                observe(&message, &how);
+            }
+        }
+        Err(error) => {
+            metrics.settle_errors.fetch_add(1, Relaxed);
+            tracing::warn!(%error, "broker refused a settlement; it will redeliver the message");
+        }
     }
 }
 

@@ -20,8 +20,9 @@ use crate::dispatch::{Dispatch, settle};
 use crate::gate::{Gate, Permit};
 use crate::handler::{ErasedHandler, Handler, erase};
 use crate::lanes::Lanes;
-use crate::message::{Delivery, Settlement};
+use crate::message::{Delivery, Message, Settlement};
 use crate::metrics::{Metrics, MetricsSnapshot};
+use crate::settled::{OnSettled, Settled};
 use crate::source::{Source, SourceError};
 use crate::tracker::{Kind, Tracker};
 
@@ -103,6 +104,7 @@ pub struct Worker<S> {
     handler: ErasedHandler,
     config: Config,
     metrics: Arc<Metrics>,
+    on_settled: Option<OnSettled>,
 }
 
 impl<S: Source> Worker<S> {
@@ -114,12 +116,45 @@ impl<S: Source> Worker<S> {
             handler: erase(handler),
             config: Config::default(),
             metrics: Arc::new(Metrics::new()),
+            on_settled: None,
         }
     }
 
     /// Sets the configuration.
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
+        self
+    }
+
+    /// Calls `observe` once per delivery, after the broker accepted its
+    /// settlement, with the message and how it was settled: for an audit
+    /// log or a line per message. It runs on the settling task: keep it
+    /// quick and non-blocking.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use std::sync::{Arc, Mutex};
+    /// use sluicegate::memory::MemoryBroker;
+    /// use sluicegate::{Settled, Worker};
+    ///
+    /// let broker = MemoryBroker::new();
+    /// broker.publish("jobs", "not a number").await.unwrap();
+    /// broker.close("jobs");
+    /// let log = Arc::new(Mutex::new(Vec::new()));
+    /// let seen = Arc::clone(&log);
+    /// Worker::new(broker.source("jobs"), |text: String| async move { text.parse::<u32>().map(drop) })
+    ///     .on_settled(move |_message, how| seen.lock().unwrap().push(how.name()))
+    ///     .run()
+    ///     .await
+    ///     .unwrap();
+    /// assert_eq!(log.lock().unwrap()[0], "retried");
+    /// # }
+    /// ```
+    pub fn on_settled(
+        mut self,
+        observe: impl Fn(&Message, &Settled) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_settled = Some(Arc::new(observe));
         self
     }
 
@@ -144,7 +179,13 @@ impl<S: Source> Worker<S> {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<Report, Error> {
         self.config.validate()?;
-        let mut flow = Flow::new(self.source, self.handler, self.config, self.metrics);
+        let mut flow = Flow::new(
+            self.source,
+            self.handler,
+            self.config,
+            self.metrics,
+            self.on_settled,
+        );
         flow.source
             .set_prefetch(flow.config.prefetch_limit())
             .await?;
@@ -175,10 +216,17 @@ struct Flow<S> {
 }
 
 impl<S: Source> Flow<S> {
-    fn new(source: S, handler: ErasedHandler, config: Config, metrics: Arc<Metrics>) -> Self {
+    fn new(
+        source: S,
+        handler: ErasedHandler,
+        config: Config,
+        metrics: Arc<Metrics>,
+        on_settled: Option<OnSettled>,
+    ) -> Self {
         let dispatch = Arc::new(Dispatch {
             handler,
             metrics: Arc::clone(&metrics),
+            on_settled,
             retry: config.retry_policy().clone(),
             timeout: config.handler_timeout_duration(),
         });
@@ -327,10 +375,11 @@ impl<S: Source> Flow<S> {
             .spawn(Kind::Handler, dispatch.run(delivery, permit));
     }
 
-    fn settle_in_background(&mut self, delivery: Delivery, settlement: Settlement) {
+    fn settle_in_background(&mut self, delivery: Delivery, settlement: Settlement, how: Settled) {
         let metrics = Arc::clone(&self.metrics);
+        let on_settled = self.dispatch.on_settled.clone();
         self.tasks.spawn(Kind::Settle, async move {
-            settle(delivery, settlement, &metrics).await;
+            settle(delivery, settlement, how, &metrics, on_settled.as_ref()).await;
         });
     }
 
@@ -358,22 +407,24 @@ impl<S: Source> Flow<S> {
             Overflow::Nack => {
                 self.metrics.requeued.fetch_add(1, Relaxed);
                 self.nack_hold = true;
-                self.settle_in_background(delivery, Settlement::Requeue);
+                self.settle_in_background(delivery, Settlement::Requeue, Settled::Requeued);
             }
             Overflow::Delay => {
                 self.metrics.deferred.fetch_add(1, Relaxed);
+                let after = self.config.overflow_delay_duration();
                 let settlement = Settlement::Delay {
-                    after: self.config.overflow_delay_duration(),
+                    after,
                     attempt: delivery.message().attempt(),
                 };
-                self.settle_in_background(delivery, settlement);
+                self.settle_in_background(delivery, settlement, Settled::Delayed { after });
             }
             Overflow::Drop => {
                 self.metrics.dropped.fetch_add(1, Relaxed);
                 let origin = delivery.message().origin().to_string();
                 tracing::debug!(%origin, "lanes full: message dropped (overflow policy drop)");
                 self.log_drops_now_and_then();
-                self.settle_in_background(delivery, Settlement::Ack);
+                let reason = "overflow: the worker was full (SLUICEGATE_OVERFLOW=drop)".to_owned();
+                self.settle_in_background(delivery, Settlement::Ack, Settled::Dropped { reason });
             }
         }
     }
@@ -436,7 +487,7 @@ impl<S: Source> Flow<S> {
         for delivery in waiting {
             report.requeued_from_lanes += 1;
             self.metrics.requeued.fetch_add(1, Relaxed);
-            self.settle_in_background(delivery, Settlement::Requeue);
+            self.settle_in_background(delivery, Settlement::Requeue, Settled::Requeued);
         }
         let grace = self.config.shutdown_grace_duration();
         let running = self.tasks.handlers();

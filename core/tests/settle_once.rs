@@ -164,8 +164,13 @@ fn run_case(case: Case) -> Result<(), TestCaseError> {
             .handler_timeout(Duration::from_millis(TIMEOUT_MS))
             .shutdown_grace(Duration::from_millis(case.grace_ms));
         let shutdown_ms = case.shutdown_ms;
+        let observed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let count = Arc::clone(&observed);
         let report = Worker::new(broker.source(Q), handler)
             .config(config)
+            .on_settled(move |_, _| {
+                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            })
             .run_until(async move {
                 match shutdown_ms {
                     Some(ms) => sleep(Duration::from_millis(ms)).await,

@@ -1,0 +1,95 @@
+//! A RabbitMQ worker to copy: JSON jobs in, one JSON line per settled
+//! message out.
+//!
+//! ```text
+//! AMQP_URL=amqp://127.0.0.1:5672/%2f SLUICEGATE_QUEUE=jobs cargo run --release --example amqp_worker
+//! ```
+//!
+//! A job looks like `{"id": "j-1", "work_ms": 20, "fail": false}`: the
+//! worker sleeps `work_ms` and fails (retryably) when `fail` is true. For
+//! every settled message it prints to stdout
+//! `{"id": "j-1", "outcome": "acked", "attempt": 1}` (outcome: acked,
+//! retried, requeued, delayed, dropped or dead_lettered; a message without a
+//! readable id gets `"id": null`). Logs go to stderr. SIGINT or SIGTERM
+//! drains: running jobs finish within SLUICEGATE_SHUTDOWN_GRACE_MS, the rest
+//! go back to the queue. Every SLUICEGATE_* variable of the README applies.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde::Deserialize;
+use sluicegate::{Config, HandlerError, Json, Message, Settled, Worker};
+use sluicegate_amqp::{AmqpConfig, AmqpSource};
+
+#[derive(Deserialize)]
+struct Job {
+    id: String,
+    #[serde(default)]
+    work_ms: u64,
+    #[serde(default)]
+    fail: bool,
+}
+
+async fn handle(Json(job): Json<Job>) -> Result<(), HandlerError> {
+    tokio::time::sleep(Duration::from_millis(job.work_ms)).await;
+    if job.fail {
+        return Err(HandlerError::retryable(format!(
+            "job {} asked to fail",
+            job.id
+        )));
+    }
+    Ok(())
+}
+
+/// One line of output for a settled message.
+fn settled_line(message: &Message, how: &Settled) -> String {
+    let id = serde_json::from_slice::<serde_json::Value>(message.payload())
+        .ok()
+        .and_then(|v| v.get("id").cloned())
+        .unwrap_or(serde_json::Value::Null);
+    serde_json::json!({ "id": id, "outcome": how.name(), "attempt": message.attempt() }).to_string()
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let (config, amqp) = match (Config::from_env(), AmqpConfig::from_env()) {
+        (Ok(config), Ok(amqp)) => (config, amqp),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("amqp_worker: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let source = match AmqpSource::connect(amqp).await {
+        Ok(source) => source,
+        Err(e) => {
+            eprintln!("amqp_worker: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = Worker::new(source, handle)
+        .config(config)
+        .on_settled(|message, how| {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{}", settled_line(message, how));
+        })
+        .run()
+        .await;
+    match report {
+        Ok(report) => {
+            tracing::info!(stopped_by = ?report.stopped_by, drain = ?report.drain, "{}", report.metrics);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("amqp_worker: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
