@@ -1,0 +1,192 @@
+//! Consume + ack throughput against a real RabbitMQ: sluicegate (no-op
+//! handler) beside raw lapin, same broker, same run, same prefetch, 256 B
+//! messages, alternating rounds, medians compared.
+//!
+//! Baselines (raw lapin, one channel, basic.qos = prefetch):
+//! - `raw ack`: ack every delivery without awaiting it before taking the
+//!   next (each ack future runs on its own task: pipelined);
+//! - `no-ack`: the broker's ceiling, consuming with no_ack (nothing acked).
+//!
+//! ```text
+//! cargo bench -p sluicegate-amqp --bench throughput                       # 20k messages, 3 rounds
+//! AMQP_BENCH_MESSAGES=5000 AMQP_BENCH_ROUNDS=1 cargo bench -p sluicegate-amqp --bench throughput
+//! ```
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use sluicegate::{Config, Worker};
+use sluicegate_amqp::{AmqpConfig, AmqpSource};
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://127.0.0.1:5672/%2f".into())
+}
+
+async fn connect() -> (Connection, Channel) {
+    let conn = Connection::connect(&url(), ConnectionProperties::default())
+        .await
+        .unwrap_or_else(|e| panic!("RabbitMQ is not reachable at {}: {e}", url()));
+    let ch = conn.create_channel().await.expect("a channel");
+    (conn, ch)
+}
+
+/// Declares `queue` afresh and fills it with `n` messages of 256 bytes.
+async fn fill(queue: &str, n: usize) {
+    let (_conn, ch) = connect().await;
+    let _ = ch
+        .queue_delete(ShortString::from(queue), QueueDeleteOptions::default())
+        .await;
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    ch.queue_declare(ShortString::from(queue), durable, FieldTable::default())
+        .await
+        .expect("declare");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    let payload = [b'x'; 256];
+    for chunk in 0..n.div_ceil(1000) {
+        for _ in 0..1000.min(n - chunk * 1000) {
+            let _ = ch
+                .basic_publish(
+                    ShortString::from(""),
+                    ShortString::from(queue),
+                    BasicPublishOptions::default(),
+                    &payload,
+                    BasicProperties::default(),
+                )
+                .await
+                .expect("publish");
+        }
+        ch.wait_for_confirms().await.expect("confirms");
+    }
+}
+
+async fn raw(queue: &str, n: usize, prefetch: u16, no_ack: bool) -> Duration {
+    let (_conn, ch) = connect().await;
+    ch.basic_qos(prefetch, BasicQosOptions { global: true })
+        .await
+        .expect("qos");
+    let options = BasicConsumeOptions {
+        no_ack,
+        ..BasicConsumeOptions::default()
+    };
+    let mut consumer = ch
+        .basic_consume(
+            ShortString::from(queue),
+            ShortString::from(""),
+            options,
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    let started = Instant::now();
+    let mut acks = Vec::with_capacity(if no_ack { 0 } else { n });
+    for _ in 0..n {
+        let delivery = consumer
+            .next()
+            .await
+            .expect("a delivery")
+            .expect("no error");
+        if !no_ack {
+            acks.push(tokio::spawn(async move {
+                delivery.ack(BasicAckOptions::default()).await
+            }));
+        }
+    }
+    for ack in acks {
+        let _ = ack.await;
+    }
+    started.elapsed()
+}
+
+async fn sluicegate(queue: &str, n: usize, prefetch: u16) -> Duration {
+    let source = AmqpSource::connect(AmqpConfig::new(url(), queue))
+        .await
+        .expect("connect");
+    let config = Config::default()
+        .prefetch(prefetch)
+        .max_in_flight(prefetch.min(256));
+    let worker = Worker::new(source, || async {}).config(config);
+    let metrics = worker.metrics();
+    let started = Instant::now();
+    let report = worker
+        .run_until(async move {
+            while metrics.snapshot().acked < n as u64 {
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+        })
+        .await
+        .expect("the worker ran");
+    let elapsed = started.elapsed();
+    assert_eq!(report.metrics.acked, n as u64);
+    elapsed
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let n = env_usize("AMQP_BENCH_MESSAGES", 20_000);
+    let rounds = env_usize("AMQP_BENCH_ROUNDS", 3).max(1);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    println!(
+        "AMQP throughput: {n} messages of 256 B per run, {rounds} rounds, RabbitMQ at {}",
+        url()
+    );
+    let queue = format!("sg-bench-{}", std::process::id());
+    for prefetch in [10u16, 100, 1000] {
+        let (mut acked, mut ceiling, mut ours) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            let rate = |d: Duration| n as f64 / d.as_secs_f64();
+            rt.block_on(fill(&queue, n));
+            acked.push(rate(rt.block_on(raw(&queue, n, prefetch, false))));
+            rt.block_on(fill(&queue, n));
+            ceiling.push(rate(rt.block_on(raw(&queue, n, prefetch, true))));
+            rt.block_on(fill(&queue, n));
+            ours.push(rate(rt.block_on(sluicegate(&queue, n, prefetch))));
+        }
+        let (a, c, s) = (median(&mut acked), median(&mut ceiling), median(&mut ours));
+        println!(
+            "prefetch {prefetch:>4}: raw lapin ack {a:>7.0} msg/s | no-ack ceiling {c:>7.0} msg/s | sluicegate {s:>7.0} msg/s = {:.2}x raw ack, {:.2}x ceiling",
+            s / a,
+            s / c
+        );
+    }
+    rt.block_on(async {
+        let (_conn, ch) = connect().await;
+        let _ = ch
+            .queue_delete(
+                ShortString::from(queue.as_str()),
+                QueueDeleteOptions::default(),
+            )
+            .await;
+        let _ = ch
+            .queue_delete(
+                ShortString::from(format!("{queue}.dlq").as_str()),
+                QueueDeleteOptions::default(),
+            )
+            .await;
+    });
+}
