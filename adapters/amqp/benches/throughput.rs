@@ -62,7 +62,7 @@ async fn fill(queue: &str, n: usize) {
     let payload = [b'x'; 256];
     for chunk in 0..n.div_ceil(1000) {
         for _ in 0..1000.min(n - chunk * 1000) {
-            let _ = ch
+            let _confirm = ch
                 .basic_publish(
                     ShortString::from(""),
                     ShortString::from(queue),
