@@ -31,10 +31,18 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Not yet here (see the AMQP issue): reconnection after a lost connection
-//! (a lost connection now stops the worker; RabbitMQ requeues what it held),
-//! ack coalescing, consuming several queues as lanes, `connection.blocked`.
+//! Acks are coalesced: the contiguous completed prefix of delivery tags goes
+//! out as one `multiple=true` ack, stragglers alone after a few
+//! milliseconds; each ack still follows its own handler.
+//!
+//! A lost connection is re-established (re-declare, re-qos, re-consume);
+//! deliveries from the dead channel are not settled (their settlements fail
+//! and are counted) and RabbitMQ redelivers them.
+//!
+//! Not yet here (see the AMQP issue): consuming several queues as lanes,
+//! `connection.blocked` and consumer-timeout handling.
 
+mod acks;
 mod config;
 mod convert;
 mod settle;

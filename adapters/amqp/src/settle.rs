@@ -4,12 +4,13 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-use lapin::options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions, QueueDeclareOptions};
+use lapin::options::{BasicNackOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel};
 use sluicegate::message::header;
 use sluicegate::{Message, Settle, SettleError, SettleFuture, Settlement};
 
+use crate::acks::Acks;
 use crate::convert::{delay_tier, republish_properties};
 
 /// What every delivery's handle shares: the publishing channel (publisher
@@ -18,15 +19,23 @@ pub(crate) struct Topology {
     pub(crate) queue: String,
     pub(crate) dead_letter_queue: String,
     pub(crate) publisher: Channel,
+    /// Ack coalescing for the consuming channel.
+    pub(crate) acks: Arc<Acks>,
     declared_tiers: Mutex<HashSet<u64>>,
 }
 
 impl Topology {
-    pub(crate) fn new(queue: String, dead_letter_queue: String, publisher: Channel) -> Self {
+    pub(crate) fn new(
+        queue: String,
+        dead_letter_queue: String,
+        publisher: Channel,
+        acks: Arc<Acks>,
+    ) -> Self {
         Self {
             queue,
             dead_letter_queue,
             publisher,
+            acks,
             declared_tiers: Mutex::new(HashSet::new()),
         }
     }
@@ -175,8 +184,12 @@ impl AmqpSettle {
                     .map_err(|e| failed(&message, &settlement, e))?;
             }
         }
-        // Only now, with any republish confirmed, is the original acked.
-        settled("basic.ack", acker.ack(BasicAckOptions::default()).await)
+        // Only now, with any republish confirmed, is the original acked:
+        // coalesced with its neighbours (see the `acks` module).
+        topology
+            .acks
+            .ack(self.delivery.delivery_tag)
+            .await
             .map_err(|e| failed(&message, &settlement, e))
     }
 }
@@ -195,6 +208,7 @@ impl Settle for AmqpSettle {
                     if let Err(error) = settled("basic.nack", self.delivery.acker.nack(requeue).await) {
                         tracing::warn!(%origin, %error, "could not requeue an abandoned delivery; the broker redelivers it when the channel closes");
                     }
+                    self.topology.acks.settled(self.delivery.delivery_tag);
                 });
             }
             Err(_) => tracing::warn!(

@@ -13,6 +13,7 @@ use lapin::{Channel, Connection, ConnectionProperties, Consumer};
 use sluicegate::{Delivery, Source, SourceError};
 
 use crate::AmqpError;
+use crate::acks::Acks;
 use crate::config::{AmqpConfig, Declare};
 use crate::convert::message_from;
 use crate::settle::{AmqpSettle, Topology};
@@ -101,6 +102,7 @@ impl Link {
                     ),
                 }))?;
         }
+        let acks = Acks::start(channel.clone());
         Ok(Self {
             connection,
             channel,
@@ -109,6 +111,7 @@ impl Link {
                 config.queue.clone(),
                 dead_letter_queue,
                 publisher,
+                acks,
             )),
         })
     }
@@ -141,6 +144,13 @@ impl Link {
 
     fn alive(&self) -> bool {
         self.connection.status().connected() && self.channel.status().connected()
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        // Acks not sent yet fail: their messages come back from the broker.
+        self.topology.acks.close();
     }
 }
 

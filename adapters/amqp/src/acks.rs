@@ -1,0 +1,273 @@
+//! Ack coalescing on one channel. Handlers finish out of order; this turns
+//! their completions into the cheapest safe acks: the contiguous completed
+//! prefix of delivery tags is acked with one `basic.ack multiple=true`, and
+//! a completed tag stuck behind a slow one is acked on its own after a
+//! short wait (so the broker's prefetch window refills).
+//!
+//! Safe because RabbitMQ numbers a channel's deliveries 1, 2, 3, … and a
+//! multiple ack covers only the tags still outstanding: every tag below
+//! `floor` is resolved (its ack is due, or it was already nacked or acked
+//! alone), so the multiple ack never covers a message still in a handler.
+//! A nack is sent before its tag is marked resolved, so no multiple ack can
+//! overtake it.
+//!
+//! Each ack's settle waits for the flush that covers it, so a failed flush
+//! (a dead channel) is reported per message; the broker then redelivers.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lapin::Channel;
+use lapin::options::BasicAckOptions;
+use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
+
+/// How long a completed tag may wait behind an unfinished lower one before
+/// it is acked on its own.
+const STRAGGLER_WAIT: Duration = Duration::from_millis(5);
+
+/// Told whether the ack of one delivery went out.
+type AckSent = oneshot::Sender<Result<(), String>>;
+
+#[derive(Debug)]
+enum Resolved {
+    /// Completed: its ack is due. Waiters are told when it is sent.
+    AckDue {
+        since: Instant,
+        done: Option<AckSent>,
+    },
+    /// Settled otherwise (nacked, or acked on its own).
+    Settled,
+}
+
+#[derive(Debug)]
+struct State {
+    /// The lowest tag not resolved yet.
+    floor: u64,
+    /// Resolved tags at or above `floor`.
+    resolved: BTreeMap<u64, Resolved>,
+    closed: bool,
+}
+
+/// The coalescer of one channel; its flusher task runs until `close`.
+#[derive(Debug)]
+pub(crate) struct Acks {
+    state: Mutex<State>,
+    wake: Notify,
+}
+
+impl Acks {
+    /// A coalescer for `channel`, with its flusher task spawned.
+    pub(crate) fn start(channel: Channel) -> Arc<Self> {
+        let acks = Arc::new(Self {
+            state: Mutex::new(State {
+                floor: 1,
+                resolved: BTreeMap::new(),
+                closed: false,
+            }),
+            wake: Notify::new(),
+        });
+        tokio::spawn(flush_loop(Arc::clone(&acks), channel));
+        acks
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The handler of `tag` finished: ack it with the next flush. Resolves
+    /// once the ack was sent (or failed).
+    pub(crate) async fn ack(&self, tag: u64) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut state = self.lock();
+            if state.closed {
+                return Err("the channel is closed; the broker redelivers the message".into());
+            }
+            state.resolved.insert(
+                tag,
+                Resolved::AckDue {
+                    since: Instant::now(),
+                    done: Some(tx),
+                },
+            );
+        }
+        self.wake.notify_one();
+        rx.await.unwrap_or_else(|_| {
+            Err("the ack flusher stopped; the broker redelivers the message".into())
+        })
+    }
+
+    /// `tag` was settled another way (its nack was already sent).
+    pub(crate) fn settled(&self, tag: u64) {
+        self.lock().resolved.insert(tag, Resolved::Settled);
+        self.wake.notify_one();
+    }
+
+    /// Stops the flusher; acks not yet sent fail (their messages come back).
+    pub(crate) fn close(&self) {
+        self.lock().closed = true;
+        self.wake.notify_one();
+    }
+}
+
+/// What one pass of the flusher sends.
+#[derive(Default)]
+struct Flush {
+    /// `basic.ack multiple=true` up to this tag.
+    through: Option<u64>,
+    through_waiters: Vec<AckSent>,
+    /// Stragglers acked on their own.
+    single: Vec<(u64, Option<AckSent>)>,
+    /// When to look again for stragglers not yet due.
+    next_check: Option<Instant>,
+}
+
+fn plan(state: &mut State, now: Instant) -> Flush {
+    let mut flush = Flush::default();
+    // Advance the floor over the contiguous resolved prefix. The multiple
+    // ack names the highest tag whose ack is due: RabbitMQ refuses (and
+    // closes the channel) a multiple ack whose own tag is not outstanding,
+    // such as a nacked one or a straggler already acked alone.
+    while let Some(entry) = state.resolved.remove(&state.floor) {
+        if let Resolved::AckDue { done, .. } = entry {
+            flush.through = Some(state.floor);
+            flush.through_waiters.extend(done);
+        }
+        state.floor += 1;
+    }
+    // Completed tags above the floor: ack the ones that waited long enough.
+    for (tag, entry) in state.resolved.iter_mut() {
+        if let Resolved::AckDue { since, done } = entry {
+            let due = *since + STRAGGLER_WAIT;
+            if due <= now {
+                flush.single.push((*tag, done.take()));
+                *entry = Resolved::Settled;
+            } else {
+                flush.next_check = Some(flush.next_check.map_or(due, |c| c.min(due)));
+            }
+        }
+    }
+    flush
+}
+
+async fn flush_loop(acks: Arc<Acks>, channel: Channel) {
+    loop {
+        let (flush, closed) = {
+            let mut state = acks.lock();
+            (plan(&mut state, Instant::now()), state.closed)
+        };
+        if closed {
+            fail_pending(&acks);
+            return;
+        }
+        if let Some(tag) = flush.through {
+            let sent = send(&channel, tag, true).await;
+            for done in flush.through_waiters {
+                let _ = done.send(sent.clone());
+            }
+        }
+        for (tag, done) in flush.single {
+            let sent = send(&channel, tag, false).await;
+            if let Some(done) = done {
+                let _ = done.send(sent);
+            }
+        }
+        match flush.next_check {
+            Some(at) => {
+                tokio::select! {
+                    () = acks.wake.notified() => {}
+                    () = tokio::time::sleep_until(at) => {}
+                }
+            }
+            None => acks.wake.notified().await,
+        }
+    }
+}
+
+async fn send(channel: &Channel, tag: u64, multiple: bool) -> Result<(), String> {
+    channel
+        .basic_ack(tag, BasicAckOptions { multiple })
+        .await
+        .map_err(|e| {
+            format!(
+                "basic.ack (tag {tag}, multiple={multiple}): {e}; the broker redelivers the message"
+            )
+        })
+}
+
+fn fail_pending(acks: &Acks) {
+    let mut state = acks.lock();
+    for (_, entry) in std::mem::take(&mut state.resolved) {
+        if let Resolved::AckDue {
+            done: Some(done), ..
+        } = entry
+        {
+            let _ = done.send(Err(
+                "the channel closed before the ack was sent; the broker redelivers the message"
+                    .into(),
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn due(state: &mut State, tag: u64, since: Instant) {
+        state
+            .resolved
+            .insert(tag, Resolved::AckDue { since, done: None });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn acks_the_contiguous_prefix_and_waits_for_the_head() {
+        let now = Instant::now();
+        let mut state = State {
+            floor: 1,
+            resolved: BTreeMap::new(),
+            closed: false,
+        };
+        due(&mut state, 2, now);
+        due(&mut state, 3, now);
+        // Tag 1 is still in a handler: nothing may be acked yet.
+        let flush = plan(&mut state, now);
+        assert_eq!((flush.through, flush.single.len()), (None, 0));
+        assert_eq!(flush.next_check, Some(now + STRAGGLER_WAIT));
+        due(&mut state, 1, now);
+        let flush = plan(&mut state, now);
+        assert_eq!(flush.through, Some(3), "1..=3 with one multiple ack");
+        assert_eq!(state.floor, 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stragglers_are_acked_alone_after_the_wait_and_nacks_count_as_resolved() {
+        let now = Instant::now();
+        let mut state = State {
+            floor: 1,
+            resolved: BTreeMap::new(),
+            closed: false,
+        };
+        due(&mut state, 3, now);
+        let later = now + STRAGGLER_WAIT;
+        let flush = plan(&mut state, later);
+        assert_eq!(flush.through, None, "tag 1 and 2 are not done");
+        assert_eq!(
+            flush.single.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+            [3]
+        );
+        // 1 was nacked, 2 completes: the floor passes 3 too, but the multiple
+        // ack names 2: 1 and 3 are no longer outstanding at the broker.
+        state.resolved.insert(1, Resolved::Settled);
+        due(&mut state, 2, later);
+        let flush = plan(&mut state, later);
+        assert_eq!(flush.through, Some(2));
+        assert_eq!(state.floor, 4);
+        // Only nacks: no ack at all.
+        state.resolved.insert(4, Resolved::Settled);
+        assert_eq!(plan(&mut state, later).through, None);
+        assert_eq!(state.floor, 5);
+    }
+}
