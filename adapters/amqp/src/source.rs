@@ -102,6 +102,7 @@ impl Link {
                     ),
                 }))?;
         }
+        watch_events(&connection, &config.queue);
         let acks = Acks::start(channel.clone());
         Ok(Self {
             connection,
@@ -229,6 +230,13 @@ impl AmqpSource {
         }
         self.link = None;
         let why = error.map_or_else(|| "the channel closed".to_owned(), |e| e.to_string());
+        if why.contains("acknowledgement") && why.contains("timed out") {
+            tracing::error!(
+                queue = %self.queue,
+                "RabbitMQ closed the channel because a delivery stayed unacked past its consumer_timeout: \
+                 keep SLUICEGATE_HANDLER_TIMEOUT_MS below the broker's consumer_timeout (default 30 min)"
+            );
+        }
         tracing::warn!(
             queue = %self.queue,
             %why,
@@ -306,6 +314,33 @@ impl Source for AmqpSource {
             None => Ok(()),
         }
     }
+}
+
+/// Logs what RabbitMQ says about the connection: `connection.blocked` (a
+/// resource alarm: publishes, and so retries and dead-letters, wait until it
+/// lifts; the runtime keeps holding those messages meanwhile, within the
+/// prefetch), unblocked, and errors. Ends with the connection.
+fn watch_events(connection: &Connection, queue: &str) {
+    let mut events = Box::pin(connection.events_listener());
+    let queue = queue.to_owned();
+    tokio::spawn(async move {
+        while let Some(event) = events.next().await {
+            match event {
+                lapin::Event::ConnectionBlocked(reason) => tracing::warn!(
+                    %queue,
+                    %reason,
+                    "RabbitMQ blocked the connection (resource alarm): retries and dead-letters wait until it is unblocked"
+                ),
+                lapin::Event::ConnectionUnblocked => {
+                    tracing::info!(%queue, "RabbitMQ unblocked the connection")
+                }
+                lapin::Event::Error(error) => {
+                    tracing::warn!(%queue, %error, "RabbitMQ connection error")
+                }
+                _ => {}
+            }
+        }
+    });
 }
 
 /// The URL without its password, for messages.

@@ -550,3 +550,70 @@ async fn a_forced_connection_close_mid_run_loses_nothing() {
     assert_eq!(ready(&ch, &queue).await, 0);
     delete(&ch, &[queue.clone(), format!("{queue}.dlq")]).await;
 }
+
+/// Lifts the memory alarm even if the test fails.
+struct AlarmGuard;
+
+impl Drop for AlarmGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["set_vm_memory_high_watermark", "0.4"])
+            .output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_broker_blocks_publishers_dead_letters_wait_and_nothing_is_lost() {
+    let _serial = SERIAL.lock().await;
+    let queue = unique("blocked");
+    let dlq = format!("{queue}.dlq");
+    let source = AmqpSource::connect(AmqpConfig::new(url(), &queue))
+        .await
+        .unwrap();
+    {
+        let (_conn, ch) = channel().await;
+        for i in 0..20 {
+            publish(&ch, &queue, format!("{i}").as_bytes()).await;
+        }
+    }
+    // A memory alarm: RabbitMQ blocks every connection that publishes.
+    let _alarm = AlarmGuard;
+    let set = Command::new("rabbitmqctl")
+        .args(["set_vm_memory_high_watermark", "0.0000001"])
+        .output()
+        .unwrap();
+    assert!(set.status.success(), "{set:?}");
+    let poison = |_: String| async { Err::<(), _>(HandlerError::permanent("poison")) };
+    let worker =
+        Worker::new(source, poison).config(Config::default().prefetch(10).max_in_flight(4));
+    let metrics = worker.metrics();
+    let m = Arc::clone(&metrics);
+    let run = tokio::spawn(worker.run_until(async move {
+        while m.snapshot().dead_lettered < 20 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Blocked: the handlers failed, but no dead-letter could be published, so
+    // nothing was acked and the worker holds what the prefetch allows.
+    assert_eq!(
+        broker_unacked(&queue),
+        10,
+        "the worker should hold a full prefetch while blocked"
+    );
+    drop(_alarm);
+    let report = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.metrics.dead_lettered, 20);
+    let (_conn, ch) = channel().await;
+    wait_until("the acks to land", Duration::from_secs(10), || {
+        broker_unacked(&queue) == 0
+    })
+    .await;
+    assert_eq!(ready(&ch, &queue).await, 0);
+    assert_eq!(take_all(&ch, &dlq).await.len(), 20);
+    delete(&ch, &[queue.clone(), dlq]).await;
+}
