@@ -119,9 +119,7 @@ async fn sluicegate(queue: &str, n: usize, prefetch: u16) -> Duration {
     let source = AmqpSource::connect(AmqpConfig::new(url(), queue))
         .await
         .expect("connect");
-    let config = Config::default()
-        .prefetch(prefetch)
-        .max_in_flight(prefetch.min(256));
+    let config = Config::default().prefetch(prefetch).max_in_flight(prefetch);
     let worker = Worker::new(source, || async {}).config(config);
     let metrics = worker.metrics();
     let started = Instant::now();

@@ -25,7 +25,8 @@ pub enum Declare {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AmqpConfig {
     pub(crate) url: String,
-    pub(crate) queue: String,
+    /// The work queues, highest priority first (usually one).
+    pub(crate) queues: Vec<String>,
     pub(crate) declare: Declare,
     pub(crate) dead_letter_queue: Option<String>,
     pub(crate) max_priority: u8,
@@ -41,14 +42,18 @@ pub const ENV_VARS: &[(&str, &str, &str)] = &[
     (
         "SLUICEGATE_QUEUE",
         "(required)",
-        "the work queue to consume",
+        "the work queue to consume; several, comma-separated, are consumed as priority lanes, the first highest",
     ),
     (
         "SLUICEGATE_AMQP_DECLARE",
         "create",
         "create the topology, or only check it: create | passive",
     ),
-    ("SLUICEGATE_DLQ", "<queue>.dlq", "the dead-letter queue"),
+    (
+        "SLUICEGATE_DLQ",
+        "<queue>.dlq",
+        "the dead-letter queue (one for every work queue when set)",
+    ),
     (
         "SLUICEGATE_AMQP_MAX_PRIORITY",
         "0",
@@ -61,7 +66,7 @@ impl AmqpConfig {
     pub fn new(url: impl Into<String>, queue: impl Into<String>) -> Self {
         Self {
             url: url.into(),
-            queue: queue.into(),
+            queues: vec![queue.into()],
             declare: Declare::Create,
             dead_letter_queue: None,
             max_priority: 0,
@@ -84,14 +89,20 @@ impl AmqpConfig {
                 "a URL starting with amqp:// or amqps://",
             ));
         }
-        let queue = match lookup("SLUICEGATE_QUEUE") {
-            Some(q) if !q.trim().is_empty() && q.len() <= 255 => q.trim().to_owned(),
-            Some(q) => {
-                return Err(ConfigError::new(
-                    "SLUICEGATE_QUEUE",
-                    q,
-                    "a queue name of 1 to 255 bytes",
-                ));
+        let queues: Vec<String> = match lookup("SLUICEGATE_QUEUE") {
+            Some(raw) => {
+                let names: Vec<String> = raw.split(',').map(|q| q.trim().to_owned()).collect();
+                let distinct: std::collections::HashSet<&String> = names.iter().collect();
+                if names.iter().any(|q| q.is_empty() || q.len() > 255)
+                    || distinct.len() != names.len()
+                {
+                    return Err(ConfigError::new(
+                        "SLUICEGATE_QUEUE",
+                        raw,
+                        "queue names of 1 to 255 bytes, comma-separated, each once",
+                    ));
+                }
+                names
             }
             None => {
                 return Err(ConfigError::new(
@@ -122,10 +133,10 @@ impl AmqpConfig {
                 )
             })?,
         };
-        let mut config = Self::new(url, queue).max_priority(max_priority);
+        let mut config = Self::lanes(url, queues).max_priority(max_priority);
         config.declare = declare;
         if let Some(dlq) = lookup("SLUICEGATE_DLQ") {
-            if dlq.trim().is_empty() || dlq == config.queue {
+            if dlq.trim().is_empty() || config.queues.iter().any(|q| *q == dlq.trim()) {
                 return Err(ConfigError::new(
                     "SLUICEGATE_DLQ",
                     dlq,
@@ -135,6 +146,25 @@ impl AmqpConfig {
             config.dead_letter_queue = Some(dlq.trim().to_owned());
         }
         Ok(config)
+    }
+
+    /// Consume several queues as priority lanes, the first the most urgent:
+    /// a message's priority is its queue's rank (the AMQP priority property
+    /// is used only with a single queue).
+    ///
+    /// ```
+    /// use sluicegate_amqp::AmqpConfig;
+    /// let config = AmqpConfig::lanes("amqp://127.0.0.1:5672/%2f", ["orders.high", "orders.low"]);
+    /// assert_eq!(config.queues(), ["orders.high", "orders.low"]);
+    /// assert_eq!(config.dead_letter_queue_for("orders.low"), "orders.low.dlq");
+    /// ```
+    pub fn lanes(
+        url: impl Into<String>,
+        queues: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        let mut config = Self::new(url, String::new());
+        config.queues = queues.into_iter().map(Into::into).collect();
+        config
     }
 
     /// Only check the topology instead of creating it.
@@ -155,16 +185,26 @@ impl AmqpConfig {
         self
     }
 
-    /// The work queue.
+    /// The (first) work queue.
     pub fn queue(&self) -> &str {
-        &self.queue
+        self.queues.first().map_or("", String::as_str)
     }
 
-    /// The dead-letter queue.
+    /// Every work queue, highest priority first.
+    pub fn queues(&self) -> &[String] {
+        &self.queues
+    }
+
+    /// The dead-letter queue of the (first) work queue.
     pub fn dead_letter_queue(&self) -> String {
+        self.dead_letter_queue_for(self.queue())
+    }
+
+    /// The dead-letter queue of `queue`: the one set, or `<queue>.dlq`.
+    pub fn dead_letter_queue_for(&self, queue: &str) -> String {
         self.dead_letter_queue
             .clone()
-            .unwrap_or_else(|| format!("{}.dlq", self.queue))
+            .unwrap_or_else(|| format!("{queue}.dlq"))
     }
 }
 
@@ -199,6 +239,13 @@ mod tests {
     }
 
     #[test]
+    fn several_queues_are_lanes_highest_first() {
+        let c = from(&[("SLUICEGATE_QUEUE", "orders.high, orders.low")]).unwrap();
+        assert_eq!(c.queues(), ["orders.high", "orders.low"]);
+        assert_eq!(c.dead_letter_queue_for("orders.low"), "orders.low.dlq");
+    }
+
+    #[test]
     fn bad_values_name_the_variable() {
         for (vars, variable) in [
             (&[][..], "SLUICEGATE_QUEUE"),
@@ -224,6 +271,8 @@ mod tests {
                 &[("SLUICEGATE_QUEUE", "q"), ("SLUICEGATE_DLQ", "q")][..],
                 "SLUICEGATE_DLQ",
             ),
+            (&[("SLUICEGATE_QUEUE", "a,,b")][..], "SLUICEGATE_QUEUE"),
+            (&[("SLUICEGATE_QUEUE", "a,b,a")][..], "SLUICEGATE_QUEUE"),
         ] {
             let err = from(vars).expect_err(variable);
             assert_eq!(err.variable, variable, "{err}");

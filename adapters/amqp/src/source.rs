@@ -1,15 +1,16 @@
 //! [`AmqpSource`]: connects, declares (or checks) the topology, and consumes
 //! with a channel-wide prefetch.
 
+use std::pin::Pin;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::{FutureExt, Stream, StreamExt};
 use lapin::options::{
     BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{Channel, Connection, ConnectionProperties, Consumer};
+use lapin::{Channel, Connection, ConnectionProperties};
 use sluicegate::{Delivery, Source, SourceError};
 
 use crate::AmqpError;
@@ -18,7 +19,8 @@ use crate::config::{AmqpConfig, Declare};
 use crate::convert::message_from;
 use crate::settle::{AmqpSettle, Topology};
 
-/// A consumer of one RabbitMQ queue; implements [`Source`].
+/// A consumer of one RabbitMQ queue, or of several as priority lanes;
+/// implements [`Source`].
 ///
 /// A lost connection is re-established: `next` reports a retryable error,
 /// the runtime backs off, and the next pull reconnects, re-declares the
@@ -28,23 +30,38 @@ use crate::settle::{AmqpSettle, Topology};
 pub struct AmqpSource {
     config: AmqpConfig,
     link: Option<Link>,
-    queue: Arc<str>,
+    /// The queues, for log lines.
+    label: String,
     prefetch: u16,
     reconnects: u64,
+}
+
+/// Deliveries of every consumer of a link, tagged with their lane.
+type Incoming =
+    Pin<Box<dyn Stream<Item = (usize, lapin::Result<lapin::message::Delivery>)> + Send>>;
+
+/// One consumed queue.
+struct Lane {
+    queue: Arc<str>,
+    /// The lane's priority when several queues are consumed; with one queue
+    /// the AMQP priority property counts.
+    priority: Option<u8>,
+    topology: Arc<Topology>,
 }
 
 /// One connection's worth of state.
 struct Link {
     connection: Connection,
     channel: Channel,
-    consumer: Option<Consumer>,
-    topology: Arc<Topology>,
+    lanes: Vec<Lane>,
+    incoming: Option<Incoming>,
+    acks: Arc<Acks>,
 }
 
 impl std::fmt::Debug for AmqpSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AmqpSource")
-            .field("queue", &self.queue)
+            .field("queues", &self.label)
             .field("prefetch", &self.prefetch)
             .field("connected", &self.link.is_some())
             .field("reconnects", &self.reconnects)
@@ -54,7 +71,7 @@ impl std::fmt::Debug for AmqpSource {
 
 impl Link {
     /// Connects, opens a consuming and a publishing (confirming) channel,
-    /// and declares (or checks) the work and dead-letter queues.
+    /// and declares (or checks) every work queue and dead-letter queue.
     async fn open(config: &AmqpConfig) -> Result<Self, AmqpError> {
         let url = &config.url;
         let connection = Connection::connect(url, ConnectionProperties::default())
@@ -75,94 +92,115 @@ impl Link {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(AmqpError::broker("enabling publisher confirms"))?;
-        let dead_letter_queue = config.dead_letter_queue();
         let options = QueueDeclareOptions {
             passive: config.declare == Declare::Passive,
             durable: true,
             ..QueueDeclareOptions::default()
         };
-        let mut work_args = FieldTable::default();
-        if config.max_priority > 0 {
-            work_args.insert(
-                "x-max-priority".into(),
-                AMQPValue::ShortShortUInt(config.max_priority),
-            );
-        }
-        for (queue, args) in [
-            (config.queue.as_str(), work_args),
-            (dead_letter_queue.as_str(), FieldTable::default()),
-        ] {
-            channel
-                .queue_declare(ShortString::from(queue), options, args)
-                .await
-                .map_err(AmqpError::broker(match config.declare {
-                    Declare::Create => format!("declaring queue {queue:?}"),
-                    Declare::Passive => format!(
-                        "checking that queue {queue:?} exists (SLUICEGATE_AMQP_DECLARE=passive)"
-                    ),
-                }))?;
-        }
-        watch_events(&connection, &config.queue);
         let acks = Acks::start(channel.clone());
+        let count = config.queues().len();
+        let mut lanes = Vec::with_capacity(count);
+        for (rank, queue) in config.queues().iter().enumerate() {
+            let dead_letter_queue = config.dead_letter_queue_for(queue);
+            let mut work_args = FieldTable::default();
+            if config.max_priority > 0 {
+                work_args.insert(
+                    "x-max-priority".into(),
+                    AMQPValue::ShortShortUInt(config.max_priority),
+                );
+            }
+            for (name, args) in [
+                (queue.as_str(), work_args),
+                (dead_letter_queue.as_str(), FieldTable::default()),
+            ] {
+                channel
+                    .queue_declare(ShortString::from(name), options, args)
+                    .await
+                    .map_err(AmqpError::broker(match config.declare {
+                        Declare::Create => format!("declaring queue {name:?}"),
+                        Declare::Passive => {
+                            format!("checking that queue {name:?} exists (SLUICEGATE_AMQP_DECLARE=passive)")
+                        }
+                    }))?;
+            }
+            lanes.push(Lane {
+                queue: Arc::from(queue.as_str()),
+                priority: (count > 1).then(|| u8::try_from(count - 1 - rank).unwrap_or(0)),
+                topology: Arc::new(Topology::new(
+                    queue.clone(),
+                    dead_letter_queue,
+                    publisher.clone(),
+                    Arc::clone(&acks),
+                )),
+            });
+        }
+        watch_events(&connection, &config.queues().join(","));
         Ok(Self {
             connection,
             channel,
-            consumer: None,
-            topology: Arc::new(Topology::new(
-                config.queue.clone(),
-                dead_letter_queue,
-                publisher,
-                acks,
-            )),
+            lanes,
+            incoming: None,
+            acks,
         })
     }
 
-    async fn set_prefetch(&self, prefetch: u16) -> Result<(), AmqpError> {
-        // global: true is RabbitMQ's per-channel limit, which applies at once
-        // to the running consumer (a per-consumer limit would not).
-        self.channel
-            .basic_qos(prefetch, BasicQosOptions { global: true })
-            .await
-            .map_err(AmqpError::broker(format!(
-                "setting the prefetch (basic.qos) to {prefetch}"
-            )))
-    }
-
-    async fn consume(&mut self, queue: &str) -> Result<(), AmqpError> {
-        let consumer = self
-            .channel
-            .basic_consume(
-                ShortString::from(queue),
-                ShortString::from(""),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(AmqpError::broker(format!("consuming from {queue:?}")))?;
-        self.consumer = Some(consumer);
+    async fn consume(&mut self) -> Result<(), AmqpError> {
+        let mut streams = Vec::with_capacity(self.lanes.len());
+        for (index, lane) in self.lanes.iter().enumerate() {
+            let consumer = self
+                .channel
+                .basic_consume(
+                    ShortString::from(&*lane.queue),
+                    ShortString::from(""),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(AmqpError::broker(format!(
+                    "consuming from {:?}",
+                    lane.queue
+                )))?;
+            streams.push(consumer.map(move |delivery| (index, delivery)).boxed());
+        }
+        self.incoming = Some(Box::pin(futures_util::stream::select_all(streams)));
         Ok(())
     }
 
     fn alive(&self) -> bool {
         self.connection.status().connected() && self.channel.status().connected()
     }
+
+    fn delivery(&self, lane: usize, delivery: lapin::message::Delivery) -> Delivery {
+        let lane = &self.lanes[lane];
+        let mut message = message_from(&lane.queue, &delivery);
+        if let Some(priority) = lane.priority {
+            message = message.with_priority(priority);
+        }
+        Delivery::new(
+            message,
+            AmqpSettle {
+                delivery,
+                topology: Arc::clone(&lane.topology),
+            },
+        )
+    }
 }
 
 impl Drop for Link {
     fn drop(&mut self) {
         // Acks not sent yet fail: their messages come back from the broker.
-        self.topology.acks.close();
+        self.acks.close();
     }
 }
 
 impl AmqpSource {
-    /// Connects to `config`'s broker and declares (or checks) the work queue
-    /// and the dead-letter queue. Consuming starts when the runtime sets the
-    /// prefetch, so nothing is delivered before the limit is in place.
+    /// Connects to `config`'s broker and declares (or checks) the work
+    /// queues and dead-letter queues. Consuming starts when the runtime sets
+    /// the prefetch, so nothing is delivered before the limit is in place.
     pub async fn connect(config: AmqpConfig) -> Result<Self, AmqpError> {
         let link = Link::open(&config).await?;
         Ok(Self {
-            queue: Arc::from(config.queue.as_str()),
+            label: config.queues().join(","),
             config,
             link: Some(link),
             prefetch: 0,
@@ -191,60 +229,49 @@ impl AmqpSource {
                 let link = Link::open(&self.config).await.map_err(|e| {
                     SourceError::retryable(format!("reconnecting to RabbitMQ: {e}")).with_cause(e)
                 })?;
-                link.set_prefetch(self.prefetch)
+                set_qos(link.channel.clone(), self.prefetch)
                     .await
                     .map_err(|e| SourceError::retryable(e.to_string()))?;
                 self.reconnects += 1;
-                tracing::info!(queue = %self.queue, reconnects = self.reconnects, "reconnected to RabbitMQ");
+                tracing::info!(queues = %self.label, reconnects = self.reconnects, "reconnected to RabbitMQ");
                 link
             }
         };
         let link = self.link.insert(link);
-        if link.consumer.is_none() {
-            link.consume(&self.queue)
+        if link.incoming.is_none() {
+            link.consume()
                 .await
                 .map_err(|e| SourceError::retryable(e.to_string()))?;
         }
         Ok(link)
     }
 
-    fn delivery(&self, delivery: lapin::message::Delivery, topology: &Arc<Topology>) -> Delivery {
-        let message = message_from(&self.queue, &delivery);
-        Delivery::new(
-            message,
-            AmqpSettle {
-                delivery,
-                topology: Arc::clone(topology),
-            },
-        )
-    }
-
-    /// The consumer ended or failed. A dead connection or channel is dropped
-    /// (the next pull reconnects); a consumer the broker cancelled on a live
-    /// channel means the queue is gone: the source is finished.
+    /// A consumer ended or failed. A dead connection or channel is dropped
+    /// (the next pull reconnects); consumers the broker cancelled on a live
+    /// channel mean the queues are gone: the source is finished.
     fn ended(&mut self, error: Option<lapin::Error>) -> Result<Option<Delivery>, SourceError> {
         let alive = self.link.as_ref().is_some_and(Link::alive);
         if alive && error.is_none() {
-            tracing::warn!(queue = %self.queue, "RabbitMQ cancelled the consumer (queue deleted?): the source is finished");
+            tracing::warn!(queues = %self.label, "RabbitMQ cancelled the consumers (queues deleted?): the source is finished");
             return Ok(None);
         }
         self.link = None;
         let why = error.map_or_else(|| "the channel closed".to_owned(), |e| e.to_string());
         if why.contains("acknowledgement") && why.contains("timed out") {
             tracing::error!(
-                queue = %self.queue,
+                queues = %self.label,
                 "RabbitMQ closed the channel because a delivery stayed unacked past its consumer_timeout: \
                  keep SLUICEGATE_HANDLER_TIMEOUT_MS below the broker's consumer_timeout (default 30 min)"
             );
         }
         tracing::warn!(
-            queue = %self.queue,
+            queues = %self.label,
             %why,
             "lost the RabbitMQ connection: reconnecting; deliveries in flight cannot be settled and will be redelivered"
         );
         Err(SourceError::retryable(format!(
-            "consuming from {:?}: {why}",
-            self.queue
+            "consuming from {}: {why}",
+            self.label
         )))
     }
 }
@@ -253,13 +280,12 @@ impl AmqpSource {
 impl Source for AmqpSource {
     async fn next(&mut self) -> Result<Option<Delivery>, SourceError> {
         let link = self.consuming().await?;
-        let topology = Arc::clone(&link.topology);
-        let Some(consumer) = link.consumer.as_mut() else {
+        let Some(incoming) = link.incoming.as_mut() else {
             return Ok(None);
         };
-        match consumer.next().await {
-            Some(Ok(delivery)) => Ok(Some(self.delivery(delivery, &topology))),
-            Some(Err(error)) => self.ended(Some(error)),
+        match incoming.next().await {
+            Some((lane, Ok(delivery))) => Ok(Some(link.delivery(lane, delivery))),
+            Some((_, Err(error))) => self.ended(Some(error)),
             None => self.ended(None),
         }
     }
@@ -268,16 +294,15 @@ impl Source for AmqpSource {
         let Some(link) = self.link.as_mut() else {
             return Ok(());
         };
-        let topology = Arc::clone(&link.topology);
-        let Some(consumer) = link.consumer.as_mut() else {
+        let Some(incoming) = link.incoming.as_mut() else {
             return Ok(());
         };
         let mut taken = Vec::new();
         let mut failure = None;
         for _ in 0..max {
-            match consumer.next().now_or_never() {
-                Some(Some(Ok(delivery))) => taken.push(delivery),
-                Some(Some(Err(error))) => {
+            match incoming.next().now_or_never() {
+                Some(Some((lane, Ok(delivery)))) => taken.push((lane, delivery)),
+                Some(Some((_, Err(error)))) => {
                     failure = Some(Some(error));
                     break;
                 }
@@ -288,7 +313,7 @@ impl Source for AmqpSource {
                 None => break,
             }
         }
-        out.extend(taken.into_iter().map(|d| self.delivery(d, &topology)));
+        out.extend(taken.into_iter().map(|(lane, d)| link.delivery(lane, d)));
         match failure {
             // Hand over what was taken; `next` reports the end.
             Some(error) if out.is_empty() => self.ended(error).map(drop),
@@ -308,12 +333,24 @@ impl Source for AmqpSource {
     async fn set_prefetch(&mut self, prefetch: u16) -> Result<(), SourceError> {
         let prefetch = prefetch.max(1);
         self.prefetch = prefetch;
-        match &self.link {
-            Some(link) => link.set_prefetch(prefetch).await.map_err(SourceError::from),
+        match self.link.as_ref().map(|link| link.channel.clone()) {
+            Some(channel) => set_qos(channel, prefetch).await.map_err(SourceError::from),
             // Applied when the connection is back.
             None => Ok(()),
         }
     }
+}
+
+/// Sets the prefetch. `global: true` is RabbitMQ's per-channel limit, which
+/// applies at once to the running consumers (a per-consumer limit would
+/// not), and is shared by every lane's consumer.
+async fn set_qos(channel: Channel, prefetch: u16) -> Result<(), AmqpError> {
+    channel
+        .basic_qos(prefetch, BasicQosOptions { global: true })
+        .await
+        .map_err(AmqpError::broker(format!(
+            "setting the prefetch (basic.qos) to {prefetch}"
+        )))
 }
 
 /// Logs what RabbitMQ says about the connection: `connection.blocked` (a

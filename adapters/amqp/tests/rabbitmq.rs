@@ -617,3 +617,88 @@ async fn while_the_broker_blocks_publishers_dead_letters_wait_and_nothing_is_los
     assert_eq!(take_all(&ch, &dlq).await.len(), 20);
     delete(&ch, &[queue.clone(), dlq]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_queues_are_consumed_as_priority_lanes() {
+    let _serial = SERIAL.lock().await;
+    let high = unique("lane-high");
+    let low = unique("lane-low");
+    let source = AmqpSource::connect(AmqpConfig::lanes(url(), [high.clone(), low.clone()]))
+        .await
+        .unwrap();
+    {
+        let (_conn, ch) = channel().await;
+        let low_msgs: Vec<Vec<u8>> = (0..60)
+            .map(|i| format!("low-{i}").into_bytes())
+            .chain([b"poison".to_vec()])
+            .collect();
+        let high_msgs: Vec<Vec<u8>> = (0..60).map(|i| format!("high-{i}").into_bytes()).collect();
+        publish_all(&ch, &low, &low_msgs).await;
+        publish_all(&ch, &high, &high_msgs).await;
+    }
+    let order: Arc<Mutex<Vec<(String, u8)>>> = Arc::default();
+    let log = Arc::clone(&order);
+    let handler = move |text: String, ctx: Context| {
+        log.lock()
+            .unwrap()
+            .push((text.clone(), ctx.message().priority()));
+        async move {
+            if text == "poison" {
+                return Err(HandlerError::permanent("poison"));
+            }
+            tokio::time::sleep(Duration::from_millis(3)).await;
+            Ok(())
+        }
+    };
+    let worker =
+        Worker::new(source, handler).config(Config::default().prefetch(200).max_in_flight(1));
+    let metrics = worker.metrics();
+    let run = tokio::spawn(worker.run_until(async move {
+        while metrics.snapshot().settled() < 121 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }));
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let order = std::mem::take(&mut *order.lock().unwrap());
+    assert_eq!(order.len(), 121);
+    for (text, priority) in &order {
+        assert_eq!(
+            *priority,
+            if text.starts_with("high") { 1 } else { 0 },
+            "{text}"
+        );
+    }
+    // Once both lanes hold messages, the high lane goes first: every high
+    // message is done before the low lane is half done.
+    let last_high = order
+        .iter()
+        .rposition(|(t, _)| t.starts_with("high"))
+        .unwrap();
+    let lows_before: usize = order[..last_high]
+        .iter()
+        .filter(|(t, _)| !t.starts_with("high"))
+        .count();
+    assert!(
+        lows_before < 30,
+        "{lows_before} low messages ran before the last high one: {order:?}"
+    );
+    let (_conn, ch) = channel().await;
+    let dead = take_all(&ch, &format!("{low}.dlq")).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].1[header::ORIGIN], low);
+    assert_eq!(take_all(&ch, &format!("{high}.dlq")).await.len(), 0);
+    delete(
+        &ch,
+        &[
+            high.clone(),
+            low.clone(),
+            format!("{high}.dlq"),
+            format!("{low}.dlq"),
+        ],
+    )
+    .await;
+}
