@@ -18,7 +18,9 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use sluicegate::message::header;
-use sluicegate::{Config, Context, HandlerError, Json, RetryPolicy, Source, Worker};
+use sluicegate::{
+    Config, Context, HandlerError, Json, MetricsSnapshot, Report, RetryPolicy, Source, Worker,
+};
 use sluicegate_amqp::{AmqpConfig, AmqpSource};
 
 /// The broker is shared state (connections, channels, rabbitmqctl views):
@@ -183,6 +185,31 @@ fn broker_channel_prefetch() -> Vec<u64> {
         .collect()
 }
 
+/// Runs `worker` in the background until its metrics satisfy `done`.
+fn run_until_metrics<S: Source>(
+    worker: Worker<S>,
+    done: impl Fn(&MetricsSnapshot) -> bool + Send + 'static,
+) -> tokio::task::JoinHandle<Result<Report, sluicegate::Error>> {
+    let metrics = worker.metrics();
+    tokio::spawn(worker.run_until(async move {
+        while !done(&metrics.snapshot()) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }))
+}
+
+/// The report of a run started by [`run_until_metrics`], within `limit`.
+async fn finished(
+    run: tokio::task::JoinHandle<Result<Report, sluicegate::Error>>,
+    limit: Duration,
+) -> Report {
+    tokio::time::timeout(limit, run)
+        .await
+        .expect("the worker finished in time")
+        .expect("the worker task did not panic")
+        .expect("the worker ran without error")
+}
+
 async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
     while !done() {
@@ -221,17 +248,8 @@ async fn the_broker_never_has_more_unacked_than_the_prefetch() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let worker = Worker::new(source, slow).config(Config::default().prefetch(10).max_in_flight(4));
-    let metrics = worker.metrics();
-    let run = tokio::spawn(worker.run_until(async move {
-        while metrics.snapshot().acked < 120 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }));
-    let report = tokio::time::timeout(Duration::from_secs(60), run)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let run = run_until_metrics(worker, |m| m.acked >= 120);
+    let report = finished(run, Duration::from_secs(60)).await;
     sampling.store(false, Ordering::Relaxed);
     let samples = sampler.await.unwrap();
     assert_eq!(report.metrics.acked, 120);
@@ -308,21 +326,8 @@ async fn ten_thousand_with_5pc_failing_and_1pc_malformed_end_exactly_where_they_
             .max_in_flight(16)
             .retry(retry),
     );
-    let metrics = worker.metrics();
-    let run = tokio::spawn(worker.run_until(async move {
-        loop {
-            let m = metrics.snapshot();
-            if m.acked >= good && m.dead_lettered >= bad {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }));
-    let report = tokio::time::timeout(Duration::from_secs(120), run)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let run = run_until_metrics(worker, move |m| m.acked >= good && m.dead_lettered >= bad);
+    let report = finished(run, Duration::from_secs(120)).await;
     let m = &report.metrics;
     assert_eq!(
         (m.acked, m.dead_lettered, m.retried),
@@ -586,13 +591,7 @@ async fn while_the_broker_blocks_publishers_dead_letters_wait_and_nothing_is_los
     let poison = |_: String| async { Err::<(), _>(HandlerError::permanent("poison")) };
     let worker =
         Worker::new(source, poison).config(Config::default().prefetch(10).max_in_flight(4));
-    let metrics = worker.metrics();
-    let m = Arc::clone(&metrics);
-    let run = tokio::spawn(worker.run_until(async move {
-        while m.snapshot().dead_lettered < 20 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }));
+    let run = run_until_metrics(worker, |m| m.dead_lettered >= 20);
     tokio::time::sleep(Duration::from_secs(2)).await;
     // Blocked: the handlers failed, but no dead-letter could be published, so
     // nothing was acked and the worker holds what the prefetch allows.
@@ -602,11 +601,7 @@ async fn while_the_broker_blocks_publishers_dead_letters_wait_and_nothing_is_los
         "the worker should hold a full prefetch while blocked"
     );
     drop(_alarm);
-    let report = tokio::time::timeout(Duration::from_secs(60), run)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let report = finished(run, Duration::from_secs(60)).await;
     assert_eq!(report.metrics.dead_lettered, 20);
     let (_conn, ch) = channel().await;
     wait_until("the acks to land", Duration::from_secs(10), || {
@@ -652,17 +647,8 @@ async fn several_queues_are_consumed_as_priority_lanes() {
     };
     let worker =
         Worker::new(source, handler).config(Config::default().prefetch(200).max_in_flight(1));
-    let metrics = worker.metrics();
-    let run = tokio::spawn(worker.run_until(async move {
-        while metrics.snapshot().settled() < 121 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }));
-    tokio::time::timeout(Duration::from_secs(60), run)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let run = run_until_metrics(worker, |m| m.settled() >= 121);
+    finished(run, Duration::from_secs(60)).await;
     let order = std::mem::take(&mut *order.lock().unwrap());
     assert_eq!(order.len(), 121);
     for (text, priority) in &order {
