@@ -10,6 +10,7 @@
 //! ```text
 //! cargo bench -p sluicegate-amqp --bench throughput                       # 20k messages, 3 rounds
 //! AMQP_BENCH_MESSAGES=5000 AMQP_BENCH_ROUNDS=1 cargo bench -p sluicegate-amqp --bench throughput
+//! AMQP_BENCH_ONLY=1000 cargo bench -p sluicegate-amqp --bench throughput    # sluicegate alone, for a profiler
 //! ```
 
 use std::time::{Duration, Instant};
@@ -154,6 +155,21 @@ fn main() {
         url()
     );
     let queue = format!("sg-bench-{}", std::process::id());
+    // For profiling: AMQP_BENCH_ONLY=<prefetch> runs just sluicegate at that prefetch.
+    if let Some(prefetch) = std::env::var("AMQP_BENCH_ONLY")
+        .ok()
+        .and_then(|p| p.parse::<u16>().ok())
+    {
+        for _ in 0..rounds {
+            rt.block_on(fill(&queue, n));
+            let elapsed = rt.block_on(sluicegate(&queue, n, prefetch));
+            println!(
+                "sluicegate at prefetch {prefetch}: {:.0} msg/s",
+                n as f64 / elapsed.as_secs_f64()
+            );
+        }
+        return;
+    }
     for prefetch in [10u16, 100, 1000] {
         let (mut acked, mut ceiling, mut ours) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..rounds {
