@@ -185,6 +185,18 @@ fn broker_channel_prefetch() -> Vec<u64> {
         .collect()
 }
 
+/// Takes `n` deliveries from `source` and keeps them, unsettled, in `held`.
+async fn take_unsettled(source: &mut AmqpSource, n: usize, held: &mut Vec<sluicegate::Delivery>) {
+    for _ in 0..n {
+        let next = tokio::time::timeout(Duration::from_secs(10), source.next()).await;
+        held.push(
+            next.expect("a delivery within 10 s")
+                .unwrap()
+                .expect("the source is open"),
+        );
+    }
+}
+
 /// Runs `worker` in the background until its metrics satisfy `done`.
 fn run_until_metrics<S: Source>(
     worker: Worker<S>,
@@ -420,15 +432,7 @@ async fn a_prefetch_change_at_runtime_is_what_the_broker_applies() {
     source.set_prefetch(5).await.unwrap();
     let mut held = Vec::new();
     // Hold what arrives without settling: the broker stops at the limit.
-    for _ in 0..5 {
-        held.push(
-            tokio::time::timeout(Duration::from_secs(10), source.next())
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap(),
-        );
-    }
+    take_unsettled(&mut source, 5, &mut held).await;
     wait_until(
         "the broker to count 5 unacked",
         Duration::from_secs(10),
@@ -448,15 +452,7 @@ async fn a_prefetch_change_at_runtime_is_what_the_broker_applies() {
     );
 
     source.set_prefetch(20).await.unwrap();
-    for _ in 0..15 {
-        held.push(
-            tokio::time::timeout(Duration::from_secs(10), source.next())
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap(),
-        );
-    }
+    take_unsettled(&mut source, 15, &mut held).await;
     wait_until(
         "the broker to count 20 unacked",
         Duration::from_secs(10),
