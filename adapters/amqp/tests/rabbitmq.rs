@@ -56,20 +56,9 @@ async fn channel() -> (Connection, Channel) {
     (conn, ch)
 }
 
+/// Publishes one message and waits for its confirm.
 async fn publish(ch: &Channel, queue: &str, payload: &[u8]) {
-    let confirm = ch
-        .basic_publish(
-            ShortString::from(""),
-            ShortString::from(queue),
-            BasicPublishOptions::default(),
-            payload,
-            BasicProperties::default(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    assert!(confirm.is_ack());
+    publish_all(ch, queue, &[payload.to_vec()]).await;
 }
 
 /// Publishes all of `payloads`, then waits for every confirm at once.
