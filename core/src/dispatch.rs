@@ -137,6 +137,7 @@ impl Dispatch {
                             Settlement::Delay {
                                 after,
                                 attempt: next,
+                                reason: reason.to_string(),
                             },
                             settled,
                         )

@@ -272,6 +272,9 @@ pub enum Settlement {
         after: Duration,
         /// The attempt number the redelivery carries.
         attempt: u32,
+        /// Why (the handler's error, or saturation); adapters that republish
+        /// write it to the [`header::REASON`] header.
+        reason: String,
     },
     /// Move it to the dead-letter destination with a reason.
     DeadLetter {
@@ -438,7 +441,12 @@ impl Delivery {
 
     /// Redelivers after `after` as attempt `attempt`.
     pub async fn delay(self, after: Duration, attempt: u32) -> Result<(), SettleError> {
-        self.settle(Settlement::Delay { after, attempt }).await
+        self.settle(Settlement::Delay {
+            after,
+            attempt,
+            reason: "delayed by the handler".into(),
+        })
+        .await
     }
 
     /// Dead-letters the delivery with a reason.

@@ -326,6 +326,10 @@ impl<S: Source> Flow<S> {
             self.drain().await
         };
         self.metrics.set_held(self.held(), self.lanes.len());
+        if let Err(error) = self.source.close().await {
+            self.metrics.source_errors.fetch_add(1, Relaxed);
+            tracing::warn!(%error, "source did not close cleanly");
+        }
         let report = Report {
             stopped_by,
             drain,
@@ -415,6 +419,7 @@ impl<S: Source> Flow<S> {
                 let settlement = Settlement::Delay {
                     after,
                     attempt: delivery.message().attempt(),
+                    reason: "worker saturated (overflow policy delay)".into(),
                 };
                 self.settle_in_background(delivery, settlement, Settled::Delayed { after });
             }

@@ -80,4 +80,12 @@ pub trait Source: Send + 'static {
 
     /// The most unsettled deliveries the broker should hand this consumer.
     async fn set_prefetch(&mut self, prefetch: u16) -> Result<(), SourceError>;
+
+    /// The worker has stopped and every delivery it took is settled or
+    /// handed back: commit what is done and let go of the broker (Kafka
+    /// commits its final offsets and leaves the group here). Called once,
+    /// at the end of [`crate::Worker::run`]. The default does nothing.
+    async fn close(&mut self) -> Result<(), SourceError> {
+        Ok(())
+    }
 }

@@ -149,7 +149,11 @@ impl AmqpSettle {
                 return settled("basic.nack", acker.nack(requeue).await)
                     .map_err(|e| failed(&message, &settlement, e));
             }
-            Settlement::Delay { after, attempt } => {
+            Settlement::Delay {
+                after,
+                attempt,
+                reason,
+            } => {
                 let tier = delay_tier(*after);
                 let queue = topology.delay_queue(tier).await.map_err(|e| {
                     failed(
@@ -161,7 +165,10 @@ impl AmqpSettle {
                 let props = republish_properties(
                     original,
                     &message,
-                    &[(header::ATTEMPT, attempt.to_string())],
+                    &[
+                        (header::ATTEMPT, attempt.to_string()),
+                        (header::REASON, reason.clone()),
+                    ],
                 );
                 topology
                     .publish_confirmed(&queue, &message, props)

@@ -244,7 +244,7 @@ impl Settle for MemorySettle {
                 state.stats.requeued += 1;
                 state.push_ready(self.stored(&message, message.attempt()), true);
             }
-            Settlement::Delay { after, attempt } => {
+            Settlement::Delay { after, attempt, .. } => {
                 let mut state = self.queue.lock();
                 state.stats.delayed += 1;
                 state.push_delayed(Instant::now() + after, self.stored(&message, attempt));

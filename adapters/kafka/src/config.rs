@@ -1,0 +1,402 @@
+//! Where to connect and what to consume, from code or `KAFKA_BROKERS` /
+//! `SLUICEGATE_*` environment variables. Any librdkafka property passes
+//! through as `SLUICEGATE_KAFKA_<PROPERTY>` (dots as underscores).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use sluicegate::ConfigError;
+
+/// Which deliveries must be handled one after another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ordering {
+    /// One message at a time per partition, partitions in parallel (the
+    /// default, and what a plain Kafka consumer gives).
+    Partition,
+    /// One message at a time per key within a partition; different keys in
+    /// parallel. Messages without a key are not ordered.
+    Key,
+    /// No ordering: everything in parallel up to the in-flight limit.
+    /// Commits still only cover the contiguous completed prefix.
+    Unordered,
+}
+
+impl Ordering {
+    fn parse(raw: &str) -> Option<Self> {
+        match raw.trim() {
+            "partition" => Some(Self::Partition),
+            "key" => Some(Self::Key),
+            "unordered" | "none" => Some(Self::Unordered),
+            _ => None,
+        }
+    }
+}
+
+/// Whether the worker creates the retry and dead-letter topics it needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TopicSetup {
+    /// Create `<topic>.retry` and `<topic>.dlq` when missing, with as many
+    /// partitions as `<topic>`.
+    Create,
+    /// Only check that every topic exists; fail to start otherwise.
+    Passive,
+}
+
+/// Consumer settings.
+///
+/// ```
+/// use std::time::Duration;
+/// use sluicegate_kafka::{KafkaConfig, Ordering};
+///
+/// let config = KafkaConfig::new("127.0.0.1:9092", "billing", ["invoices"])
+///     .ordering(Ordering::Key)
+///     .commit_interval(Duration::from_millis(500))
+///     .property("security.protocol", "SASL_SSL");
+/// assert_eq!(config.retry_topic("invoices"), "invoices.retry");
+/// assert_eq!(config.dead_letter_topic("invoices"), "invoices.dlq");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KafkaConfig {
+    pub(crate) brokers: String,
+    pub(crate) group: String,
+    pub(crate) topics: Vec<String>,
+    pub(crate) ordering: Ordering,
+    pub(crate) setup: TopicSetup,
+    pub(crate) commit_interval: Duration,
+    pub(crate) revoke_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) properties: BTreeMap<String, String>,
+}
+
+/// The environment variables the adapter reads: name, default, meaning.
+pub const ENV_VARS: &[(&str, &str, &str)] = &[
+    (
+        "KAFKA_BROKERS",
+        "127.0.0.1:9092",
+        "bootstrap servers, comma-separated host:port",
+    ),
+    (
+        "SLUICEGATE_TOPICS",
+        "(required)",
+        "topics to consume, comma-separated; `<topic>.retry` is consumed too",
+    ),
+    ("SLUICEGATE_GROUP", "(required)", "the consumer group id"),
+    (
+        "SLUICEGATE_ORDERING",
+        "partition",
+        "what is handled in order: partition | key | unordered",
+    ),
+    (
+        "SLUICEGATE_COMMIT_INTERVAL_MS",
+        "1000",
+        "how often completed offsets are committed. 10-60000",
+    ),
+    (
+        "SLUICEGATE_REVOKE_TIMEOUT_MS",
+        "10000",
+        "on revoke, how long to wait for in-flight work before committing. 0-300000",
+    ),
+    (
+        "SLUICEGATE_TOPIC_SETUP",
+        "create",
+        "create missing retry and dlq topics, or only check: create | passive",
+    ),
+    (
+        "SLUICEGATE_KAFKA_<PROPERTY>",
+        "",
+        "any librdkafka property, dots as underscores (SLUICEGATE_KAFKA_SECURITY_PROTOCOL=SASL_SSL)",
+    ),
+];
+
+const PROPERTY_PREFIX: &str = "SLUICEGATE_KAFKA_";
+
+/// Properties the adapter sets itself: a user value would break its
+/// guarantees (offsets are stored only after processing).
+const RESERVED: &[&str] = &[
+    "group.id",
+    "bootstrap.servers",
+    "enable.auto.offset.store",
+    "enable.auto.commit",
+    "auto.commit.interval.ms",
+];
+
+impl KafkaConfig {
+    /// Consume `topics` in consumer group `group` from `brokers`.
+    pub fn new<T: Into<String>>(
+        brokers: impl Into<String>,
+        group: impl Into<String>,
+        topics: impl IntoIterator<Item = T>,
+    ) -> Self {
+        Self {
+            brokers: brokers.into(),
+            group: group.into(),
+            topics: topics.into_iter().map(Into::into).collect(),
+            ordering: Ordering::Partition,
+            setup: TopicSetup::Create,
+            commit_interval: Duration::from_secs(1),
+            revoke_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+            properties: BTreeMap::new(),
+        }
+    }
+
+    /// From the variables in [`ENV_VARS`].
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let vars: Vec<(String, String)> = std::env::vars().collect();
+        Self::from_vars(vars)
+    }
+
+    /// Like [`KafkaConfig::from_env`], from the given name/value pairs.
+    pub fn from_vars(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let vars: BTreeMap<String, String> = vars.into_iter().collect();
+        let get = |name: &str| vars.get(name).map(|v| v.trim().to_owned());
+        let brokers = get("KAFKA_BROKERS").unwrap_or_else(|| "127.0.0.1:9092".into());
+        if brokers.is_empty() || brokers.split(',').any(|b| !b.trim().contains(':')) {
+            return Err(ConfigError::new(
+                "KAFKA_BROKERS",
+                &brokers,
+                "host:port pairs, comma-separated",
+            ));
+        }
+        let topics = match get("SLUICEGATE_TOPICS") {
+            Some(raw) => {
+                let names: Vec<String> = raw.split(',').map(|t| t.trim().to_owned()).collect();
+                if names.iter().any(|t| !valid_topic(t)) {
+                    return Err(ConfigError::new(
+                        "SLUICEGATE_TOPICS",
+                        raw,
+                        "topic names of 1 to 240 characters from [a-zA-Z0-9._-], comma-separated",
+                    ));
+                }
+                names
+            }
+            None => return Err(missing("SLUICEGATE_TOPICS", "the topics to consume")),
+        };
+        let group = match get("SLUICEGATE_GROUP") {
+            Some(group) if !group.is_empty() => group,
+            _ => return Err(missing("SLUICEGATE_GROUP", "the consumer group id")),
+        };
+        let mut config = Self::new(brokers, group, topics);
+        if let Some(raw) = get("SLUICEGATE_ORDERING") {
+            config.ordering = Ordering::parse(&raw).ok_or_else(|| {
+                ConfigError::new("SLUICEGATE_ORDERING", &raw, "partition, key or unordered")
+            })?;
+        }
+        if let Some(raw) = get("SLUICEGATE_TOPIC_SETUP") {
+            config.setup = match raw.as_str() {
+                "create" => TopicSetup::Create,
+                "passive" => TopicSetup::Passive,
+                _ => {
+                    return Err(ConfigError::new(
+                        "SLUICEGATE_TOPIC_SETUP",
+                        raw,
+                        "create or passive",
+                    ));
+                }
+            };
+        }
+        if let Some(raw) = get("SLUICEGATE_COMMIT_INTERVAL_MS") {
+            config.commit_interval = millis("SLUICEGATE_COMMIT_INTERVAL_MS", &raw, 10, 60_000)?;
+        }
+        if let Some(raw) = get("SLUICEGATE_REVOKE_TIMEOUT_MS") {
+            config.revoke_timeout = millis("SLUICEGATE_REVOKE_TIMEOUT_MS", &raw, 0, 300_000)?;
+        }
+        for (name, value) in &vars {
+            let Some(property) = name.strip_prefix(PROPERTY_PREFIX) else {
+                continue;
+            };
+            let property = property.to_ascii_lowercase().replace('_', ".");
+            if property.is_empty() || RESERVED.contains(&property.as_str()) {
+                return Err(ConfigError::new(
+                    name.as_str(),
+                    value,
+                    format!(
+                        "a librdkafka property other than {} (the adapter sets those)",
+                        RESERVED.join(", ")
+                    ),
+                ));
+            }
+            config.properties.insert(property, value.clone());
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Which deliveries are handled in order.
+    pub fn ordering(mut self, ordering: Ordering) -> Self {
+        self.ordering = ordering;
+        self
+    }
+
+    /// Create missing retry and dead-letter topics, or only check them.
+    pub fn topic_setup(mut self, setup: TopicSetup) -> Self {
+        self.setup = setup;
+        self
+    }
+
+    /// How often completed offsets are committed (the bound on what a
+    /// crash re-processes, beyond the in-flight work).
+    pub fn commit_interval(mut self, interval: Duration) -> Self {
+        self.commit_interval = interval;
+        self
+    }
+
+    /// On revoke, how long to wait for the revoked partitions' running
+    /// handlers before committing and letting the partitions go.
+    pub fn revoke_timeout(mut self, timeout: Duration) -> Self {
+        self.revoke_timeout = timeout;
+        self
+    }
+
+    /// How long connecting may take before the brokers count as unreachable.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets a librdkafka property on the consumer and the producer
+    /// (security, SASL, fetch sizes, timeouts...).
+    pub fn property(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.properties.insert(name.into(), value.into());
+        self
+    }
+
+    /// The topic failed messages wait in before their next attempt.
+    pub fn retry_topic(&self, topic: &str) -> String {
+        format!("{topic}{RETRY_SUFFIX}")
+    }
+
+    /// The topic messages go to after the last attempt, or when malformed.
+    pub fn dead_letter_topic(&self, topic: &str) -> String {
+        format!("{topic}.dlq")
+    }
+
+    /// The topics consumed: the configured ones and their retry topics.
+    pub(crate) fn subscriptions(&self) -> Vec<String> {
+        let mut all = self.topics.clone();
+        all.extend(self.topics.iter().map(|t| self.retry_topic(t)));
+        all
+    }
+
+    /// Checks the settings made in code.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.topics.is_empty() {
+            return Err(missing("SLUICEGATE_TOPICS", "at least one topic"));
+        }
+        if let Some(bad) = self.topics.iter().find(|t| !valid_topic(t)) {
+            return Err(ConfigError::new(
+                "SLUICEGATE_TOPICS",
+                bad,
+                "topic names of 1 to 240 characters from [a-zA-Z0-9._-]",
+            ));
+        }
+        if let Some(reserved) = self
+            .properties
+            .keys()
+            .find(|k| RESERVED.contains(&k.as_str()))
+        {
+            return Err(ConfigError::new(
+                reserved.as_str(),
+                &self.properties[reserved],
+                "a property the adapter does not set itself",
+            ));
+        }
+        Ok(())
+    }
+}
+
+pub(crate) const RETRY_SUFFIX: &str = ".retry";
+
+fn valid_topic(name: &str) -> bool {
+    (1..=240).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+fn missing(variable: &str, what: &str) -> ConfigError {
+    ConfigError::new(variable, "", format!("{what} (it is not set)"))
+}
+
+fn millis(variable: &str, raw: &str, min: u64, max: u64) -> Result<Duration, ConfigError> {
+    match raw.parse::<u64>() {
+        Ok(ms) if (min..=max).contains(&ms) => Ok(Duration::from_millis(ms)),
+        _ => Err(ConfigError::new(
+            variable,
+            raw,
+            format!("milliseconds from {min} to {max}"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn reads_every_variable() {
+        let config = KafkaConfig::from_vars(vars(&[
+            ("KAFKA_BROKERS", "a:1,b:2"),
+            ("SLUICEGATE_TOPICS", "orders, refunds"),
+            ("SLUICEGATE_GROUP", "billing"),
+            ("SLUICEGATE_ORDERING", "key"),
+            ("SLUICEGATE_COMMIT_INTERVAL_MS", "250"),
+            ("SLUICEGATE_REVOKE_TIMEOUT_MS", "0"),
+            ("SLUICEGATE_TOPIC_SETUP", "passive"),
+            ("SLUICEGATE_KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+            ("SLUICEGATE_KAFKA_SASL_MECHANISMS", "SCRAM-SHA-256"),
+        ]))
+        .unwrap();
+        assert_eq!(config.brokers, "a:1,b:2");
+        assert_eq!(config.topics, ["orders", "refunds"]);
+        assert_eq!(
+            config.subscriptions(),
+            ["orders", "refunds", "orders.retry", "refunds.retry"]
+        );
+        assert_eq!(config.group, "billing");
+        assert_eq!(config.ordering, Ordering::Key);
+        assert_eq!(config.commit_interval, Duration::from_millis(250));
+        assert_eq!(config.revoke_timeout, Duration::ZERO);
+        assert_eq!(config.setup, TopicSetup::Passive);
+        assert_eq!(config.properties["security.protocol"], "SASL_SSL");
+        assert_eq!(config.properties["sasl.mechanisms"], "SCRAM-SHA-256");
+    }
+
+    #[test]
+    fn bad_values_name_the_variable_and_the_value() {
+        let base = [("SLUICEGATE_TOPICS", "t"), ("SLUICEGATE_GROUP", "g")];
+        for (name, value) in [
+            ("SLUICEGATE_ORDERING", "by-key"),
+            ("SLUICEGATE_COMMIT_INTERVAL_MS", "5"),
+            ("SLUICEGATE_REVOKE_TIMEOUT_MS", "soon"),
+            ("SLUICEGATE_TOPIC_SETUP", "maybe"),
+            ("SLUICEGATE_TOPICS", "a b"),
+            ("KAFKA_BROKERS", "localhost"),
+            ("SLUICEGATE_KAFKA_ENABLE_AUTO_OFFSET_STORE", "true"),
+        ] {
+            let mut all = vars(&base);
+            all.retain(|(k, _)| k != name);
+            all.push((name.to_owned(), value.to_owned()));
+            let error = KafkaConfig::from_vars(all).unwrap_err();
+            assert_eq!(error.variable, name);
+            assert_eq!(error.value, value);
+        }
+    }
+
+    #[test]
+    fn topics_and_group_are_required() {
+        let error = KafkaConfig::from_vars(vars(&[("SLUICEGATE_GROUP", "g")])).unwrap_err();
+        assert_eq!(error.variable, "SLUICEGATE_TOPICS");
+        let error = KafkaConfig::from_vars(vars(&[("SLUICEGATE_TOPICS", "t")])).unwrap_err();
+        assert_eq!(error.variable, "SLUICEGATE_GROUP");
+    }
+}

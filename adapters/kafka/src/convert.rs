@@ -1,0 +1,135 @@
+//! Records in and out: a fetched record becomes an owned [`Message`] at
+//! once; a retried or dead-lettered message becomes a record with the
+//! attempt, reason, origin and not-before headers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use rdkafka::Message as _;
+use rdkafka::message::{BorrowedMessage, Header, Headers as _, OwnedHeaders};
+use sluicegate::message::header;
+use sluicegate::{Headers, Message, Origin};
+
+/// Header with the earliest time (milliseconds since the Unix epoch) a
+/// record in a retry topic may be handled.
+pub const NOT_BEFORE: &str = "x-sluicegate-not-before";
+
+/// Makes fetched records owned, sharing one `Arc<str>` per topic name.
+#[derive(Default)]
+pub(crate) struct Owner {
+    topics: HashMap<String, Arc<str>>,
+}
+
+impl Owner {
+    pub(crate) fn topic(&mut self, name: &str) -> Arc<str> {
+        if let Some(topic) = self.topics.get(name) {
+            return topic.clone();
+        }
+        let topic: Arc<str> = name.into();
+        self.topics.insert(name.to_owned(), topic.clone());
+        topic
+    }
+
+    /// The owned message, and its not-before time when it has one.
+    pub(crate) fn message(
+        &mut self,
+        record: &BorrowedMessage<'_>,
+    ) -> (Message, Option<SystemTime>) {
+        let mut headers = Headers::new();
+        let mut attempt = 1;
+        let mut not_before = None;
+        if let Some(borrowed) = record.headers() {
+            for h in borrowed.iter() {
+                let value = h.value.unwrap_or_default();
+                match h.key {
+                    header::ATTEMPT => {
+                        attempt =
+                            parse_u64(value).map_or(1, |n| n.clamp(1, u32::MAX.into()) as u32);
+                    }
+                    NOT_BEFORE => {
+                        not_before =
+                            parse_u64(value).map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
+                    }
+                    _ => {}
+                }
+                headers.insert(h.key, Bytes::copy_from_slice(value));
+            }
+        }
+        let origin = Origin {
+            source: self.topic(record.topic()),
+            partition: Some(record.partition()),
+            position: u64::try_from(record.offset()).unwrap_or_default(),
+        };
+        let mut message = Message::new(
+            origin,
+            Bytes::copy_from_slice(record.payload().unwrap_or_default()),
+        )
+        .with_headers(headers)
+        .with_attempt(attempt);
+        if let Some(key) = record.key() {
+            message = message.with_key(Bytes::copy_from_slice(key));
+        }
+        if let Some(ms) = record
+            .timestamp()
+            .to_millis()
+            .and_then(|ms| u64::try_from(ms).ok())
+        {
+            message = message.with_broker_timestamp(UNIX_EPOCH + Duration::from_millis(ms));
+        }
+        (message, not_before)
+    }
+}
+
+fn parse_u64(value: &[u8]) -> Option<u64> {
+    std::str::from_utf8(value).ok()?.trim().parse().ok()
+}
+
+/// The headers of a republished message: the original ones, with ours
+/// replaced. The origin stays the first one a message had.
+pub(crate) fn republish_headers(
+    message: &Message,
+    attempt: u32,
+    reason: &str,
+    not_before: Option<SystemTime>,
+) -> OwnedHeaders {
+    let ours = [header::ATTEMPT, header::REASON, NOT_BEFORE];
+    let mut out = OwnedHeaders::new();
+    for (name, value) in message.headers().iter() {
+        if !ours.contains(&name) {
+            out = out.insert(Header {
+                key: name,
+                value: Some(value.as_ref()),
+            });
+        }
+    }
+    if message.headers().get(header::ORIGIN).is_none() {
+        let origin = message.origin().to_string();
+        out = out.insert(Header {
+            key: header::ORIGIN,
+            value: Some(&origin),
+        });
+    }
+    let attempt = attempt.to_string();
+    out = out.insert(Header {
+        key: header::ATTEMPT,
+        value: Some(&attempt),
+    });
+    out = out.insert(Header {
+        key: header::REASON,
+        value: Some(reason),
+    });
+    if let Some(at) = not_before {
+        let ms = at
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis()
+            .to_string();
+        out = out.insert(Header {
+            key: NOT_BEFORE,
+            value: Some(&ms),
+        });
+    }
+    out
+}

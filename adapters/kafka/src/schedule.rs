@@ -1,0 +1,197 @@
+//! Which fetched records the runtime may have next: the ordering rules
+//! (one at a time per partition or per key) and not-before times (retry
+//! topics, local requeues). Pure bookkeeping; the caller holds the lock.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::Hash;
+
+use tokio::time::Instant;
+
+/// Records waiting for their turn, and those whose turn has come.
+///
+/// A record with a chain key runs only when no other record of that chain
+/// is out: the first of a chain is released at once and marks the chain
+/// busy; the rest wait in order until [`Schedule::finished`].
+#[derive(Debug)]
+pub(crate) struct Schedule<K, T> {
+    ready: VecDeque<T>,
+    delayed: BTreeMap<(Instant, u64), T>,
+    /// Busy chains, each with the records waiting behind the one out.
+    chains: HashMap<K, VecDeque<T>>,
+    sequence: u64,
+}
+
+impl<K: Hash + Eq, T> Default for Schedule<K, T> {
+    fn default() -> Self {
+        Self {
+            ready: VecDeque::new(),
+            delayed: BTreeMap::new(),
+            chains: HashMap::new(),
+            sequence: 0,
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone, T> Schedule<K, T> {
+    /// A newly fetched record.
+    pub(crate) fn admit(&mut self, item: T, chain: Option<&K>, not_before: Option<Instant>) {
+        if let Some(chain) = chain {
+            if let Some(waiting) = self.chains.get_mut(chain) {
+                waiting.push_back(item);
+                return;
+            }
+            self.chains.insert(chain.clone(), VecDeque::new());
+        }
+        self.place(item, not_before);
+    }
+
+    /// A record handed back before it finished: it runs again after
+    /// `not_before`, still holding its chain's turn.
+    pub(crate) fn requeue(&mut self, item: T, not_before: Instant) {
+        self.place(item, Some(not_before));
+    }
+
+    /// The record out for `chain` finished: the next one of the chain may go.
+    pub(crate) fn finished(&mut self, chain: &K) {
+        let next = match self.chains.get_mut(chain) {
+            Some(waiting) => waiting.pop_front(),
+            None => return,
+        };
+        match next {
+            Some(item) => self.ready.push_back(item),
+            None => {
+                self.chains.remove(chain);
+            }
+        }
+    }
+
+    /// The next record whose turn has come.
+    pub(crate) fn pop(&mut self, now: Instant) -> Option<T> {
+        while let Some(entry) = self.delayed.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            self.ready.push_back(entry.remove());
+        }
+        self.ready.pop_front()
+    }
+
+    /// When the earliest delayed record comes due.
+    pub(crate) fn next_due(&self) -> Option<Instant> {
+        self.delayed.keys().next().map(|(at, _)| *at)
+    }
+
+    /// Takes out every record `matches` selects, and forgets the chains
+    /// `chain_matches` selects (their partitions were revoked).
+    pub(crate) fn remove(
+        &mut self,
+        matches: impl Fn(&T) -> bool,
+        chain_matches: impl Fn(&K) -> bool,
+    ) -> Vec<T> {
+        let mut removed = Vec::new();
+        let ready = std::mem::take(&mut self.ready);
+        for item in ready {
+            if matches(&item) {
+                removed.push(item);
+            } else {
+                self.ready.push_back(item);
+            }
+        }
+        let delayed = std::mem::take(&mut self.delayed);
+        for (key, item) in delayed {
+            if matches(&item) {
+                removed.push(item);
+            } else {
+                self.delayed.insert(key, item);
+            }
+        }
+        self.chains.retain(|key, waiting| {
+            if chain_matches(key) {
+                removed.extend(waiting.drain(..));
+                false
+            } else {
+                true
+            }
+        });
+        removed
+    }
+
+    fn place(&mut self, item: T, not_before: Option<Instant>) {
+        match not_before {
+            Some(at) if at > Instant::now() => {
+                self.sequence += 1;
+                self.delayed.insert((at, self.sequence), item);
+            }
+            _ => self.ready.push_back(item),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn drain(schedule: &mut Schedule<&'static str, u32>) -> Vec<u32> {
+        std::iter::from_fn(|| schedule.pop(Instant::now())).collect()
+    }
+
+    #[test]
+    fn one_record_per_chain_at_a_time_in_order() {
+        let mut s = Schedule::default();
+        s.admit(1, Some(&"a"), None);
+        s.admit(2, Some(&"a"), None);
+        s.admit(3, Some(&"b"), None);
+        s.admit(4, Some(&"a"), None);
+        s.admit(5, None, None);
+        assert_eq!(drain(&mut s), [1, 3, 5], "2 and 4 wait for 1");
+        s.finished(&"a");
+        assert_eq!(drain(&mut s), [2]);
+        s.finished(&"b");
+        s.finished(&"a");
+        assert_eq!(drain(&mut s), [4]);
+        s.finished(&"a");
+        s.admit(6, Some(&"a"), None);
+        assert_eq!(drain(&mut s), [6], "a finished chain starts afresh");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn delayed_records_wait_for_their_time_and_keep_the_chain() {
+        let mut s = Schedule::default();
+        let later = Instant::now() + Duration::from_millis(100);
+        s.admit(1, None, Some(later));
+        s.admit(2, Some(&"k"), None);
+        s.admit(3, Some(&"k"), None);
+        assert_eq!(drain(&mut s), [2]);
+        s.requeue(2, Instant::now() + Duration::from_millis(50));
+        assert_eq!(drain(&mut s), Vec::<u32>::new());
+        assert_eq!(
+            s.next_due(),
+            Some(Instant::now() + Duration::from_millis(50))
+        );
+        tokio::time::advance(Duration::from_millis(50)).await;
+        assert_eq!(
+            drain(&mut s),
+            [2],
+            "the requeued record, not 3: k is still busy"
+        );
+        tokio::time::advance(Duration::from_millis(50)).await;
+        assert_eq!(drain(&mut s), [1]);
+    }
+
+    #[test]
+    fn removal_takes_ready_delayed_and_waiting_records() {
+        let mut s = Schedule::default();
+        s.admit(1, Some(&"revoked"), None);
+        s.admit(2, Some(&"revoked"), None);
+        s.admit(3, Some(&"kept"), None);
+        s.admit(4, None, Some(Instant::now() + Duration::from_secs(9)));
+        let mut removed = s.remove(|n| *n != 3, |k| *k == "revoked");
+        removed.sort_unstable();
+        assert_eq!(removed, [1, 2, 4]);
+        assert_eq!(drain(&mut s), [3]);
+        s.admit(5, Some(&"revoked"), None);
+        assert_eq!(drain(&mut s), [5], "the revoked chain was forgotten");
+    }
+}

@@ -1,0 +1,481 @@
+//! What the poll thread, the runtime's source and the settle handles share:
+//! per-partition offsets and pause state, and the schedule of fetched
+//! records. One lock; librdkafka calls made under it (pause, resume, seek,
+//! offset store) only enqueue work and return.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use rdkafka::consumer::Consumer as _;
+use rdkafka::{Offset, TopicPartitionList};
+use sluicegate::Message;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::config::Ordering;
+use crate::offsets::PartitionOffsets;
+use crate::schedule::Schedule;
+use crate::stats::KafkaStats;
+use crate::{Consumer, config::RETRY_SUFFIX};
+
+/// Fewest unsettled records a partition may hold before it is paused.
+const MIN_PARTITION_CAP: usize = 4;
+/// How long a record handed back (requeued, abandoned) waits before it is
+/// offered again: long enough that a saturated worker does not spin.
+const REQUEUE_PAUSE: Duration = Duration::from_millis(50);
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct PartitionId {
+    pub(crate) topic: Arc<str>,
+    pub(crate) partition: i32,
+}
+
+/// What must finish before the next record of a chain may run.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct ChainKey {
+    part: PartitionId,
+    key: Option<Bytes>,
+}
+
+/// Where a record sits: its partition's assignment (generation) and offset.
+#[derive(Clone, Debug)]
+pub(crate) struct Slot {
+    pub(crate) part: PartitionId,
+    pub(crate) offset: i64,
+    generation: u64,
+    chain: Option<ChainKey>,
+}
+
+pub(crate) struct Pending {
+    pub(crate) message: Message,
+    pub(crate) slot: Slot,
+}
+
+#[derive(Debug)]
+struct PartitionState {
+    offsets: PartitionOffsets,
+    generation: u64,
+    /// Fetched and not finished: waiting here or out with the runtime.
+    unsettled: usize,
+    /// Handed to the runtime and not yet settled or handed back.
+    out: usize,
+    paused: bool,
+}
+
+struct State {
+    consumer: Option<Arc<Consumer>>,
+    partitions: HashMap<PartitionId, PartitionState>,
+    schedule: Schedule<ChainKey, Pending>,
+    capacity: usize,
+    generations: u64,
+    held: usize,
+    failure: Option<String>,
+    stopping: bool,
+}
+
+/// The state shared by the poll thread, the source and the settle handles.
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    /// Wakes the source when a record becomes ready or the source fails.
+    pub(crate) wake: Notify,
+    /// Wakes a revoke waiting for the runtime's in-flight records.
+    settled: Condvar,
+    pub(crate) stats: Arc<KafkaStats>,
+    ordering: Ordering,
+    revoke_timeout: Duration,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        ordering: Ordering,
+        revoke_timeout: Duration,
+        stats: Arc<KafkaStats>,
+    ) -> Self {
+        Self {
+            state: Mutex::new(State {
+                consumer: None,
+                partitions: HashMap::new(),
+                schedule: Schedule::default(),
+                capacity: 64,
+                generations: 0,
+                held: 0,
+                failure: None,
+                stopping: false,
+            }),
+            wake: Notify::new(),
+            settled: Condvar::new(),
+            stats,
+            ordering,
+            revoke_timeout,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic under this lock leaves counts, not broken invariants that
+        // would lose a message: keep going with what is there.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn set_consumer(&self, consumer: Option<Arc<Consumer>>) {
+        self.lock().consumer = consumer;
+    }
+
+    /// A record fetched by the poll thread.
+    pub(crate) fn accept(&self, message: Message, offset: i64, not_before: Option<SystemTime>) {
+        let origin = message.origin();
+        let part = PartitionId {
+            topic: origin.source.clone(),
+            partition: origin.partition.unwrap_or_default(),
+        };
+        let retry_topic = part.topic.ends_with(RETRY_SUFFIX);
+        let mut state = self.lock();
+        let Some(p) = state.partitions.get_mut(&part) else {
+            // Not assigned (any more): whoever owns it fetches it again.
+            self.stats.skipped.fetch_add(1, Relaxed);
+            return;
+        };
+        if !p.offsets.fetched(offset) {
+            self.stats.skipped.fetch_add(1, Relaxed);
+            return;
+        }
+        p.unsettled += 1;
+        let generation = p.generation;
+        let chain = match (self.ordering, retry_topic) {
+            (_, true) | (Ordering::Unordered, _) => None,
+            (Ordering::Partition, false) => Some(ChainKey {
+                part: part.clone(),
+                key: None,
+            }),
+            (Ordering::Key, false) => message.key().map(|key| ChainKey {
+                part: part.clone(),
+                key: Some(key.clone()),
+            }),
+        };
+        let not_before = not_before.and_then(|at| {
+            let wait = at.duration_since(SystemTime::now()).ok()?;
+            Some(Instant::now() + wait)
+        });
+        let slot = Slot {
+            part: part.clone(),
+            offset,
+            generation,
+            chain,
+        };
+        let chain = slot.chain.clone();
+        state
+            .schedule
+            .admit(Pending { message, slot }, chain.as_ref(), not_before);
+        state.held += 1;
+        self.stats.fetched.fetch_add(1, Relaxed);
+        self.stats.note_held(state.held);
+        state.steer(&part, &self.stats);
+        drop(state);
+        self.wake.notify_one();
+    }
+
+    /// The next record the runtime may have, or when one comes due.
+    pub(crate) fn pop(&self) -> Result<Result<Pending, Option<Instant>>, String> {
+        let mut state = self.lock();
+        if let Some(failure) = &state.failure {
+            return Err(failure.clone());
+        }
+        match state.schedule.pop(Instant::now()) {
+            Some(pending) => {
+                if let Some(p) = state.partitions.get_mut(&pending.slot.part) {
+                    p.out += 1;
+                }
+                Ok(Ok(pending))
+            }
+            None => Ok(Err(state.schedule.next_due())),
+        }
+    }
+
+    /// A record finished (acked, retried, dead-lettered or dropped): its
+    /// offset may be committed once everything before it is.
+    pub(crate) fn complete(&self, slot: &Slot) {
+        let mut state = self.lock();
+        let State {
+            partitions,
+            consumer,
+            schedule,
+            held,
+            ..
+        } = &mut *state;
+        let Some(p) = partitions
+            .get_mut(&slot.part)
+            .filter(|p| p.generation == slot.generation)
+        else {
+            // Revoked meanwhile: the new owner handles it again from the
+            // last commit (a duplicate, never a loss).
+            self.stats.late_settlements.fetch_add(1, Relaxed);
+            return;
+        };
+        p.out = p.out.saturating_sub(1);
+        p.unsettled = p.unsettled.saturating_sub(1);
+        *held = held.saturating_sub(1);
+        if let Some(next) = p.offsets.done(slot.offset) {
+            if let Some(consumer) = consumer {
+                let mut tpl = TopicPartitionList::with_capacity(1);
+                let stored = tpl
+                    .add_partition_offset(
+                        &slot.part.topic,
+                        slot.part.partition,
+                        Offset::Offset(next),
+                    )
+                    .and_then(|()| consumer.store_offsets(&tpl));
+                if let Err(error) = stored {
+                    tracing::warn!(topic = %slot.part.topic, partition = slot.part.partition, next, %error, "could not store the offset; it is committed with a later one");
+                }
+            }
+        }
+        if let Some(chain) = &slot.chain {
+            schedule.finished(chain);
+        }
+        state.steer(&slot.part, &self.stats);
+        drop(state);
+        self.settled.notify_all();
+        self.wake.notify_one();
+    }
+
+    /// A record handed back unfinished (requeue, abandoned, a republish
+    /// that failed): offered again shortly, its offset still open.
+    pub(crate) fn requeue(&self, message: Message, slot: Slot) {
+        let mut state = self.lock();
+        let Some(p) = state
+            .partitions
+            .get_mut(&slot.part)
+            .filter(|p| p.generation == slot.generation)
+        else {
+            self.stats.late_settlements.fetch_add(1, Relaxed);
+            return;
+        };
+        p.out = p.out.saturating_sub(1);
+        self.stats.requeued.fetch_add(1, Relaxed);
+        state
+            .schedule
+            .requeue(Pending { message, slot }, Instant::now() + REQUEUE_PAUSE);
+        drop(state);
+        self.settled.notify_all();
+        self.wake.notify_one();
+    }
+
+    /// Partitions assigned to this worker (on the poll thread).
+    pub(crate) fn assigned(&self, consumer: &Consumer, tpl: &TopicPartitionList) {
+        let mut state = self.lock();
+        let mut names = Vec::new();
+        for elem in tpl.elements() {
+            state.generations += 1;
+            let part = PartitionId {
+                topic: elem.topic().into(),
+                partition: elem.partition(),
+            };
+            names.push(format!("{}[{}]", part.topic, part.partition));
+            let generation = state.generations;
+            state.partitions.insert(
+                part,
+                PartitionState {
+                    offsets: PartitionOffsets::default(),
+                    generation,
+                    unsettled: 0,
+                    out: 0,
+                    paused: false,
+                },
+            );
+        }
+        // librdkafka keeps a partition's pause across rebalances: one paused
+        // when it was revoked would come back paused, and never resume.
+        if let Err(error) = consumer.resume(tpl) {
+            tracing::warn!(%error, "could not resume newly assigned partitions");
+        }
+        self.stats.rebalances.fetch_add(1, Relaxed);
+        tracing::info!(partitions = %names.join(","), "partitions assigned");
+    }
+
+    /// Partitions taken away (on the poll thread, before librdkafka lets
+    /// them go): forget what the runtime has not taken yet, wait up to the
+    /// revoke timeout for what it has, then commit what is done.
+    pub(crate) fn revoke(&self, consumer: &Consumer, tpl: &TopicPartitionList) {
+        let parts: Vec<PartitionId> = tpl
+            .elements()
+            .iter()
+            .map(|e| PartitionId {
+                topic: e.topic().into(),
+                partition: e.partition(),
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + self.revoke_timeout;
+        let mut state = self.lock();
+        let dropped = state.schedule.remove(
+            |pending| parts.contains(&pending.slot.part),
+            |chain| parts.contains(&chain.part),
+        );
+        state.held = state.held.saturating_sub(dropped.len());
+        drop(dropped);
+        loop {
+            let out: usize = parts
+                .iter()
+                .filter_map(|part| state.partitions.get(part))
+                .map(|p| p.out)
+                .sum();
+            let now = std::time::Instant::now();
+            if out == 0 || now >= deadline {
+                if out > 0 {
+                    tracing::warn!(out, timeout = ?self.revoke_timeout, "revoke timeout: committing without the records still running; the next owner handles them again");
+                }
+                break;
+            }
+            state = self
+                .settled
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        let mut commit = TopicPartitionList::new();
+        for part in &parts {
+            if let Some(p) = state.partitions.remove(part) {
+                state.held = state.held.saturating_sub(p.unsettled);
+                if p.paused {
+                    self.stats.paused_partitions.fetch_sub(1, Relaxed);
+                }
+                if let Some(next) = p.offsets.commit_point() {
+                    // Infallible for a valid partition; a failure only means
+                    // this partition's final commit is skipped.
+                    let _ = commit.add_partition_offset(
+                        &part.topic,
+                        part.partition,
+                        Offset::Offset(next),
+                    );
+                }
+            }
+        }
+        drop(state);
+        self.settled.notify_all();
+        self.stats.rebalances.fetch_add(1, Relaxed);
+        if commit.count() == 0 {
+            return;
+        }
+        if consumer.assignment_lost() {
+            tracing::warn!(
+                "partitions lost (session timed out): not committing; the next owner starts at the last commit"
+            );
+            return;
+        }
+        match consumer.commit(&commit, rdkafka::consumer::CommitMode::Sync) {
+            Ok(()) => tracing::info!(partitions = commit.count(), "committed revoked partitions"),
+            Err(error) => {
+                tracing::warn!(%error, "commit on revoke failed; the next owner starts at the previous commit")
+            }
+        }
+    }
+
+    /// Commits what is done now, synchronously (on the poll thread, at
+    /// shutdown).
+    pub(crate) fn commit_now(&self, consumer: &Consumer) {
+        let mut commit = TopicPartitionList::new();
+        {
+            let state = self.lock();
+            for (part, p) in &state.partitions {
+                if let Some(next) = p.offsets.commit_point() {
+                    let _ = commit.add_partition_offset(
+                        &part.topic,
+                        part.partition,
+                        Offset::Offset(next),
+                    );
+                }
+            }
+        }
+        if commit.count() > 0 {
+            if let Err(error) = consumer.commit(&commit, rdkafka::consumer::CommitMode::Sync) {
+                tracing::warn!(%error, "final commit failed; the next owner starts at the previous commit");
+            }
+        }
+    }
+
+    /// The most unsettled records the worker may hold.
+    pub(crate) fn set_capacity(&self, capacity: usize) {
+        let mut state = self.lock();
+        state.capacity = capacity.max(1);
+        state.steer_all(&self.stats);
+    }
+
+    pub(crate) fn fail(&self, failure: String) {
+        self.lock().failure = Some(failure);
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn stop(&self) {
+        self.lock().stopping = true;
+    }
+
+    pub(crate) fn stopping(&self) -> bool {
+        self.lock().stopping
+    }
+}
+
+impl State {
+    /// Each partition's share of the prefetch. Retry topics' partitions
+    /// are not counted: they are usually empty.
+    fn partition_cap(&self) -> usize {
+        let main = self
+            .partitions
+            .keys()
+            .filter(|p| !p.topic.ends_with(RETRY_SUFFIX))
+            .count();
+        (self.capacity / main.max(1)).max(MIN_PARTITION_CAP)
+    }
+
+    fn steer_all(&mut self, stats: &KafkaStats) {
+        let parts: Vec<PartitionId> = self.partitions.keys().cloned().collect();
+        for part in &parts {
+            self.steer(part, stats);
+        }
+    }
+
+    /// Pauses a partition that holds its share of the prefetch; resumes it once it is down to half its share (hysteresis).
+    /// librdkafka drops what it prefetched for a paused partition, so a
+    /// resume seeks to the offset after the last record taken.
+    fn steer(&mut self, part: &PartitionId, stats: &KafkaStats) {
+        let cap = self.partition_cap();
+        let Some(p) = self.partitions.get_mut(part) else {
+            return;
+        };
+        let want = p.unsettled >= cap || (p.paused && p.unsettled > cap / 2);
+        if want == p.paused {
+            return;
+        }
+        let Some(consumer) = &self.consumer else {
+            return;
+        };
+        let mut tpl = TopicPartitionList::with_capacity(1);
+        tpl.add_partition(&part.topic, part.partition);
+        let result = if want {
+            stats.pauses.fetch_add(1, Relaxed);
+            consumer.pause(&tpl)
+        } else {
+            consumer
+                .resume(&tpl)
+                .and_then(|()| match p.offsets.next_fetch() {
+                    Some(next) => consumer.seek(
+                        &part.topic,
+                        part.partition,
+                        Offset::Offset(next),
+                        Duration::ZERO,
+                    ),
+                    None => Ok(()),
+                })
+        };
+        match result {
+            Ok(()) => {
+                p.paused = want;
+                let paused = if want { 1 } else { -1 };
+                stats.paused_partitions.fetch_add(paused, Relaxed);
+            }
+            Err(error) => {
+                tracing::warn!(topic = %part.topic, partition = part.partition, pause = want, %error, "could not pause or resume a partition")
+            }
+        }
+    }
+}
