@@ -16,50 +16,16 @@
 
 use std::io::Write;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use serde::Deserialize;
-use sluicegate::{Config, HandlerError, Json, Message, Settled, Worker};
+use sluicegate::{Config, Worker};
 use sluicegate_amqp::{AmqpConfig, AmqpSource};
 
-#[derive(Deserialize)]
-struct Job {
-    id: String,
-    #[serde(default)]
-    work_ms: u64,
-    #[serde(default)]
-    fail: bool,
-}
-
-async fn handle(Json(job): Json<Job>) -> Result<(), HandlerError> {
-    tokio::time::sleep(Duration::from_millis(job.work_ms)).await;
-    if job.fail {
-        return Err(HandlerError::retryable(format!(
-            "job {} asked to fail",
-            job.id
-        )));
-    }
-    Ok(())
-}
-
-/// One line of output for a settled message.
-fn settled_line(message: &Message, how: &Settled) -> String {
-    let id = serde_json::from_slice::<serde_json::Value>(message.payload())
-        .ok()
-        .and_then(|v| v.get("id").cloned())
-        .unwrap_or(serde_json::Value::Null);
-    serde_json::json!({ "id": id, "outcome": how.name(), "attempt": message.attempt() }).to_string()
-}
+#[path = "common/jobs.rs"]
+mod jobs;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    jobs::init_logs();
     let (config, amqp) = match (Config::from_env(), AmqpConfig::from_env()) {
         (Ok(config), Ok(amqp)) => (config, amqp),
         (Err(e), _) | (_, Err(e)) => {
@@ -74,11 +40,11 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let report = Worker::new(source, handle)
+    let report = Worker::new(source, jobs::handle)
         .config(config)
         .on_settled(|message, how| {
             let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{}", settled_line(message, how));
+            let _ = writeln!(out, "{}", jobs::settled_line(message, how));
         })
         .run()
         .await;

@@ -39,8 +39,9 @@
 //! deliveries from the dead channel are not settled (their settlements fail
 //! and are counted) and RabbitMQ redelivers them.
 //!
-//! Not yet here (see the AMQP issue): consuming several queues as lanes,
-//! `connection.blocked` and consumer-timeout handling.
+//! Several queues can be consumed as priority lanes; `connection.blocked`
+//! and channels closed by RabbitMQ's `consumer_timeout` get their own log
+//! lines.
 
 mod acks;
 mod config;

@@ -3,13 +3,14 @@
 //! Kafka commits positions, not messages, so a committed offset must never
 //! pass an unfinished message.
 
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 
 /// The open offsets of one partition, in order.
 #[derive(Debug, Default)]
 pub(crate) struct PartitionOffsets {
-    /// Fetched offsets not yet behind the commit point: `true` once done.
-    open: BTreeMap<i64, bool>,
+    /// Fetched offsets not yet behind the commit point, ascending (they are
+    /// fetched in order): `true` once done.
+    open: VecDeque<(i64, bool)>,
     /// The next offset to commit (everything below it is done); `None`
     /// until the first fetch.
     commit_point: Option<i64>,
@@ -27,32 +28,27 @@ impl PartitionOffsets {
         }
         self.next_fetch = Some(offset + 1);
         self.commit_point.get_or_insert(offset);
-        self.open.insert(offset, false);
+        self.open.push_back((offset, false));
         true
     }
 
     /// Marks an offset done. Returns the new commit point when it moved.
     pub(crate) fn done(&mut self, offset: i64) -> Option<i64> {
-        match self.open.get_mut(&offset) {
-            Some(done) => *done = true,
-            None => return None,
+        let index = self.open.binary_search_by_key(&offset, |(o, _)| *o).ok()?;
+        self.open[index].1 = true;
+        if index != 0 {
+            return None;
         }
-        let before = self.commit_point;
-        while let Some(entry) = self.open.first_entry() {
-            if !*entry.get() {
-                self.commit_point = Some(*entry.key());
-                break;
-            }
-            let offset = *entry.key();
-            entry.remove();
-            self.commit_point = Some(offset + 1);
+        while let Some((o, true)) = self.open.front().copied() {
+            self.open.pop_front();
+            self.commit_point = Some(o + 1);
         }
-        if self.open.is_empty() {
+        if let Some((o, _)) = self.open.front() {
+            self.commit_point = Some(*o);
+        } else {
             self.commit_point = self.next_fetch;
         }
-        (self.commit_point != before)
-            .then_some(self.commit_point)
-            .flatten()
+        self.commit_point
     }
 
     /// The next offset to commit, if anything was fetched.
@@ -68,7 +64,7 @@ impl PartitionOffsets {
     /// Offsets fetched and not yet done.
     #[cfg(test)]
     pub(crate) fn unfinished(&self) -> usize {
-        self.open.values().filter(|done| !**done).count()
+        self.open.iter().filter(|(_, done)| !*done).count()
     }
 }
 

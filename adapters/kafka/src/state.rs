@@ -63,6 +63,8 @@ struct PartitionState {
     /// Handed to the runtime and not yet settled or handed back.
     out: usize,
     paused: bool,
+    /// The commit point moved since offsets were last stored.
+    store_due: bool,
 }
 
 struct State {
@@ -123,21 +125,39 @@ impl Shared {
         self.lock().consumer = consumer;
     }
 
-    /// A record fetched by the poll thread.
-    pub(crate) fn accept(&self, message: Message, offset: i64, not_before: Option<SystemTime>) {
+    /// Records fetched by the poll thread, taken under one lock.
+    pub(crate) fn accept(&self, batch: &mut Vec<(Message, i64, Option<SystemTime>)>) {
+        let mut state = self.lock();
+        for (message, offset, not_before) in batch.drain(..) {
+            self.accept_one(&mut state, message, offset, not_before);
+        }
+        drop(state);
+        self.wake.notify_one();
+    }
+
+    fn accept_one(
+        &self,
+        state: &mut State,
+        message: Message,
+        offset: i64,
+        not_before: Option<SystemTime>,
+    ) {
         let origin = message.origin();
         let part = PartitionId {
             topic: origin.source.clone(),
             partition: origin.partition.unwrap_or_default(),
         };
         let retry_topic = part.topic.ends_with(RETRY_SUFFIX);
-        let mut state = self.lock();
         let Some(p) = state.partitions.get_mut(&part) else {
             // Not assigned (any more): whoever owns it fetches it again.
             self.stats.skipped.fetch_add(1, Relaxed);
             return;
         };
-        if !p.offsets.fetched(offset) {
+        // A paused partition takes nothing more: the rest of a batch polled
+        // before the pause is let go, not tracked, and fetched again by the
+        // seek to `next_fetch` on resume (librdkafka discards records
+        // fetched before a seek).
+        if p.paused || !p.offsets.fetched(offset) {
             self.stats.skipped.fetch_add(1, Relaxed);
             return;
         }
@@ -172,8 +192,6 @@ impl Shared {
         self.stats.fetched.fetch_add(1, Relaxed);
         self.stats.note_held(state.held);
         state.steer(&part, &self.stats);
-        drop(state);
-        self.wake.notify_one();
     }
 
     /// The next record the runtime may have, or when one comes due.
@@ -199,7 +217,6 @@ impl Shared {
         let mut state = self.lock();
         let State {
             partitions,
-            consumer,
             schedule,
             held,
             ..
@@ -216,20 +233,10 @@ impl Shared {
         p.out = p.out.saturating_sub(1);
         p.unsettled = p.unsettled.saturating_sub(1);
         *held = held.saturating_sub(1);
-        if let Some(next) = p.offsets.done(slot.offset) {
-            if let Some(consumer) = consumer {
-                let mut tpl = TopicPartitionList::with_capacity(1);
-                let stored = tpl
-                    .add_partition_offset(
-                        &slot.part.topic,
-                        slot.part.partition,
-                        Offset::Offset(next),
-                    )
-                    .and_then(|()| consumer.store_offsets(&tpl));
-                if let Err(error) = stored {
-                    tracing::warn!(topic = %slot.part.topic, partition = slot.part.partition, next, %error, "could not store the offset; it is committed with a later one");
-                }
-            }
+        if p.offsets.done(slot.offset).is_some() {
+            // Stored by the poll thread, a batch at a time (a librdkafka
+            // call per record cost more than the rest of the settle).
+            p.store_due = true;
         }
         if let Some(chain) = &slot.chain {
             schedule.finished(chain);
@@ -282,6 +289,7 @@ impl Shared {
                     unsettled: 0,
                     out: 0,
                     paused: false,
+                    store_due: false,
                 },
             );
         }
@@ -367,6 +375,31 @@ impl Shared {
             Ok(()) => tracing::info!(partitions = commit.count(), "committed revoked partitions"),
             Err(error) => {
                 tracing::warn!(%error, "commit on revoke failed; the next owner starts at the previous commit")
+            }
+        }
+    }
+
+    /// Stores the offsets whose commit point moved, for librdkafka's next
+    /// automatic commit (on the poll thread, so never racing a revoke).
+    pub(crate) fn store_due(&self, consumer: &Consumer) {
+        let mut store = TopicPartitionList::new();
+        {
+            let mut state = self.lock();
+            for (part, p) in &mut state.partitions {
+                if std::mem::take(&mut p.store_due) {
+                    if let Some(next) = p.offsets.commit_point() {
+                        let _ = store.add_partition_offset(
+                            &part.topic,
+                            part.partition,
+                            Offset::Offset(next),
+                        );
+                    }
+                }
+            }
+        }
+        if store.count() > 0 {
+            if let Err(error) = consumer.store_offsets(&store) {
+                tracing::warn!(%error, "could not store offsets; they are stored with later ones");
             }
         }
     }

@@ -1,0 +1,142 @@
+//! Consume + commit throughput against a real Kafka broker: sluicegate
+//! (no-op handler) beside raw rdkafka at-least-once (a poll loop that
+//! stores each offset after processing, auto-commit on), same broker, same
+//! topic, same run, 256 B records, alternating rounds, medians compared.
+//! Each run is a new consumer group reading the topic from the start; the
+//! clock runs from the first record to the last one stored.
+//!
+//! ```text
+//! cargo bench -p sluicegate-kafka --bench throughput     # 200k records, 3 rounds
+//! KAFKA_BENCH_MESSAGES=50000 KAFKA_BENCH_ROUNDS=1 cargo bench -p sluicegate-kafka --bench throughput
+//! ```
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Message};
+use sluicegate::{Config, Worker};
+use sluicegate_kafka::{KafkaConfig, KafkaSource, Ordering};
+
+const PARTITIONS: i32 = 3;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// rust-rdkafka's at-least-once pattern: process, then store the offset;
+/// librdkafka commits stored offsets every second.
+fn raw(topic: &str, n: usize) -> f64 {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", common::brokers())
+        .set("group.id", common::unique("bench-raw"))
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("queued.max.messages.kbytes", "16384")
+        .set("fetch.wait.max.ms", "20")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut start = None;
+    let mut seen = 0;
+    while seen < n {
+        let Some(record) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let record = record.unwrap();
+        start.get_or_insert_with(Instant::now);
+        std::hint::black_box(record.payload());
+        consumer.store_offset_from_message(&record).unwrap();
+        seen += 1;
+    }
+    n as f64 / start.unwrap().elapsed().as_secs_f64()
+}
+
+async fn sluicegate(topic: &str, n: usize, ordering: Ordering) -> f64 {
+    let config =
+        KafkaConfig::new(common::brokers(), common::unique("bench-sg"), [topic]).ordering(ordering);
+    let source = KafkaSource::connect(config).await.unwrap();
+    let first: Arc<OnceLock<Instant>> = Arc::default();
+    let handled = Arc::new(AtomicU64::new(0));
+    let (f, h) = (first.clone(), handled.clone());
+    let worker = Worker::new(source, move || {
+        f.get_or_init(Instant::now);
+        h.fetch_add(1, Relaxed);
+        async {}
+    })
+    .config(Config::default().prefetch(4096).max_in_flight(256));
+    let metrics = worker.metrics();
+    let done = Arc::new(OnceLock::new());
+    let end = done.clone();
+    let run = tokio::spawn(worker.run_until(async move {
+        while metrics.snapshot().acked < n as u64 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let _ = end.set(Instant::now());
+    }));
+    run.await.unwrap().unwrap();
+    let elapsed = *done.get().unwrap() - *first.get().unwrap();
+    n as f64 / elapsed.as_secs_f64()
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let n = env_usize("KAFKA_BENCH_MESSAGES", 200_000);
+    let rounds = env_usize("KAFKA_BENCH_ROUNDS", 3).max(1);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let topic = common::unique("bench");
+    rt.block_on(async {
+        common::create_topic(&topic, PARTITIONS).await;
+        let records = (0..n)
+            .map(|i| common::Out {
+                key: None,
+                payload: format!("{i:0>256}").into_bytes()[..256].to_vec(),
+                partition: Some((i % PARTITIONS as usize) as i32),
+            })
+            .collect();
+        common::produce(&topic, records).await;
+    });
+    println!(
+        "Kafka consume+commit, {n} records of 256 B over {PARTITIONS} partitions, {rounds} rounds (msg/s)"
+    );
+    let (mut raws, mut parts, mut unordered) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        let r = raw(&topic, n);
+        let p = rt.block_on(sluicegate(&topic, n, Ordering::Partition));
+        let u = rt.block_on(sluicegate(&topic, n, Ordering::Unordered));
+        println!(
+            "round {round}: raw rdkafka {r:>9.0}   sluicegate per-partition {p:>9.0} ({:.2}x)   unordered {u:>9.0} ({:.2}x)",
+            p / r,
+            u / r
+        );
+        raws.push(r);
+        parts.push(p);
+        unordered.push(u);
+    }
+    let r = median(&mut raws);
+    let p = median(&mut parts);
+    let u = median(&mut unordered);
+    println!(
+        "median: raw rdkafka {r:.0}/s; sluicegate per-partition {p:.0}/s = {:.2}x raw; unordered {u:.0}/s = {:.2}x raw",
+        p / r,
+        u / r
+    );
+}

@@ -1,0 +1,176 @@
+//! A worker killed with SIGKILL mid-run, then restarted: nothing is lost,
+//! and the duplicates are at most the in-flight limit plus what completed
+//! within one commit interval. Against the real Kafka broker started by
+//! `scripts/test`. The test binary runs itself as the worker process
+//! (`--child <topic> <group> <file>`), so the kill hits a real process.
+#![allow(clippy::unwrap_used, clippy::print_stderr)] // a test: a failed unwrap is a failed test
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Out, brokers, committed, create_topic, log_end, produce, unique};
+use serde::Deserialize;
+use sluicegate::{Config, Context, Json, Worker};
+use sluicegate_kafka::{KafkaConfig, KafkaSource};
+
+const N: u32 = 20_000;
+const PARTITIONS: usize = 6;
+const IN_FLIGHT: u16 = 32;
+const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Deserialize)]
+struct Job {
+    id: u32,
+    work_ms: u64,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    if args.get(1).map(String::as_str) == Some("--child") {
+        runtime.block_on(child(&args[2], &args[3], &args[4]));
+    } else {
+        runtime.block_on(parent());
+        println!("test kill_restart ... ok");
+    }
+}
+
+/// The worker: handles jobs, writing each handled id to `file` before the
+/// handler returns (so before its offset can be committed). Stops
+/// gracefully on SIGTERM.
+async fn child(topic: &str, group: &str, file: &str) {
+    let out = Arc::new(Mutex::new(
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(file)
+            .unwrap(),
+    ));
+    let config = KafkaConfig::new(brokers(), group, [topic])
+        .commit_interval(COMMIT_INTERVAL)
+        .property("session.timeout.ms", "6000")
+        .property("heartbeat.interval.ms", "500");
+    let source = KafkaSource::connect(config).await.unwrap();
+    let handler = move |Json(job): Json<Job>, ctx: Context| {
+        let out = out.clone();
+        let partition = ctx.origin().partition.unwrap_or_default();
+        async move {
+            tokio::time::sleep(Duration::from_millis(job.work_ms)).await;
+            writeln!(out.lock().unwrap(), "{} {partition}", job.id).unwrap();
+        }
+    };
+    Worker::new(source, handler)
+        .config(Config::default().prefetch(200).max_in_flight(IN_FLIGHT))
+        .run()
+        .await
+        .unwrap();
+}
+
+fn spawn_child(topic: &str, group: &str, file: &str) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args(["--child", topic, group, file])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn handled(file: &str) -> Vec<u32> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+async fn parent() {
+    let topic = unique("kill");
+    let group = unique("kill-g");
+    create_topic(&topic, PARTITIONS as i32).await;
+    let records = (0..N)
+        .map(|id| Out {
+            key: None,
+            payload: format!(r#"{{"id":{id},"work_ms":{}}}"#, 1 + id % 5).into_bytes(),
+            partition: Some((id as usize % PARTITIONS) as i32),
+        })
+        .collect();
+    produce(&topic, records).await;
+    let dir = std::env::temp_dir();
+    let first = dir.join(format!("{topic}.first")).display().to_string();
+    let second = dir.join(format!("{topic}.second")).display().to_string();
+
+    let mut worker = spawn_child(&topic, &group, &first);
+    wait_for("the first worker to start", Duration::from_secs(60), || {
+        !handled(&first).is_empty()
+    });
+    let started = Instant::now();
+    wait_for("a third of the jobs", Duration::from_secs(60), || {
+        handled(&first).len() >= N as usize / 3
+    });
+    worker.kill().unwrap(); // SIGKILL
+    worker.wait().unwrap();
+    let before_kill = handled(&first);
+    let rate = before_kill.len() as f64 / started.elapsed().as_secs_f64();
+
+    let mut restarted = spawn_child(&topic, &group, &second);
+    wait_for(
+        "every job, after the restart",
+        Duration::from_secs(120),
+        || {
+            let mut all: BTreeSet<u32> = before_kill.iter().copied().collect();
+            all.extend(handled(&second));
+            all.len() == N as usize
+        },
+    );
+    let term = Command::new("kill")
+        .args(["-TERM", &restarted.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = restarted.wait().unwrap();
+    assert!(
+        status.success(),
+        "the restarted worker stopped cleanly on SIGTERM: {status}"
+    );
+
+    let after = handled(&second);
+    let all: BTreeSet<u32> = before_kill.iter().chain(&after).copied().collect();
+    assert_eq!(all.len(), N as usize, "every job handled");
+    let duplicates = before_kill.len() + after.len() - N as usize;
+    let bound = f64::from(IN_FLIGHT) + rate * COMMIT_INTERVAL.as_secs_f64();
+    eprintln!(
+        "kill -9 after {} of {N} jobs ({rate:.0}/s): {duplicates} handled twice; bound: {IN_FLIGHT} in flight + {:.0} per commit interval = {bound:.0}",
+        before_kill.len(),
+        rate * COMMIT_INTERVAL.as_secs_f64()
+    );
+    assert!(
+        (duplicates as f64) <= bound,
+        "{duplicates} duplicates > {bound:.0}"
+    );
+    assert_eq!(
+        committed(&group, &topic, PARTITIONS).await,
+        log_end(&topic).await
+    );
+    let _ = std::fs::remove_file(&first);
+    let _ = std::fs::remove_file(&second);
+}

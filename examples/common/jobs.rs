@@ -1,0 +1,51 @@
+//! The job format and output lines shared by `amqp_worker` and
+//! `kafka_worker`: a real worker would put its own handler here.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use sluicegate::{HandlerError, Json, Message, Settled};
+
+/// A job: `{"id": "j-1", "work_ms": 20, "fail": false}`.
+#[derive(Deserialize)]
+pub(crate) struct Job {
+    id: String,
+    #[serde(default)]
+    work_ms: u64,
+    #[serde(default)]
+    fail: bool,
+}
+
+/// Sleeps `work_ms`, then fails (retryably) when `fail` is true.
+pub(crate) async fn handle(Json(job): Json<Job>) -> Result<(), HandlerError> {
+    tokio::time::sleep(Duration::from_millis(job.work_ms)).await;
+    if job.fail {
+        return Err(HandlerError::retryable(format!(
+            "job {} asked to fail",
+            job.id
+        )));
+    }
+    Ok(())
+}
+
+/// One line of output for a settled message:
+/// `{"id": "j-1", "outcome": "acked", "attempt": 1}`, `"id": null` when the
+/// payload has no readable id.
+pub(crate) fn settled_line(message: &Message, how: &Settled) -> String {
+    let id = serde_json::from_slice::<serde_json::Value>(message.payload())
+        .ok()
+        .and_then(|v| v.get("id").cloned())
+        .unwrap_or(serde_json::Value::Null);
+    serde_json::json!({ "id": id, "outcome": how.name(), "attempt": message.attempt() }).to_string()
+}
+
+/// Logs to stderr, `RUST_LOG` or `info`.
+pub(crate) fn init_logs() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+}

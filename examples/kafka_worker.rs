@@ -1,0 +1,63 @@
+//! A Kafka worker to copy: JSON jobs in, one JSON line per settled
+//! message out.
+//!
+//! ```text
+//! KAFKA_BROKERS=127.0.0.1:9092 SLUICEGATE_TOPICS=jobs SLUICEGATE_GROUP=workers cargo run --release --example kafka_worker
+//! ```
+//!
+//! A job looks like `{"id": "j-1", "work_ms": 20, "fail": false}`: the
+//! worker sleeps `work_ms` and fails (retryably) when `fail` is true; a retry
+//! goes through `jobs.retry`, a job that keeps failing to `jobs.dlq`. For
+//! every settled message it prints to stdout
+//! `{"id": "j-1", "outcome": "acked", "attempt": 1}` (outcome: acked,
+//! retried, requeued, delayed, dropped or dead_lettered; a message without a
+//! readable id gets `"id": null`). Logs go to stderr. SIGINT or SIGTERM
+//! drains: running jobs finish within SLUICEGATE_SHUTDOWN_GRACE_MS, the rest
+//! stay uncommitted, and the final offsets are committed. Every SLUICEGATE_*
+//! variable of the README applies.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use sluicegate::{Config, Worker};
+use sluicegate_kafka::{KafkaConfig, KafkaSource};
+
+#[path = "common/jobs.rs"]
+mod jobs;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    jobs::init_logs();
+    let (config, kafka) = match (Config::from_env(), KafkaConfig::from_env()) {
+        (Ok(config), Ok(kafka)) => (config, kafka),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("kafka_worker: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let source = match KafkaSource::connect(kafka).await {
+        Ok(source) => source,
+        Err(e) => {
+            eprintln!("kafka_worker: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = Worker::new(source, jobs::handle)
+        .config(config)
+        .on_settled(|message, how| {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{}", jobs::settled_line(message, how));
+        })
+        .run()
+        .await;
+    match report {
+        Ok(report) => {
+            tracing::info!(stopped_by = ?report.stopped_by, drain = ?report.drain, "{}", report.metrics);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("kafka_worker: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
