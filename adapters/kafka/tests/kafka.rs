@@ -540,3 +540,44 @@ async fn memory_stays_bounded_under_a_handler_100x_slower_than_the_producer_and_
     assert_eq!(seen.lock().unwrap().len(), N as usize);
     assert_eq!(committed(&group, &topic, 3).await, log_end(&topic).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_slower_than_max_poll_interval_keeps_the_worker_in_the_group() {
+    let _serial = SERIAL.lock().await;
+    let topic = unique("slowpoll");
+    let group = unique("slowpoll-g");
+    create_topic(&topic, 1).await;
+    let records = (0..20u32)
+        .map(|id| Out {
+            key: None,
+            payload: job(id, if id == 0 { 9_000 } else { 1 }, false),
+            partition: Some(0),
+        })
+        .collect();
+    produce(&topic, records).await;
+    // The broker's floor for the session is 6 s; max.poll.interval.ms may
+    // not be below it. Job 0 takes 9 s: longer than both.
+    let config = KafkaConfig::new(brokers(), &group, [&topic])
+        .ordering(Ordering::Unordered)
+        .property("session.timeout.ms", "6000")
+        .property("heartbeat.interval.ms", "500")
+        .property("max.poll.interval.ms", "7000");
+    let source = KafkaSource::connect(config).await.unwrap();
+    let stats = source.stats();
+    let handler = |Json(job): Json<Job>| async move {
+        tokio::time::sleep(Duration::from_millis(job.work_ms)).await;
+    };
+    let worker =
+        Worker::new(source, handler).config(Config::default().prefetch(64).max_in_flight(8));
+    let run = run_until_metrics(worker, |m| m.acked >= 20);
+    let report = finished(run, Duration::from_secs(60)).await;
+    assert_eq!(report.metrics.acked, 20);
+    assert_eq!(
+        stats.rebalances.load(SeqCst),
+        // One assignment, and the revoke of leaving at the end.
+        2,
+        "the worker was never dropped from the group"
+    );
+    assert_eq!(stats.late_settlements.load(SeqCst), 0);
+    assert_eq!(committed(&group, &topic, 1).await, log_end(&topic).await);
+}
