@@ -27,8 +27,10 @@ use crate::{Consumer, KafkaError};
 
 /// How long one poll waits for a record before looking at the stop flag.
 const POLL_WAIT: Duration = Duration::from_millis(100);
-/// Most records handed over under one lock.
-const POLL_BATCH: usize = 256;
+/// Most records handed over under one lock; also the most a partition
+/// can hold beyond its share of the prefetch (the rest of a batch polled
+/// before the pause).
+const POLL_BATCH: usize = 32;
 /// How often finished offsets are stored for librdkafka's next commit:
 /// far below the commit interval, so it adds next to nothing to what a
 /// crash re-processes.

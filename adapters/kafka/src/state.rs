@@ -153,11 +153,12 @@ impl Shared {
             self.stats.skipped.fetch_add(1, Relaxed);
             return;
         };
-        // A paused partition takes nothing more: the rest of a batch polled
-        // before the pause is let go, not tracked, and fetched again by the
-        // seek to `next_fetch` on resume (librdkafka discards records
-        // fetched before a seek).
-        if p.paused || !p.offsets.fetched(offset) {
+        // Every record poll returned is kept, even past the partition's
+        // share: librdkafka resumes from the position after the last record
+        // it handed out, so one let go here would be skipped for good (and
+        // a later commit would pass it). A batch can overshoot the share by
+        // at most its size.
+        if !p.offsets.fetched(offset) {
             self.stats.skipped.fetch_add(1, Relaxed);
             return;
         }
