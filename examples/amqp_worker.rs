@@ -14,10 +14,9 @@
 //! drains: running jobs finish within SLUICEGATE_SHUTDOWN_GRACE_MS, the rest
 //! go back to the queue. Every SLUICEGATE_* variable of the README applies.
 
-use std::io::Write;
 use std::process::ExitCode;
 
-use sluicegate::{Config, Worker};
+use sluicegate::Config;
 use sluicegate_amqp::{AmqpConfig, AmqpSource};
 
 #[path = "common/jobs.rs"]
@@ -33,26 +32,8 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let source = match AmqpSource::connect(amqp).await {
-        Ok(source) => source,
-        Err(e) => {
-            eprintln!("amqp_worker: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let report = Worker::new(source, jobs::handle)
-        .config(config)
-        .on_settled(|message, how| {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{}", jobs::settled_line(message, how));
-        })
-        .run()
-        .await;
-    match report {
-        Ok(report) => {
-            tracing::info!(stopped_by = ?report.stopped_by, drain = ?report.drain, "{}", report.metrics);
-            ExitCode::SUCCESS
-        }
+    match AmqpSource::connect(amqp).await {
+        Ok(source) => jobs::run("amqp_worker", source, config).await,
         Err(e) => {
             eprintln!("amqp_worker: {e}");
             ExitCode::FAILURE

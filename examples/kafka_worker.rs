@@ -16,10 +16,9 @@
 //! stay uncommitted, and the final offsets are committed. Every SLUICEGATE_*
 //! variable of the README applies.
 
-use std::io::Write;
 use std::process::ExitCode;
 
-use sluicegate::{Config, Worker};
+use sluicegate::Config;
 use sluicegate_kafka::{KafkaConfig, KafkaSource};
 
 #[path = "common/jobs.rs"]
@@ -35,26 +34,8 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let source = match KafkaSource::connect(kafka).await {
-        Ok(source) => source,
-        Err(e) => {
-            eprintln!("kafka_worker: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let report = Worker::new(source, jobs::handle)
-        .config(config)
-        .on_settled(|message, how| {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{}", jobs::settled_line(message, how));
-        })
-        .run()
-        .await;
-    match report {
-        Ok(report) => {
-            tracing::info!(stopped_by = ?report.stopped_by, drain = ?report.drain, "{}", report.metrics);
-            ExitCode::SUCCESS
-        }
+    match KafkaSource::connect(kafka).await {
+        Ok(source) => jobs::run("kafka_worker", source, config).await,
         Err(e) => {
             eprintln!("kafka_worker: {e}");
             ExitCode::FAILURE

@@ -1,10 +1,12 @@
 //! The job format and output lines shared by `amqp_worker` and
 //! `kafka_worker`: a real worker would put its own handler here.
 
+use std::io::Write;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use serde::Deserialize;
-use sluicegate::{HandlerError, Json, Message, Settled};
+use sluicegate::{Config, HandlerError, Json, Message, Settled, Source, Worker};
 
 /// A job: `{"id": "j-1", "work_ms": 20, "fail": false}`.
 #[derive(Deserialize)]
@@ -48,4 +50,27 @@ pub(crate) fn init_logs() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+}
+
+/// Runs the job handler against `source` until SIGINT or SIGTERM, one line
+/// per settled message on stdout; `program` names the errors on stderr.
+pub(crate) async fn run(program: &str, source: impl Source, config: Config) -> ExitCode {
+    let report = Worker::new(source, handle)
+        .config(config)
+        .on_settled(|message, how| {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{}", settled_line(message, how));
+        })
+        .run()
+        .await;
+    match report {
+        Ok(report) => {
+            tracing::info!(stopped_by = ?report.stopped_by, drain = ?report.drain, "{}", report.metrics);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{program}: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -18,10 +18,9 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use sluicegate::message::header;
-use sluicegate::{
-    Config, Context, HandlerError, Json, MetricsSnapshot, Report, RetryPolicy, Source, Worker,
-};
+use sluicegate::{Config, Context, HandlerError, Json, RetryPolicy, Source, Worker};
 use sluicegate_amqp::{AmqpConfig, AmqpSource};
+use sluicegate_test_support::{finished, run_until_metrics, wait_until};
 
 /// The broker is shared state (connections, channels, rabbitmqctl views):
 /// these tests take turns.
@@ -183,42 +182,6 @@ async fn take_unsettled(source: &mut AmqpSource, n: usize, held: &mut Vec<sluice
                 .unwrap()
                 .expect("the source is open"),
         );
-    }
-}
-
-/// Runs `worker` in the background until its metrics satisfy `done`.
-fn run_until_metrics<S: Source>(
-    worker: Worker<S>,
-    done: impl Fn(&MetricsSnapshot) -> bool + Send + 'static,
-) -> tokio::task::JoinHandle<Result<Report, sluicegate::Error>> {
-    let metrics = worker.metrics();
-    tokio::spawn(worker.run_until(async move {
-        while !done(&metrics.snapshot()) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }))
-}
-
-/// The report of a run started by [`run_until_metrics`], within `limit`.
-async fn finished(
-    run: tokio::task::JoinHandle<Result<Report, sluicegate::Error>>,
-    limit: Duration,
-) -> Report {
-    tokio::time::timeout(limit, run)
-        .await
-        .expect("the worker finished in time")
-        .expect("the worker task did not panic")
-        .expect("the worker ran without error")
-}
-
-async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

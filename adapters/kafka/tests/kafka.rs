@@ -10,15 +10,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{
-    Out, brokers, committed, create_topic, log_end, produce, read_all, unique, wait_until,
-};
+use common::{Out, brokers, committed, create_topic, log_end, produce, read_all, unique};
 use serde::Deserialize;
 use sluicegate::message::header;
-use sluicegate::{
-    Config, Context, HandlerError, Json, MetricsSnapshot, Report, RetryPolicy, Worker,
-};
+use sluicegate::{Config, Context, HandlerError, Json, Report, RetryPolicy, Worker};
 use sluicegate_kafka::{KafkaConfig, KafkaError, KafkaSource, NOT_BEFORE, Ordering, TopicSetup};
+use sluicegate_test_support::{finished, run_until_metrics, wait_until};
 
 /// The broker and the machine's two cores are shared: tests take turns,
 /// so timings (ordering ratio, memory) are not skewed by each other.
@@ -35,29 +32,6 @@ struct Job {
 
 fn job(id: u32, work_ms: u64, fail: bool) -> Vec<u8> {
     format!(r#"{{"id":{id},"work_ms":{work_ms},"fail":{fail}}}"#).into_bytes()
-}
-
-fn run_until_metrics(
-    worker: Worker<KafkaSource>,
-    done: impl Fn(&MetricsSnapshot) -> bool + Send + 'static,
-) -> tokio::task::JoinHandle<Result<Report, sluicegate::Error>> {
-    let metrics = worker.metrics();
-    tokio::spawn(worker.run_until(async move {
-        while !done(&metrics.snapshot()) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }))
-}
-
-async fn finished(
-    run: tokio::task::JoinHandle<Result<Report, sluicegate::Error>>,
-    limit: Duration,
-) -> Report {
-    tokio::time::timeout(limit, run)
-        .await
-        .expect("the worker finished in time")
-        .expect("the worker task did not panic")
-        .expect("the worker ran without error")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -247,18 +247,6 @@ pub async fn committed(group: &str, topic: &str, partitions: usize) -> Vec<i64> 
     .unwrap()
 }
 
-/// Waits for `done`, failing the test after `limit`.
-pub async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// This process's peak resident set size, in KiB (Linux).
 pub fn peak_rss_kib() -> u64 {
     rss_field("VmHWM:")
