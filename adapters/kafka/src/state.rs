@@ -342,24 +342,17 @@ impl Shared {
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
-        let mut commit = TopicPartitionList::new();
+        let mut released = Vec::new();
         for part in &parts {
             if let Some(p) = state.partitions.remove(part) {
                 state.held = state.held.saturating_sub(p.unsettled);
                 if p.paused {
                     self.stats.paused_partitions.fetch_sub(1, Relaxed);
                 }
-                if let Some(next) = p.offsets.commit_point() {
-                    // Infallible for a valid partition; a failure only means
-                    // this partition's final commit is skipped.
-                    let _ = commit.add_partition_offset(
-                        &part.topic,
-                        part.partition,
-                        Offset::Offset(next),
-                    );
-                }
+                released.push((part, p.offsets));
             }
         }
+        let commit = commit_points(released.iter().map(|(part, o)| (*part, o)));
         drop(state);
         self.settled.notify_all();
         self.stats.rebalances.fetch_add(1, Relaxed);
@@ -372,32 +365,18 @@ impl Shared {
             );
             return;
         }
-        match consumer.commit(&commit, rdkafka::consumer::CommitMode::Sync) {
-            Ok(()) => tracing::info!(partitions = commit.count(), "committed revoked partitions"),
-            Err(error) => {
-                tracing::warn!(%error, "commit on revoke failed; the next owner starts at the previous commit")
-            }
-        }
+        store_and_commit(consumer, &commit, "revoked partitions");
     }
 
     /// Stores the offsets whose commit point moved, for librdkafka's next
     /// automatic commit (on the poll thread, so never racing a revoke).
     pub(crate) fn store_due(&self, consumer: &Consumer) {
-        let mut store = TopicPartitionList::new();
-        {
+        let store = {
             let mut state = self.lock();
-            for (part, p) in &mut state.partitions {
-                if std::mem::take(&mut p.store_due) {
-                    if let Some(next) = p.offsets.commit_point() {
-                        let _ = store.add_partition_offset(
-                            &part.topic,
-                            part.partition,
-                            Offset::Offset(next),
-                        );
-                    }
-                }
-            }
-        }
+            commit_points(state.partitions.iter_mut().filter_map(|(part, p)| {
+                std::mem::take(&mut p.store_due).then_some((part, &p.offsets))
+            }))
+        };
         if store.count() > 0 {
             if let Err(error) = consumer.store_offsets(&store) {
                 tracing::warn!(%error, "could not store offsets; they are stored with later ones");
@@ -408,23 +387,12 @@ impl Shared {
     /// Commits what is done now, synchronously (on the poll thread, at
     /// shutdown).
     pub(crate) fn commit_now(&self, consumer: &Consumer) {
-        let mut commit = TopicPartitionList::new();
-        {
+        let commit = {
             let state = self.lock();
-            for (part, p) in &state.partitions {
-                if let Some(next) = p.offsets.commit_point() {
-                    let _ = commit.add_partition_offset(
-                        &part.topic,
-                        part.partition,
-                        Offset::Offset(next),
-                    );
-                }
-            }
-        }
+            commit_points(state.partitions.iter().map(|(part, p)| (part, &p.offsets)))
+        };
         if commit.count() > 0 {
-            if let Err(error) = consumer.commit(&commit, rdkafka::consumer::CommitMode::Sync) {
-                tracing::warn!(%error, "final commit failed; the next owner starts at the previous commit");
-            }
+            store_and_commit(consumer, &commit, "final offsets");
         }
     }
 
@@ -447,6 +415,38 @@ impl Shared {
     pub(crate) fn stopping(&self) -> bool {
         self.lock().stopping
     }
+}
+
+/// Stores and commits `offsets` synchronously (on the poll thread). Stored
+/// too: librdkafka commits the stored offsets once more as it unassigns,
+/// and a store older than this commit (the poll thread stores every 10 ms)
+/// would move the group's offset back. The group test caught that.
+fn store_and_commit(consumer: &Consumer, offsets: &TopicPartitionList, what: &str) {
+    if let Err(error) = consumer.store_offsets(offsets) {
+        tracing::warn!(%error, what, "could not store offsets before committing them");
+    }
+    match consumer.commit(offsets, rdkafka::consumer::CommitMode::Sync) {
+        Ok(()) => tracing::info!(partitions = offsets.count(), what, "committed"),
+        Err(error) => {
+            tracing::warn!(%error, what, "commit failed; the next owner starts at the previous commit")
+        }
+    }
+}
+
+/// The commit points of the given partitions, as librdkafka takes them.
+/// Partitions that fetched nothing yet have none and are left out.
+fn commit_points<'a>(
+    partitions: impl Iterator<Item = (&'a PartitionId, &'a PartitionOffsets)>,
+) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for (part, offsets) in partitions {
+        if let Some(next) = offsets.commit_point() {
+            // Infallible for a valid partition; a failure only leaves this
+            // partition out of this store or commit.
+            let _ = tpl.add_partition_offset(&part.topic, part.partition, Offset::Offset(next));
+        }
+    }
+    tpl
 }
 
 impl State {
