@@ -1,7 +1,8 @@
-//! librdkafka's callbacks: log lines and errors go to `tracing`, and
-//! rebalances reach the shared state (on the poll thread).
+//! librdkafka's callbacks: log lines and errors go to `tracing`, the last
+//! error is kept for error messages, and rebalances reach the shared state
+//! (on the poll thread).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
@@ -23,21 +24,68 @@ impl ConsumerCtx {
 
 impl ClientContext for ConsumerCtx {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, line: &str) {
-        match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => tracing::error!(target: "librdkafka", facility, "{line}"),
-            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility, "{line}"),
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                tracing::info!(target: "librdkafka", facility, "{line}");
-            }
-            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", facility, "{line}"),
+        log_line(level, facility, line);
+    }
+
+    fn error(&self, error: RdKafkaError, reason: &str) {
+        tracing::warn!(target: "librdkafka", %error, reason, "Kafka client error (librdkafka retries)");
+    }
+}
+
+/// The admin client's and the producer's context: logs like the consumer,
+/// and remembers the last error or warning librdkafka reported, so that "no metadata
+/// within 10 s" can say why (refused, TLS, SASL credentials).
+#[derive(Default)]
+pub(crate) struct ClientCtx {
+    last_error: Mutex<Option<String>>,
+}
+
+impl ClientCtx {
+    /// The last error librdkafka reported, if any.
+    pub(crate) fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl ClientContext for ClientCtx {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, line: &str) {
+        log_line(level, facility, line);
+        // Failures to connect arrive as log lines (errors are events, which
+        // an admin client does not poll).
+        if (level as i32) <= (RDKafkaLogLevel::Warning as i32) {
+            *self
+                .last_error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(format!("{facility}: {line}"));
         }
     }
 
     fn error(&self, error: RdKafkaError, reason: &str) {
         tracing::warn!(target: "librdkafka", %error, reason, "Kafka client error (librdkafka retries)");
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(reason.to_owned());
+    }
+}
+
+/// Only for the metadata probe, which never joins a group.
+impl ConsumerContext for ClientCtx {}
+
+fn log_line(level: RDKafkaLogLevel, facility: &str, line: &str) {
+    match level {
+        RDKafkaLogLevel::Emerg
+        | RDKafkaLogLevel::Alert
+        | RDKafkaLogLevel::Critical
+        | RDKafkaLogLevel::Error => tracing::error!(target: "librdkafka", facility, "{line}"),
+        RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility, "{line}"),
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+            tracing::info!(target: "librdkafka", facility, "{line}");
+        }
+        RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", facility, "{line}"),
     }
 }
 

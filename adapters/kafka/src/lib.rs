@@ -65,12 +65,17 @@ pub enum KafkaError {
     #[error(transparent)]
     Config(#[from] sluicegate::ConfigError),
     /// No broker answered.
-    #[error("Kafka brokers {brokers} unreachable (no metadata within {timeout:?}): {source}")]
+    #[error(
+        "Kafka brokers {brokers} unreachable (no metadata within {timeout:?}): {source}; last broker error: {last_error}"
+    )]
     Unreachable {
         /// The bootstrap servers tried.
         brokers: String,
         /// How long the adapter waited.
         timeout: std::time::Duration,
+        /// The last error librdkafka reported meanwhile: connection refused,
+        /// a TLS handshake failure, SASL authentication failed...
+        last_error: String,
         /// What librdkafka said.
         #[source]
         source: rdkafka::error::KafkaError,

@@ -12,6 +12,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use sluicegate::{Message, Settle, SettleError, SettleFuture, Settlement};
 
 use crate::config::RETRY_SUFFIX;
+use crate::context::ClientCtx;
 use crate::convert::republish_headers;
 use crate::state::{Shared, Slot};
 
@@ -20,7 +21,7 @@ const QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(crate) struct KafkaSettle {
     pub(crate) shared: Arc<Shared>,
-    pub(crate) producer: Arc<FutureProducer>,
+    pub(crate) producer: Arc<FutureProducer<ClientCtx>>,
     pub(crate) slot: Slot,
 }
 

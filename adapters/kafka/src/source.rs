@@ -11,14 +11,13 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::Consumer as _;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::producer::FutureProducer;
 use sluicegate::{Delivery, Source, SourceError};
 use tokio::sync::oneshot;
 
 use crate::config::{KafkaConfig, TopicSetup};
-use crate::context::ConsumerCtx;
+use crate::context::{ClientCtx, ConsumerCtx};
 use crate::convert::Owner;
 use crate::settle::KafkaSettle;
 use crate::state::Shared;
@@ -53,7 +52,7 @@ const STORE_EVERY: Duration = Duration::from_millis(10);
 /// ```
 pub struct KafkaSource {
     shared: Arc<Shared>,
-    producer: Arc<FutureProducer>,
+    producer: Arc<FutureProducer<ClientCtx>>,
     poller: Option<oneshot::Receiver<()>>,
 }
 
@@ -73,8 +72,8 @@ impl KafkaSource {
         let mut producer_config = base.clone();
         set_default(&mut producer_config, "enable.idempotence", "true");
         set_default(&mut producer_config, "delivery.timeout.ms", "30000");
-        let producer: FutureProducer = producer_config
-            .create()
+        let producer: FutureProducer<ClientCtx> = producer_config
+            .create_with_context(ClientCtx::default())
             .map_err(KafkaError::client("creating the producer"))?;
 
         let stats = Arc::new(KafkaStats::default());
@@ -273,21 +272,29 @@ fn set_default(config: &mut ClientConfig, name: &str, value: &str) {
 /// Checks that the brokers answer and the topics exist; creates the retry
 /// and dead-letter topics unless the setup is passive.
 async fn prepare_topics(config: &KafkaConfig, base: &ClientConfig) -> Result<(), KafkaError> {
-    let admin: AdminClient<DefaultClientContext> = base
-        .create()
-        .map_err(KafkaError::client("creating the admin client"))?;
-    let admin = Arc::new(admin);
     let timeout = config.connect_timeout;
-    let lookup = admin.clone();
-    let metadata =
-        tokio::task::spawn_blocking(move || lookup.inner().fetch_metadata(None, timeout))
-            .await
-            .map_err(|e| KafkaError::Thread(e.to_string()))?
-            .map_err(|source| KafkaError::Unreachable {
-                brokers: config.brokers.clone(),
-                timeout,
-                source,
-            })?;
+    // A plain consumer (no group) asks for the metadata: polling it serves
+    // librdkafka's log and error events, so a failure can say why.
+    let probe: BaseConsumer<ClientCtx> = base
+        .create_with_context(ClientCtx::default())
+        .map_err(KafkaError::client("creating the metadata client"))?;
+    let (metadata, last_error) = tokio::task::spawn_blocking(move || {
+        let metadata = probe.fetch_metadata(None, timeout);
+        if metadata.is_err() {
+            for _ in 0..10 {
+                let _ = probe.poll(Duration::from_millis(10));
+            }
+        }
+        (metadata, probe.context().last_error())
+    })
+    .await
+    .map_err(|e| KafkaError::Thread(e.to_string()))?;
+    let metadata = metadata.map_err(|source| KafkaError::Unreachable {
+        brokers: config.brokers.clone(),
+        timeout,
+        last_error: last_error.unwrap_or_else(|| "none reported".into()),
+        source,
+    })?;
     let partitions = |name: &str| {
         metadata
             .topics()
@@ -331,6 +338,9 @@ async fn prepare_topics(config: &KafkaConfig, base: &ClientConfig) -> Result<(),
             )
         })
         .collect();
+    let admin: AdminClient<ClientCtx> = base
+        .create_with_context(ClientCtx::default())
+        .map_err(KafkaError::client("creating the admin client"))?;
     let results = admin
         .create_topics(&new, &AdminOptions::new().operation_timeout(Some(timeout)))
         .await

@@ -556,3 +556,69 @@ async fn a_handler_slower_than_max_poll_interval_keeps_the_worker_in_the_group()
     assert_eq!(stats.late_settlements.load(SeqCst), 0);
     assert_eq!(committed(&group, &topic, 1).await, log_end(&topic).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_scram_sasl_works_from_env_properties_and_a_wrong_password_fails_by_name() {
+    let _serial = SERIAL.lock().await;
+    let ca = std::env::var("KAFKA_TLS_CA").expect(
+        "KAFKA_TLS_CA: the broker's CA certificate (scripts/test starts the broker and sets it)",
+    );
+    let topic = unique("tls");
+    let group = unique("tls-g");
+    create_topic(&topic, 2).await;
+    let records = (0..100u32)
+        .map(|id| Out {
+            key: None,
+            payload: job(id, 0, id == 42),
+            partition: Some((id % 2) as i32),
+        })
+        .collect();
+    produce(&topic, records).await;
+
+    let vars = |password: &str| {
+        [
+            ("KAFKA_BROKERS", "127.0.0.1:9094"),
+            ("SLUICEGATE_TOPICS", topic.as_str()),
+            ("SLUICEGATE_GROUP", group.as_str()),
+            ("SLUICEGATE_KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+            ("SLUICEGATE_KAFKA_SASL_MECHANISMS", "SCRAM-SHA-256"),
+            ("SLUICEGATE_KAFKA_SASL_USERNAME", "sluicegate"),
+            ("SLUICEGATE_KAFKA_SASL_PASSWORD", password),
+            ("SLUICEGATE_KAFKA_SSL_CA_LOCATION", ca.as_str()),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    };
+    let wrong = KafkaConfig::from_vars(vars("not-the-password"))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5));
+    let error = KafkaSource::connect(wrong).await.err().unwrap();
+    println!("wrong password: {error}");
+    assert!(matches!(error, KafkaError::Unreachable { .. }), "{error}");
+    assert!(error.to_string().contains("127.0.0.1:9094"), "{error}");
+    assert!(
+        error.to_string().contains("Authentication failed"),
+        "the error says why: {error}"
+    );
+
+    let config = KafkaConfig::from_vars(vars("sluicegate-secret")).unwrap();
+    let source = KafkaSource::connect(config).await.unwrap();
+    let handler = |Json(job): Json<Job>| async move {
+        if job.fail {
+            return Err(HandlerError::permanent(format!("job {} failed", job.id)));
+        }
+        Ok(())
+    };
+    let run = run_until_metrics(Worker::new(source, handler), |m| {
+        m.acked >= 99 && m.dead_lettered >= 1
+    });
+    let report = finished(run, Duration::from_secs(60)).await;
+    assert_eq!(
+        (report.metrics.acked, report.metrics.dead_lettered),
+        (99, 1)
+    );
+    // The dead-letter went through the TLS/SASL producer.
+    let dead = read_all(&format!("{topic}.dlq")).await;
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].payload.contains(r#""id":42"#));
+    assert_eq!(committed(&group, &topic, 2).await, log_end(&topic).await);
+}
