@@ -66,6 +66,7 @@ async fn sluicegate(topic: &str, n: usize, ordering: Ordering) -> f64 {
     let config =
         KafkaConfig::new(common::brokers(), common::unique("bench-sg"), [topic]).ordering(ordering);
     let source = KafkaSource::connect(config).await.unwrap();
+    let stats = source.stats();
     let first: Arc<OnceLock<Instant>> = Arc::default();
     let handled = Arc::new(AtomicU64::new(0));
     let (f, h) = (first.clone(), handled.clone());
@@ -86,6 +87,11 @@ async fn sluicegate(topic: &str, n: usize, ordering: Ordering) -> f64 {
     }));
     run.await.unwrap().unwrap();
     let elapsed = *done.get().unwrap() - *first.get().unwrap();
+    println!(
+        "  sluicegate {ordering:?}: {} partition pauses, {} refetched records skipped",
+        stats.pauses.load(Relaxed),
+        stats.skipped.load(Relaxed)
+    );
     n as f64 / elapsed.as_secs_f64()
 }
 

@@ -51,22 +51,33 @@ impl<K: Hash + Eq + Clone, T> Schedule<K, T> {
         self.place(item, Some(not_before));
     }
 
-    /// The record out for `chain` finished: the next one of the chain may go.
-    pub(crate) fn finished(&mut self, chain: &K) {
+    /// The record out for `chain` finished: the next one of the chain may
+    /// go. Returns whether one became ready.
+    pub(crate) fn finished(&mut self, chain: &K) -> bool {
         let next = match self.chains.get_mut(chain) {
             Some(waiting) => waiting.pop_front(),
-            None => return,
+            None => return false,
         };
         match next {
-            Some(item) => self.ready.push_back(item),
+            Some(item) => {
+                self.ready.push_back(item);
+                true
+            }
             None => {
                 self.chains.remove(chain);
+                false
             }
         }
     }
 
-    /// The next record whose turn has come.
-    pub(crate) fn pop(&mut self, now: Instant) -> Option<T> {
+    /// The next record whose turn has come. Reads the clock only when
+    /// something waits for a time (a clock read per record showed up at 7%
+    /// of a profile).
+    pub(crate) fn pop(&mut self) -> Option<T> {
+        if self.delayed.is_empty() {
+            return self.ready.pop_front();
+        }
+        let now = Instant::now();
         while let Some(entry) = self.delayed.first_entry() {
             if entry.key().0 > now {
                 break;
@@ -134,7 +145,7 @@ mod tests {
     use super::*;
 
     fn drain(schedule: &mut Schedule<&'static str, u32>) -> Vec<u32> {
-        std::iter::from_fn(|| schedule.pop(Instant::now())).collect()
+        std::iter::from_fn(|| schedule.pop()).collect()
     }
 
     #[test]

@@ -76,6 +76,8 @@ struct State {
     held: usize,
     failure: Option<String>,
     stopping: bool,
+    /// A revoke waits on `settled` for the runtime's in-flight records.
+    revoking: bool,
 }
 
 /// The state shared by the poll thread, the source and the settle handles.
@@ -106,6 +108,7 @@ impl Shared {
                 held: 0,
                 failure: None,
                 stopping: false,
+                revoking: false,
             }),
             wake: Notify::new(),
             settled: Condvar::new(),
@@ -201,7 +204,7 @@ impl Shared {
         if let Some(failure) = &state.failure {
             return Err(failure.clone());
         }
-        match state.schedule.pop(Instant::now()) {
+        match state.schedule.pop() {
             Some(pending) => {
                 if let Some(p) = state.partitions.get_mut(&pending.slot.part) {
                     p.out += 1;
@@ -239,13 +242,21 @@ impl Shared {
             // call per record cost more than the rest of the settle).
             p.store_due = true;
         }
-        if let Some(chain) = &slot.chain {
-            schedule.finished(chain);
-        }
+        let released = slot
+            .chain
+            .as_ref()
+            .is_some_and(|chain| schedule.finished(chain));
         state.steer(&slot.part, &self.stats);
+        let revoking = state.revoking;
         drop(state);
-        self.settled.notify_all();
-        self.wake.notify_one();
+        // Each of these costs a syscall or an atomic round; only when
+        // someone may be waiting for it.
+        if revoking {
+            self.settled.notify_all();
+        }
+        if released {
+            self.wake.notify_one();
+        }
     }
 
     /// A record handed back unfinished (requeue, abandoned, a republish
@@ -265,8 +276,12 @@ impl Shared {
         state
             .schedule
             .requeue(Pending { message, slot }, Instant::now() + REQUEUE_PAUSE);
+        let revoking = state.revoking;
         drop(state);
-        self.settled.notify_all();
+        if revoking {
+            self.settled.notify_all();
+        }
+        // The source may sleep until a later due time: let it look again.
         self.wake.notify_one();
     }
 
@@ -323,6 +338,7 @@ impl Shared {
         );
         state.held = state.held.saturating_sub(dropped.len());
         drop(dropped);
+        state.revoking = true;
         loop {
             let out: usize = parts
                 .iter()
@@ -342,6 +358,7 @@ impl Shared {
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
+        state.revoking = false;
         let mut released = Vec::new();
         for part in &parts {
             if let Some(p) = state.partitions.remove(part) {
