@@ -96,9 +96,9 @@ impl ConsumerContext for ConsumerCtx {
         }
     }
 
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
-            Rebalance::Assign(tpl) => self.shared.assigned(consumer, tpl),
+            Rebalance::Assign(tpl) => self.shared.assigned(tpl),
             Rebalance::Revoke(_) => {}
             Rebalance::Error(error) => tracing::warn!(%error, "rebalance failed"),
         }

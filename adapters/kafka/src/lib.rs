@@ -11,9 +11,11 @@
 //!   shutdown); gaps from compaction or transactions do not stall commits;
 //! - ordering per partition (default), per key, or none; the runtime's
 //!   in-flight limit applies across all of them;
-//! - a partition that holds its share of the prefetch is paused, and
-//!   resumed at half (hysteresis) with a seek to the next record not yet
-//!   taken, so records librdkafka dropped on pause are fetched again;
+//! - each partition is read from a queue of its own, and left unread while
+//!   it holds its share of the prefetch; librdkafka then stops fetching it
+//!   once its queue holds `queued.max.messages.kbytes` (4 MiB here), so
+//!   memory stays bounded, nothing fetched is ever dropped, and no partition
+//!   holds up another;
 //! - a retry goes to `<topic>.retry` with attempt, reason, origin and
 //!   not-before headers, confirmed by the broker before the source offset
 //!   counts as done; the worker consumes the retry topic too and holds each

@@ -20,7 +20,7 @@ pub(crate) struct PartitionOffsets {
 
 impl PartitionOffsets {
     /// Records a fetched offset. Returns `false` for an offset fetched
-    /// before (librdkafka re-fetches after a pause or a seek): the caller
+    /// before (after a rebalance, say, or a fetch repeated by librdkafka): the caller
     /// skips it, as it is already being handled or done.
     pub(crate) fn fetched(&mut self, offset: i64) -> bool {
         if self.next_fetch.is_some_and(|next| offset < next) {
@@ -56,7 +56,8 @@ impl PartitionOffsets {
         self.commit_point
     }
 
-    /// The offset after the highest fetched one: where fetching resumes.
+    /// The offset after the highest fetched one.
+    #[cfg(test)]
     pub(crate) fn next_fetch(&self) -> Option<i64> {
         self.next_fetch
     }

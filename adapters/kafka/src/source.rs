@@ -1,5 +1,7 @@
 //! The Kafka source: connects, checks (or creates) the topics, and runs
-//! the consumer on a thread of its own that never stops polling, so a slow
+//! the consumer on a thread of its own that never stops serving events
+//! (rebalances, errors) and reads each partition's queue while it has room,
+//! so a slow
 //! handler never makes the worker miss `max.poll.interval.ms`, and
 //! rebalance callbacks may wait for in-flight work without blocking the
 //! async runtime's threads.
@@ -24,12 +26,10 @@ use crate::state::Shared;
 use crate::stats::KafkaStats;
 use crate::{Consumer, KafkaError};
 
-/// How long one poll waits for a record before looking at the stop flag.
+/// How long the poll thread sleeps when no queue has anything for it.
 const POLL_WAIT: Duration = Duration::from_millis(100);
-/// Most records handed over under one lock; also the most a partition
-/// can hold beyond its share of the prefetch (the rest of a batch polled
-/// before the pause).
-const POLL_BATCH: usize = 32;
+/// Most records handed over under one lock.
+const POLL_BATCH: usize = 64;
 /// How often finished offsets are stored for librdkafka's next commit:
 /// far below the commit interval, so it adds next to nothing to what a
 /// crash re-processes.
@@ -88,18 +88,26 @@ impl KafkaSource {
             )
             .set("enable.auto.offset.store", "false");
         set_default(&mut consumer_config, "auto.offset.reset", "earliest");
-        // librdkafka prefetches up to 64 MiB per worker by default; paused
-        // partitions bound what we hold, this bounds what it holds.
-        set_default(&mut consumer_config, "queued.max.messages.kbytes", "16384");
-        // A resumed partition joins the next fetch request only when the one
-        // in flight returns, and the broker holds a fetch of idle partitions
-        // (a retry topic, say) for up to this long: 500 ms by default, a
-        // stall at every resume. Measured in the per-key test: 4.56 s at
-        // 500, 0.96 s at 100, 0.41 s at 20.
+        // Each partition is read from a queue of its own, and only while it
+        // holds less than its share of the prefetch. With partition queues,
+        // librdkafka applies these per partition: it stops fetching a
+        // partition whose queue holds this much (its defaults are 100,000
+        // records and 64 MiB), and checks again after the backoff (1 s by
+        // default, a stall once the worker catches up).
+        set_default(&mut consumer_config, "queued.min.messages", "10000");
+        set_default(&mut consumer_config, "queued.max.messages.kbytes", "4096");
+        set_default(&mut consumer_config, "fetch.queue.backoff.ms", "20");
+        // A partition whose queue fell below those thresholds joins the next
+        // fetch request only when the one in flight returns, and the broker
+        // holds a fetch of idle partitions (a retry topic, say) for up to
+        // this long: 500 ms by default. The throughput bench: 77k msg/s at
+        // 500 ms, 415k at 20 ms.
         set_default(&mut consumer_config, "fetch.wait.max.ms", "20");
-        let consumer: Consumer = consumer_config
+        let mut consumer: Consumer = consumer_config
             .create_with_context(ConsumerCtx::new(shared.clone()))
             .map_err(KafkaError::client("creating the consumer"))?;
+        let poller = shared.poller.clone();
+        consumer.set_nonempty_callback(move || poller.notify());
         let topics = config.subscriptions();
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer
@@ -176,10 +184,9 @@ impl Source for KafkaSource {
         Ok(())
     }
 
-    /// Nothing to do: each partition pauses itself at its share of the
-    /// prefetch, which bounds what the worker holds, and a runtime that
-    /// stops pulling fills those shares. (Pausing every partition here too
-    /// made a pause and a refetch of each for every few messages.)
+    /// Nothing to do: a partition is left unread while it holds its share
+    /// of the prefetch, which bounds what the worker holds, and a runtime
+    /// that stops pulling fills those shares.
     async fn pause(&mut self) -> Result<(), SourceError> {
         Ok(())
     }
@@ -217,32 +224,44 @@ impl Drop for KafkaSource {
 /// commits once more).
 fn poll_loop(shared: &Shared, consumer: Arc<Consumer>, done: oneshot::Sender<()>) {
     let mut owner = Owner::default();
-    let mut last_error = String::new();
+    let mut errors = ErrorLog::default();
     let mut batch = Vec::with_capacity(POLL_BATCH);
+    let mut readable = Vec::new();
     let mut stored_at = Instant::now();
     while !shared.stopping() {
-        // Wait for one record, then take what else is there without waiting.
-        let mut wait = POLL_WAIT;
+        // The consumer's queue: events (rebalances, errors), and records of
+        // a partition not (yet) given a queue of its own.
         while batch.len() < POLL_BATCH {
-            match consumer.poll(wait) {
+            match consumer.poll(Duration::ZERO) {
                 None => break,
                 Some(Ok(record)) => {
                     let (message, not_before) = owner.message(&record);
                     batch.push((message, rdkafka::Message::offset(&record), not_before));
-                    last_error.clear();
                 }
-                Some(Err(error)) => {
-                    let text = error.to_string();
-                    if text != last_error {
-                        tracing::warn!(%error, "Kafka consumer error (librdkafka retries)");
-                        last_error = text;
-                    }
-                }
+                Some(Err(error)) => errors.note(&error),
             }
-            wait = Duration::ZERO;
         }
+        let mut taken = batch.len();
         if !batch.is_empty() {
             shared.accept(&mut batch);
+        }
+        // Each partition's own queue, as far as it has room.
+        shared.readable(&mut readable);
+        for (queue, room) in readable.drain(..) {
+            for _ in 0..room.min(POLL_BATCH) {
+                match queue.poll(Duration::ZERO) {
+                    None => break,
+                    Some(Ok(record)) => {
+                        let (message, not_before) = owner.message(&record);
+                        batch.push((message, rdkafka::Message::offset(&record), not_before));
+                    }
+                    Some(Err(error)) => errors.note(&error),
+                }
+            }
+            taken += batch.len();
+            if !batch.is_empty() {
+                shared.accept(&mut batch);
+            }
         }
         if stored_at.elapsed() >= STORE_EVERY {
             shared.store_due(&consumer);
@@ -255,12 +274,34 @@ fn poll_loop(shared: &Shared, consumer: Arc<Consumer>, done: oneshot::Sender<()>
             ));
             break;
         }
+        if taken == 0 {
+            // Woken by a queue that got records, or a partition with room
+            // again; the timeout keeps storing offsets and serving events.
+            shared.poller.wait(POLL_WAIT);
+        }
     }
     shared.commit_now(&consumer);
+    shared.drop_queues();
     shared.set_consumer(None);
     drop(consumer);
     tracing::info!("Kafka consumer closed");
     let _ = done.send(());
+}
+
+/// Logs consumer errors, once per distinct error in a row.
+#[derive(Default)]
+struct ErrorLog {
+    last: String,
+}
+
+impl ErrorLog {
+    fn note(&mut self, error: &rdkafka::error::KafkaError) {
+        let text = error.to_string();
+        if text != self.last {
+            tracing::warn!(%error, "Kafka consumer error (librdkafka retries)");
+            self.last = text;
+        }
+    }
 }
 
 fn set_default(config: &mut ClientConfig, name: &str, value: &str) {

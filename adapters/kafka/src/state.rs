@@ -1,6 +1,6 @@
 //! What the poll thread, the runtime's source and the settle handles share:
-//! per-partition offsets and pause state, and the schedule of fetched
-//! records. One lock; librdkafka calls made under it (pause, resume, seek,
+//! per-partition offsets, shares and queues, and the schedule of fetched
+//! records. One lock; librdkafka calls made under it (partition queues,
 //! offset store) only enqueue work and return.
 
 use std::collections::HashMap;
@@ -10,18 +10,20 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use rdkafka::consumer::Consumer as _;
+use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::{Offset, TopicPartitionList};
 use sluicegate::Message;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::config::Ordering;
+use crate::context::ConsumerCtx;
 use crate::offsets::PartitionOffsets;
 use crate::schedule::Schedule;
 use crate::stats::KafkaStats;
 use crate::{Consumer, config::RETRY_SUFFIX};
 
-/// Fewest unsettled records a partition may hold before it is paused.
+/// Fewest unsettled records a partition may hold before reading it stops.
 const MIN_PARTITION_CAP: usize = 4;
 /// How long a record handed back (requeued, abandoned) waits before it is
 /// offered again: long enough that a saturated worker does not spin.
@@ -54,7 +56,6 @@ pub(crate) struct Pending {
     pub(crate) slot: Slot,
 }
 
-#[derive(Debug)]
 struct PartitionState {
     offsets: PartitionOffsets,
     generation: u64,
@@ -62,7 +63,11 @@ struct PartitionState {
     unsettled: usize,
     /// Handed to the runtime and not yet settled or handed back.
     out: usize,
-    paused: bool,
+    /// Reading stopped: the partition holds its share of the prefetch.
+    full: bool,
+    /// The partition's own queue in librdkafka, read only while it has room
+    /// (librdkafka stops fetching a partition whose queue is full).
+    queue: Option<Arc<PartitionQueue<ConsumerCtx>>>,
     /// The commit point moved since offsets were last stored.
     store_due: bool,
 }
@@ -80,9 +85,42 @@ struct State {
     revoking: bool,
 }
 
+/// Wakes the poll thread when it may have work: a queue got records (a
+/// librdkafka callback), or a full partition got room.
+#[derive(Default)]
+pub(crate) struct Poller {
+    woken: Mutex<bool>,
+    wake: Condvar,
+}
+
+impl Poller {
+    pub(crate) fn notify(&self) {
+        *self.woken.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        self.wake.notify_one();
+    }
+
+    /// Waits for a notification, at most `timeout`.
+    pub(crate) fn wait(&self, timeout: Duration) {
+        let mut woken = self.woken.lock().unwrap_or_else(PoisonError::into_inner);
+        if !*woken {
+            woken = self
+                .wake
+                .wait_timeout(woken, timeout)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        *woken = false;
+    }
+}
+
+/// A partition's own queue, and how many records it may take now.
+pub(crate) type Readable = (Arc<PartitionQueue<ConsumerCtx>>, usize);
+
 /// The state shared by the poll thread, the source and the settle handles.
 pub(crate) struct Shared {
     state: Mutex<State>,
+    /// Wakes the poll thread.
+    pub(crate) poller: Arc<Poller>,
     /// Wakes the source when a record becomes ready or the source fails.
     pub(crate) wake: Notify,
     /// Wakes a revoke waiting for the runtime's in-flight records.
@@ -111,6 +149,7 @@ impl Shared {
                 revoking: false,
             }),
             wake: Notify::new(),
+            poller: Arc::default(),
             settled: Condvar::new(),
             stats,
             ordering,
@@ -195,7 +234,38 @@ impl Shared {
         state.held += 1;
         self.stats.fetched.fetch_add(1, Relaxed);
         self.stats.note_held(state.held);
-        state.steer(&part, &self.stats);
+        let cap = state.partition_cap();
+        if let Some(p) = state.partitions.get_mut(&part) {
+            if p.unsettled >= cap && !p.full {
+                p.full = true;
+                self.stats.pauses.fetch_add(1, Relaxed);
+                self.stats.paused_partitions.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    /// The partitions with room, with their queues: the poll thread reads
+    /// these (at most the room each has).
+    pub(crate) fn readable(&self, out: &mut Vec<Readable>) {
+        let state = self.lock();
+        let cap = state.partition_cap();
+        for p in state.partitions.values() {
+            if let (Some(queue), false) = (&p.queue, p.full) {
+                out.push((queue.clone(), cap.saturating_sub(p.unsettled).max(1)));
+            }
+        }
+    }
+
+    /// Lets go of every partition queue (they hold the consumer), before
+    /// the consumer closes.
+    pub(crate) fn drop_queues(&self) {
+        let queues: Vec<_> = self
+            .lock()
+            .partitions
+            .values_mut()
+            .filter_map(|p| p.queue.take())
+            .collect();
+        drop(queues);
     }
 
     /// The next record the runtime may have, or when one comes due.
@@ -246,9 +316,22 @@ impl Shared {
             .chain
             .as_ref()
             .is_some_and(|chain| schedule.finished(chain));
-        state.steer(&slot.part, &self.stats);
+        let cap = state.partition_cap();
+        let mut room_again = false;
+        if let Some(p) = state.partitions.get_mut(&slot.part) {
+            // Read again once a quarter of the share is free: one wake-up of
+            // the poll thread per batch, not per record.
+            if p.full && p.unsettled <= cap - cap / 4 {
+                p.full = false;
+                room_again = true;
+                self.stats.paused_partitions.fetch_sub(1, Relaxed);
+            }
+        }
         let revoking = state.revoking;
         drop(state);
+        if room_again {
+            self.poller.notify();
+        }
         // Each of these costs a syscall or an atomic round; only when
         // someone may be waiting for it.
         if revoking {
@@ -286,7 +369,7 @@ impl Shared {
     }
 
     /// Partitions assigned to this worker (on the poll thread).
-    pub(crate) fn assigned(&self, consumer: &Consumer, tpl: &TopicPartitionList) {
+    pub(crate) fn assigned(&self, tpl: &TopicPartitionList) {
         let mut state = self.lock();
         let mut names = Vec::new();
         for elem in tpl.elements() {
@@ -304,16 +387,39 @@ impl Shared {
                     generation,
                     unsettled: 0,
                     out: 0,
-                    paused: false,
+                    full: false,
+                    queue: None,
                     store_due: false,
                 },
             );
         }
-        // librdkafka keeps a partition's pause across rebalances: one paused
-        // when it was revoked would come back paused, and never resume.
-        if let Err(error) = consumer.resume(tpl) {
-            tracing::warn!(%error, "could not resume newly assigned partitions");
+        // Each partition gets a queue of its own, so it can be left unread
+        // while it holds its share (librdkafka then stops fetching it)
+        // without holding up the others. Split before any record of it is
+        // fetched: fetching starts only once the committed offset is known.
+        let consumer = state.consumer.clone();
+        if let Some(consumer) = consumer {
+            for elem in tpl.elements() {
+                let part = PartitionId {
+                    topic: elem.topic().into(),
+                    partition: elem.partition(),
+                };
+                match consumer.split_partition_queue(elem.topic(), elem.partition()) {
+                    Some(mut queue) => {
+                        let poller = self.poller.clone();
+                        queue.set_nonempty_callback(move || poller.notify());
+                        if let Some(p) = state.partitions.get_mut(&part) {
+                            p.queue = Some(Arc::new(queue));
+                        }
+                    }
+                    None => {
+                        tracing::warn!(topic = %part.topic, partition = part.partition, "no queue of its own for this partition; its records come through the consumer's queue")
+                    }
+                }
+            }
         }
+        drop(state);
+        self.poller.notify();
         self.stats.rebalances.fetch_add(1, Relaxed);
         tracing::info!(partitions = %names.join(","), "partitions assigned");
     }
@@ -363,7 +469,7 @@ impl Shared {
         for part in &parts {
             if let Some(p) = state.partitions.remove(part) {
                 state.held = state.held.saturating_sub(p.unsettled);
-                if p.paused {
+                if p.full {
                     self.stats.paused_partitions.fetch_sub(1, Relaxed);
                 }
                 released.push((part, p.offsets));
@@ -417,7 +523,8 @@ impl Shared {
     pub(crate) fn set_capacity(&self, capacity: usize) {
         let mut state = self.lock();
         state.capacity = capacity.max(1);
-        state.steer_all(&self.stats);
+        drop(state);
+        self.poller.notify();
     }
 
     pub(crate) fn fail(&self, failure: String) {
@@ -476,57 +583,5 @@ impl State {
             .filter(|p| !p.topic.ends_with(RETRY_SUFFIX))
             .count();
         (self.capacity / main.max(1)).max(MIN_PARTITION_CAP)
-    }
-
-    fn steer_all(&mut self, stats: &KafkaStats) {
-        let parts: Vec<PartitionId> = self.partitions.keys().cloned().collect();
-        for part in &parts {
-            self.steer(part, stats);
-        }
-    }
-
-    /// Pauses a partition that holds its share of the prefetch; resumes it once it is down to half its share (hysteresis).
-    /// librdkafka drops what it prefetched for a paused partition, so a
-    /// resume seeks to the offset after the last record taken.
-    fn steer(&mut self, part: &PartitionId, stats: &KafkaStats) {
-        let cap = self.partition_cap();
-        let Some(p) = self.partitions.get_mut(part) else {
-            return;
-        };
-        let want = p.unsettled >= cap || (p.paused && p.unsettled > cap / 2);
-        if want == p.paused {
-            return;
-        }
-        let Some(consumer) = &self.consumer else {
-            return;
-        };
-        let mut tpl = TopicPartitionList::with_capacity(1);
-        tpl.add_partition(&part.topic, part.partition);
-        let result = if want {
-            stats.pauses.fetch_add(1, Relaxed);
-            consumer.pause(&tpl)
-        } else {
-            consumer
-                .resume(&tpl)
-                .and_then(|()| match p.offsets.next_fetch() {
-                    Some(next) => consumer.seek(
-                        &part.topic,
-                        part.partition,
-                        Offset::Offset(next),
-                        Duration::ZERO,
-                    ),
-                    None => Ok(()),
-                })
-        };
-        match result {
-            Ok(()) => {
-                p.paused = want;
-                let paused = if want { 1 } else { -1 };
-                stats.paused_partitions.fetch_add(paused, Relaxed);
-            }
-            Err(error) => {
-                tracing::warn!(topic = %part.topic, partition = part.partition, pause = want, %error, "could not pause or resume a partition")
-            }
-        }
     }
 }

@@ -10,8 +10,8 @@ use std::sync::atomic::Ordering::Relaxed;
 pub struct KafkaStats {
     /// Records taken from librdkafka (first fetches only).
     pub fetched: AtomicU64,
-    /// Records fetched again after a pause or seek, or for partitions no
-    /// longer assigned, and skipped.
+    /// Records fetched before, or for partitions no longer assigned, and
+    /// skipped.
     pub skipped: AtomicU64,
     /// Records handed back unfinished and offered again (requeue, abandon,
     /// a republish that failed).
@@ -23,9 +23,10 @@ pub struct KafkaStats {
     /// Settlements for partitions revoked meanwhile: their records are
     /// handled again by the next owner.
     pub late_settlements: AtomicU64,
-    /// Partitions paused now.
+    /// Partitions left unread now: each holds its share of the prefetch
+    /// (librdkafka stops fetching them once their queues fill).
     pub paused_partitions: AtomicI64,
-    /// Times a partition was paused.
+    /// Times a partition reached its share and was left unread.
     pub pauses: AtomicU64,
     /// Assignments and revocations.
     pub rebalances: AtomicU64,
