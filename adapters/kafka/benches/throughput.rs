@@ -8,6 +8,7 @@
 //! ```text
 //! cargo bench -p sluicegate-kafka --bench throughput     # 200k records, 3 rounds
 //! KAFKA_BENCH_MESSAGES=50000 KAFKA_BENCH_ROUNDS=1 cargo bench -p sluicegate-kafka --bench throughput
+//! KAFKA_BENCH_ONLY=unordered cargo bench -p sluicegate-kafka --bench throughput  # sluicegate alone, for a profiler
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -120,6 +121,18 @@ fn main() {
             .collect();
         common::produce(&topic, records).await;
     });
+    if let Ok(only) = std::env::var("KAFKA_BENCH_ONLY") {
+        let ordering = match only.as_str() {
+            "partition" => Ordering::Partition,
+            "key" => Ordering::Key,
+            _ => Ordering::Unordered,
+        };
+        for round in 1..=rounds {
+            let rate = rt.block_on(sluicegate(&topic, n, ordering));
+            println!("round {round}: sluicegate {ordering:?} {rate:.0} msg/s");
+        }
+        return;
+    }
     println!(
         "Kafka consume+commit, {n} records of 256 B over {PARTITIONS} partitions, {rounds} rounds (msg/s)"
     );
