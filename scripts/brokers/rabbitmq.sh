@@ -1,12 +1,53 @@
 # Sourced by scripts/test: makes sure a RabbitMQ server answers on
-# 127.0.0.1:5672, installing Debian's rabbitmq-server and starting it when
-# absent, reusing one that already runs.
+# 127.0.0.1:5672 (AMQP) and 127.0.0.1:5671 (AMQP over TLS, with a test CA
+# whose certificate is exported as $AMQP_TLS_CA), installing Debian's
+# rabbitmq-server and starting it when absent, reusing one that already runs.
+
+RABBITMQ_TLS_DIR=/etc/rabbitmq/sluicegate-tls
+
+# A test CA and a server certificate for 127.0.0.1, and a rabbitmq.conf
+# with a TLS listener on 5671 (written only when there is none, or ours).
+rabbitmq_tls_setup() {
+  local dir=$RABBITMQ_TLS_DIR conf=/etc/rabbitmq/rabbitmq.conf
+  if [ -f "$conf" ] && ! grep -q "sluicegate-tls" "$conf"; then
+    echo "scripts/test: $conf exists and is not ours; add a TLS listener on 5671 using $dir, or remove it" >&2
+    return 1
+  fi
+  mkdir -p "$dir"
+  if [ ! -f "$dir/server.pem" ]; then
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj /CN=sluicegate-test-ca \
+      -keyout "$dir/ca.key" -out "$dir/ca.pem" >/dev/null 2>&1 &&
+      openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 \
+        -keyout "$dir/server.key" -out "$dir/server.csr" >/dev/null 2>&1 &&
+      printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$dir/san.ext" &&
+      openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" \
+        -CAcreateserial -days 3650 -extfile "$dir/san.ext" -out "$dir/server.pem" >/dev/null 2>&1 || {
+      echo "scripts/test: making RabbitMQ's test certificates with openssl failed" >&2
+      return 1
+    }
+    chmod 644 "$dir"/*
+  fi
+  cat >"$conf" <<EOF
+# Written by sluicegate's scripts/test (sluicegate-tls): a TLS listener for the tests.
+listeners.ssl.default = 5671
+ssl_options.cacertfile = $dir/ca.pem
+ssl_options.certfile = $dir/server.pem
+ssl_options.keyfile = $dir/server.key
+ssl_options.verify = verify_none
+ssl_options.fail_if_no_peer_cert = false
+EOF
+}
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 ensure_rabbitmq() {
+  export AMQP_TLS_CA="$RABBITMQ_TLS_DIR/ca.pem"
   if port_open 5672; then
-    echo "RabbitMQ: already listening on 127.0.0.1:5672, reusing it"
+    if ! port_open 5671 || [ ! -f "$AMQP_TLS_CA" ]; then
+      echo "scripts/test: a RabbitMQ on 127.0.0.1:5672 runs without this script's TLS listener on 5671; stop it (rabbitmqctl shutdown) and run again" >&2
+      return 1
+    fi
+    echo "RabbitMQ: already listening on 127.0.0.1:5672 and :5671 (TLS), reusing it"
     return 0
   fi
   if ! command -v rabbitmq-server >/dev/null 2>&1; then
@@ -18,6 +59,7 @@ ensure_rabbitmq() {
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null
   fi
+  rabbitmq_tls_setup || return 1
   echo "RabbitMQ: starting"
   # Debian's package may not start it (no init system here): start it directly.
   rabbitmq-server -detached
@@ -32,9 +74,13 @@ ensure_rabbitmq() {
     sleep 2
   done
   for _ in $(seq 1 60); do
-    port_open 5672 && { echo "RabbitMQ: up on 127.0.0.1:5672 ($(rabbitmqctl version 2>/dev/null))"; return 0; }
+    port_open 5672 && port_open 5671 && {
+      echo "RabbitMQ: up on 127.0.0.1:5672 and :5671 (TLS) ($(rabbitmqctl version 2>/dev/null))"
+      return 0
+    }
     sleep 1
   done
-  echo "scripts/test: RabbitMQ started but 127.0.0.1:5672 does not answer" >&2
+  echo "scripts/test: RabbitMQ started but 127.0.0.1:5672 or :5671 (TLS) does not answer" >&2
+  tail -n 40 /var/log/rabbitmq/*.log >&2 2>/dev/null || true
   return 1
 }

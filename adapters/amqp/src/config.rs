@@ -30,6 +30,9 @@ pub struct AmqpConfig {
     pub(crate) declare: Declare,
     pub(crate) dead_letter_queue: Option<String>,
     pub(crate) max_priority: u8,
+    /// A PEM file of certificates to trust for amqps://, besides the
+    /// system's roots (a private CA).
+    pub(crate) tls_ca: Option<String>,
 }
 
 /// The environment variables the adapter reads: name, default, meaning.
@@ -55,6 +58,11 @@ pub const ENV_VARS: &[(&str, &str, &str)] = &[
         "the dead-letter queue (one for every work queue when set)",
     ),
     (
+        "SLUICEGATE_AMQP_TLS_CA",
+        "(system roots)",
+        "a PEM file of CA certificates to trust for amqps:// (a private CA)",
+    ),
+    (
         "SLUICEGATE_AMQP_MAX_PRIORITY",
         "0",
         "x-max-priority of the work queue (0 = no priorities). 0-255",
@@ -70,6 +78,7 @@ impl AmqpConfig {
             declare: Declare::Create,
             dead_letter_queue: None,
             max_priority: 0,
+            tls_ca: None,
         }
     }
 
@@ -145,6 +154,16 @@ impl AmqpConfig {
             }
             config.dead_letter_queue = Some(dlq.trim().to_owned());
         }
+        if let Some(ca) = lookup("SLUICEGATE_AMQP_TLS_CA") {
+            if ca.trim().is_empty() {
+                return Err(ConfigError::new(
+                    "SLUICEGATE_AMQP_TLS_CA",
+                    ca,
+                    "the path of a PEM file",
+                ));
+            }
+            config.tls_ca = Some(ca.trim().to_owned());
+        }
         Ok(config)
     }
 
@@ -182,6 +201,14 @@ impl AmqpConfig {
     /// Declare the work queue with `x-max-priority` (0: no priorities).
     pub fn max_priority(mut self, max: u8) -> Self {
         self.max_priority = max;
+        self
+    }
+
+    /// Trust the CA certificates in this PEM file for amqps://, besides the
+    /// system's roots. The file is read at each connect; a missing or
+    /// unreadable file fails the connect with its path.
+    pub fn tls_ca(mut self, pem_file: impl Into<String>) -> Self {
+        self.tls_ca = Some(pem_file.into());
         self
     }
 

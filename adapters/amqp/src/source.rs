@@ -9,6 +9,7 @@ use futures_util::{FutureExt, Stream, StreamExt};
 use lapin::options::{
     BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
+use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Connection, ConnectionProperties};
 use sluicegate::{Delivery, Source, SourceError};
@@ -74,12 +75,28 @@ impl Link {
     /// and declares (or checks) every work queue and dead-letter queue.
     async fn open(config: &AmqpConfig) -> Result<Self, AmqpError> {
         let url = &config.url;
-        let connection = Connection::connect(url, ConnectionProperties::default())
-            .await
-            .map_err(AmqpError::broker(format!(
-                "connecting to AMQP_URL={}",
-                redact(url)
-            )))?;
+        let connecting = format!("connecting to AMQP_URL={}", redact(url));
+        let connection = match &config.tls_ca {
+            None => Connection::connect(url, ConnectionProperties::default()).await,
+            Some(path) => {
+                let pem = std::fs::read_to_string(path).map_err(|e| {
+                    AmqpError::Config(sluicegate::ConfigError::new(
+                        "SLUICEGATE_AMQP_TLS_CA",
+                        path,
+                        format!("a readable PEM file ({e})"),
+                    ))
+                })?;
+                let tls = OwnedTLSConfig {
+                    identity: None,
+                    cert_chain: Some(pem),
+                };
+                let runtime = lapin::runtime::default_runtime()
+                    .map_err(AmqpError::broker(connecting.clone()))?;
+                Connection::connect_with_config(url, ConnectionProperties::default(), tls, runtime)
+                    .await
+            }
+        }
+        .map_err(AmqpError::broker(connecting))?;
         let channel = connection
             .create_channel()
             .await

@@ -636,3 +636,152 @@ async fn several_queues_are_consumed_as_priority_lanes() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqps_with_a_private_ca_consumes_and_tls_errors_name_what_failed() {
+    let _serial = SERIAL.lock().await;
+    let ca = std::env::var("AMQP_TLS_CA")
+        .expect("AMQP_TLS_CA: the test CA of RabbitMQ's TLS listener (scripts/test sets it up)");
+    let tls_url = "amqps://127.0.0.1:5671/%2f";
+    let queue = unique("tls");
+
+    // The broker's certificate is signed by a private CA: the system's
+    // roots alone do not trust it.
+    let error = AmqpSource::connect(AmqpConfig::new(tls_url, &queue))
+        .await
+        .err()
+        .unwrap();
+    println!("without the CA: {error}");
+    assert!(error.to_string().contains(tls_url), "{error}");
+    assert!(error.to_string().contains("certificate"), "{error}");
+    // A CA file that is not there is named, with its path.
+    let error = AmqpSource::connect(AmqpConfig::new(tls_url, &queue).tls_ca("/nonexistent/ca.pem"))
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        error.to_string().contains("SLUICEGATE_AMQP_TLS_CA"),
+        "{error}"
+    );
+    assert!(error.to_string().contains("/nonexistent/ca.pem"), "{error}");
+
+    let config = AmqpConfig::from_lookup(|name| match name {
+        "AMQP_URL" => Some(tls_url.to_owned()),
+        "SLUICEGATE_QUEUE" => Some(queue.clone()),
+        "SLUICEGATE_AMQP_TLS_CA" => Some(ca.clone()),
+        _ => None,
+    })
+    .unwrap();
+    let source = AmqpSource::connect(config).await.unwrap();
+    let (_conn, ch) = channel().await;
+    let payloads: Vec<Vec<u8>> = (0..200).map(|i| format!("{i}").into_bytes()).collect();
+    publish_all(&ch, &queue, &payloads).await;
+    let seen: Arc<Mutex<BTreeSet<u32>>> = Arc::default();
+    let log = Arc::clone(&seen);
+    let handler = move |text: String| {
+        log.lock().unwrap().insert(text.parse().unwrap());
+        async {}
+    };
+    let run = run_until_metrics(Worker::new(source, handler), |m| m.acked >= 200);
+    let report = finished(run, Duration::from_secs(60)).await;
+    assert_eq!(report.metrics.acked, 200);
+    assert_eq!(seen.lock().unwrap().len(), 200);
+    assert_eq!(ready(&ch, &queue).await, 0);
+    assert_eq!(broker_unacked(&queue), 0);
+    delete(&ch, &[queue.clone(), format!("{queue}.dlq")]).await;
+}
+
+/// Puts RabbitMQ's consumer timeout (and the channel tick that checks it)
+/// back to their defaults, even if the test fails.
+struct ConsumerTimeoutGuard;
+
+impl ConsumerTimeoutGuard {
+    fn set(timeout_ms: u64, tick_ms: u64) {
+        let expression = format!(
+            "application:set_env(rabbit, consumer_timeout, {timeout_ms}), application:set_env(rabbit, channel_tick_interval, {tick_ms})."
+        );
+        let out = Command::new("rabbitmqctl")
+            .args(["eval", &expression])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+}
+
+impl Drop for ConsumerTimeoutGuard {
+    fn drop(&mut self) {
+        Self::set(1_800_000, 60_000);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_outliving_the_consumer_timeout_costs_a_reconnect_not_a_message() {
+    let _serial = SERIAL.lock().await;
+    let queue = unique("consumer-timeout");
+    // Channels opened from now on time out unacked deliveries after 1 s,
+    // checked every 200 ms.
+    let _guard = ConsumerTimeoutGuard;
+    ConsumerTimeoutGuard::set(1_000, 200);
+    let source = AmqpSource::connect(AmqpConfig::new(url(), &queue))
+        .await
+        .unwrap();
+    let (_conn, ch) = channel().await;
+    let payloads: Vec<Vec<u8>> = (0..50).map(|i| format!("{i}").into_bytes()).collect();
+    publish_all(&ch, &queue, &payloads).await;
+    let handled: Arc<Mutex<BTreeMap<u32, u32>>> = Arc::default();
+    let log = Arc::clone(&handled);
+    let handler = move |text: String| {
+        let id: u32 = text.parse().unwrap();
+        let first = {
+            let mut handled = log.lock().unwrap();
+            let n = handled.entry(id).or_default();
+            *n += 1;
+            *n == 1
+        };
+        async move {
+            // Message 7 takes 3 s the first time: longer than the timeout.
+            if id == 7 && first {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            }
+        }
+    };
+    let worker =
+        Worker::new(source, handler).config(Config::default().prefetch(10).max_in_flight(4));
+    let done = Arc::clone(&handled);
+    let run = tokio::spawn(worker.run_until(async move {
+        loop {
+            let all = {
+                let handled = done.lock().unwrap();
+                handled.len() == 50 && handled.get(&7).is_some_and(|n| *n >= 2)
+            };
+            if all {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }));
+    let report = finished(run, Duration::from_secs(60)).await;
+    let handled = handled.lock().unwrap().clone();
+    println!(
+        "consumer timeout: message 7 handled {} times, {} source errors, {} settlements refused, {} handled twice in all",
+        handled[&7],
+        report.metrics.source_errors,
+        report.metrics.settle_errors,
+        handled.values().map(|n| n - 1).sum::<u32>()
+    );
+    assert!(
+        report.metrics.source_errors >= 1,
+        "the channel close was seen: {:?}",
+        report.metrics
+    );
+    assert!(handled[&7] >= 2, "message 7 came back after the timeout");
+    assert_eq!(handled.len(), 50, "every message handled");
+    wait_until(
+        "the broker to settle everything",
+        Duration::from_secs(10),
+        || broker_unacked(&queue) == 0,
+    )
+    .await;
+    assert_eq!(ready(&ch, &queue).await, 0, "nothing left behind");
+    delete(&ch, &[queue.clone(), format!("{queue}.dlq")]).await;
+}
