@@ -43,12 +43,20 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 ensure_rabbitmq() {
   export AMQP_TLS_CA="$RABBITMQ_TLS_DIR/ca.pem"
   if port_open 5672; then
-    if ! port_open 5671 || [ ! -f "$AMQP_TLS_CA" ]; then
-      echo "scripts/test: a RabbitMQ on 127.0.0.1:5672 runs without this script's TLS listener on 5671; stop it (rabbitmqctl shutdown) and run again" >&2
+    if port_open 5671 && [ -f "$AMQP_TLS_CA" ]; then
+      echo "RabbitMQ: already listening on 127.0.0.1:5672 and :5671 (TLS), reusing it"
+      return 0
+    fi
+    # Running without the TLS listener (a package that started it on
+    # install, say): restart the local node with it, if it is ours to manage.
+    if command -v rabbitmqctl >/dev/null 2>&1 && rabbitmqctl status >/dev/null 2>&1; then
+      echo "RabbitMQ: running without the TLS listener; restarting the local node with it"
+      rabbitmqctl shutdown >/dev/null 2>&1 || true
+      for _ in $(seq 1 30); do port_open 5672 || break; sleep 1; done
+    else
+      echo "scripts/test: a RabbitMQ on 127.0.0.1:5672 runs without this script's TLS listener on 5671, and rabbitmqctl cannot manage it; stop it and run again" >&2
       return 1
     fi
-    echo "RabbitMQ: already listening on 127.0.0.1:5672 and :5671 (TLS), reusing it"
-    return 0
   fi
   if ! command -v rabbitmq-server >/dev/null 2>&1; then
     if [ "$(id -u)" != 0 ]; then
