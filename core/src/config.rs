@@ -23,6 +23,9 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::breaker::BreakerPolicy;
+use crate::rate::RateLimit;
+
 use crate::retry::RetryPolicy;
 
 /// What the runtime does with an arriving message when its lanes are full.
@@ -155,6 +158,41 @@ pub const ENV_VARS: &[(&str, &str, &str)] = &[
         "10000",
         "on shutdown, how long running handlers may finish before they are cancelled and requeued. >= 0",
     ),
+    (
+        "SLUICEGATE_RATE_LIMIT",
+        "0",
+        "handler starts per second at most (a token bucket); 0 = no limit",
+    ),
+    (
+        "SLUICEGATE_BURST",
+        "1",
+        "with a rate limit: the most starts at once after a quiet spell. >= 1",
+    ),
+    (
+        "SLUICEGATE_BREAKER_FAILURES",
+        "0",
+        "circuit breaker: failures in a row that open it; 0 = off",
+    ),
+    (
+        "SLUICEGATE_BREAKER_FAILURE_RATE",
+        "(off)",
+        "circuit breaker: also open when more than this share (0-1) of the last BREAKER_WINDOW results failed",
+    ),
+    (
+        "SLUICEGATE_BREAKER_WINDOW",
+        "20",
+        "circuit breaker: results the failure rate is taken over. >= 1",
+    ),
+    (
+        "SLUICEGATE_BREAKER_COOLDOWN_MS",
+        "5000",
+        "circuit breaker: how long it stays open before probing. >= 1",
+    ),
+    (
+        "SLUICEGATE_BREAKER_PROBES",
+        "1",
+        "circuit breaker: probes when half-open; all must succeed to close it. >= 1",
+    ),
 ];
 
 /// The runtime's settings. Start from [`Config::default`] or
@@ -168,6 +206,8 @@ pub struct Config {
     retry: RetryPolicy,
     handler_timeout: Duration,
     shutdown_grace: Duration,
+    rate_limit: Option<RateLimit>,
+    breaker: Option<BreakerPolicy>,
 }
 
 impl Default for Config {
@@ -180,6 +220,8 @@ impl Default for Config {
             retry: RetryPolicy::default(),
             handler_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
+            rate_limit: None,
+            breaker: None,
         }
     }
 }
@@ -247,8 +289,74 @@ impl Config {
         if let Some(v) = env.millis("SLUICEGATE_SHUTDOWN_GRACE_MS")? {
             self.shutdown_grace = v;
         }
+        self.rate_limit_from(&env)?;
+        self.breaker_from(&env)?;
         self.validate()?;
         Ok(self)
+    }
+
+    fn rate_limit_from(&mut self, env: &EnvReader<'_>) -> Result<(), ConfigError> {
+        let rate = env.parse::<u32>(
+            "SLUICEGATE_RATE_LIMIT",
+            "a whole number of handler starts per second (0 = no limit)",
+        )?;
+        let burst = env.parse::<u32>("SLUICEGATE_BURST", "a whole number from 1")?;
+        if burst == Some(0) {
+            return Err(ConfigError::new(
+                "SLUICEGATE_BURST",
+                0,
+                "a whole number from 1",
+            ));
+        }
+        match rate {
+            Some(0) => self.rate_limit = None,
+            Some(n) => self.rate_limit = RateLimit::per_second(n),
+            None => {}
+        }
+        if let (Some(limit), Some(burst)) = (self.rate_limit, burst) {
+            self.rate_limit = limit.burst(burst);
+        }
+        Ok(())
+    }
+
+    fn breaker_from(&mut self, env: &EnvReader<'_>) -> Result<(), ConfigError> {
+        let failures =
+            env.parse::<u32>("SLUICEGATE_BREAKER_FAILURES", "a whole number (0 = off)")?;
+        let expected = "a share between 0 and 1, exclusive (0.5 = half)";
+        let rate = env.parse::<f64>("SLUICEGATE_BREAKER_FAILURE_RATE", expected)?;
+        if let Some(r) = rate.filter(|r| !(*r > 0.0 && *r < 1.0)) {
+            return Err(ConfigError::new(
+                "SLUICEGATE_BREAKER_FAILURE_RATE",
+                r,
+                expected,
+            ));
+        }
+        let window = env.parse::<u32>("SLUICEGATE_BREAKER_WINDOW", "a whole number from 1")?;
+        let cool_down = env.millis("SLUICEGATE_BREAKER_COOLDOWN_MS")?;
+        let probes = env.parse::<u32>("SLUICEGATE_BREAKER_PROBES", "a whole number from 1")?;
+        let on = failures.is_some_and(|n| n > 0) || rate.is_some();
+        let mut policy = match (self.breaker, on) {
+            (Some(policy), _) => policy,
+            (None, true) => BreakerPolicy::consecutive(0),
+            (None, false) => return Ok(()),
+        };
+        if let Some(n) = failures {
+            policy.consecutive = n;
+        }
+        if let Some(r) = rate {
+            policy = policy.failure_rate(r, window.unwrap_or(20));
+        } else if let (Some(w), Some((r, _))) = (window, policy.failure_rate_window()) {
+            policy = policy.failure_rate(r, w);
+        }
+        if let Some(d) = cool_down {
+            policy = policy.cool_down(d);
+        }
+        if let Some(n) = probes {
+            policy = policy.probes(n);
+        }
+        let disabled = policy.consecutive_failures() == 0 && policy.failure_rate_window().is_none();
+        self.breaker = (!disabled).then_some(policy);
+        Ok(())
     }
 
     /// Checks the settings together; [`crate::Worker`] calls this before
@@ -318,6 +426,38 @@ impl Config {
                 0,
                 "at least 1",
             ));
+        }
+        if let Some(breaker) = &self.breaker {
+            if breaker.cool_down_duration().is_zero() {
+                return Err(ConfigError::new(
+                    "SLUICEGATE_BREAKER_COOLDOWN_MS",
+                    0,
+                    "at least 1",
+                ));
+            }
+            if breaker.probe_count() == 0 {
+                return Err(ConfigError::new(
+                    "SLUICEGATE_BREAKER_PROBES",
+                    0,
+                    "at least 1",
+                ));
+            }
+            if let Some((rate, window)) = breaker.failure_rate_window() {
+                if !(rate > 0.0 && rate < 1.0) {
+                    return Err(ConfigError::new(
+                        "SLUICEGATE_BREAKER_FAILURE_RATE",
+                        rate,
+                        "a share between 0 and 1, exclusive",
+                    ));
+                }
+                if window == 0 {
+                    return Err(ConfigError::new(
+                        "SLUICEGATE_BREAKER_WINDOW",
+                        0,
+                        "at least 1",
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -397,6 +537,28 @@ impl Config {
     /// The shutdown grace period.
     pub fn shutdown_grace_duration(&self) -> Duration {
         self.shutdown_grace
+    }
+
+    /// Limits how fast handlers start (a token bucket).
+    pub fn rate_limit(mut self, limit: RateLimit) -> Self {
+        self.rate_limit = Some(limit);
+        self
+    }
+
+    /// The rate limit, if any.
+    pub fn rate_limit_policy(&self) -> Option<RateLimit> {
+        self.rate_limit
+    }
+
+    /// Puts a circuit breaker around the handler.
+    pub fn breaker(mut self, policy: BreakerPolicy) -> Self {
+        self.breaker = Some(policy);
+        self
+    }
+
+    /// The circuit breaker, if any.
+    pub fn breaker_policy(&self) -> Option<&BreakerPolicy> {
+        self.breaker.as_ref()
     }
 
     /// How many of the prefetch slots are kept free to see and settle

@@ -11,6 +11,7 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use tokio::time::Instant;
 
+use crate::breaker::{Breaker, Verdict};
 use crate::gate::Permit;
 use crate::handler::ErasedHandler;
 use crate::message::{Delivery, Message, Settlement};
@@ -26,6 +27,35 @@ pub(crate) struct Dispatch {
     pub(crate) on_settled: Option<OnSettled>,
     pub(crate) retry: RetryPolicy,
     pub(crate) timeout: Duration,
+    pub(crate) breaker: Option<Arc<Breaker>>,
+}
+
+/// Tells the circuit breaker how a run went, on every path: a run that is
+/// cancelled reports nothing but still gives its probe slot back.
+struct BreakerVerdict<'a> {
+    breaker: Option<&'a Breaker>,
+    probe: bool,
+    verdict: Verdict,
+}
+
+impl BreakerVerdict<'_> {
+    fn report(mut self, outcome: &Outcome) {
+        self.verdict = match outcome {
+            Outcome::Ack | Outcome::Drop { .. } => Verdict::Success,
+            // Retryable errors, timeouts and panics: the dependency's trouble.
+            Outcome::Retry { .. } => Verdict::Failure,
+            // Permanent errors and malformed payloads: the message's.
+            Outcome::DeadLetter { .. } | Outcome::Requeue => Verdict::Neither,
+        };
+    }
+}
+
+impl Drop for BreakerVerdict<'_> {
+    fn drop(&mut self) {
+        if let Some(breaker) = self.breaker {
+            breaker.record(self.probe, self.verdict);
+        }
+    }
 }
 
 /// Counts a running handler; on drop (every path, cancellation included)
@@ -51,11 +81,18 @@ impl Drop for Running<'_> {
 
 impl Dispatch {
     /// Runs the handler on `delivery` holding `permit`, then settles it.
-    pub(crate) async fn run(self: Arc<Self>, delivery: Delivery, permit: Permit) {
+    /// A `probe` run is one the half-open circuit breaker let through.
+    pub(crate) async fn run(self: Arc<Self>, delivery: Delivery, permit: Permit, probe: bool) {
         let message = delivery.shared_message();
         let running = Running::start(&self.metrics, message.received_at());
+        let verdict = BreakerVerdict {
+            breaker: self.breaker.as_deref(),
+            probe,
+            verdict: Verdict::Neither,
+        };
         let outcome = self.invoke(Arc::clone(&message)).await;
         drop(running);
+        verdict.report(&outcome);
         // The permit covers exactly the handler's run: settling does not hold it.
         drop(permit);
         let (settlement, how) = self.decide(&message, outcome);

@@ -38,6 +38,12 @@ impl Gate {
         }
     }
 
+    /// Permits free now (only the runtime's loop takes them, so this many
+    /// `try_admit`s succeed).
+    pub(crate) fn available(&self) -> usize {
+        self.permits.available_permits()
+    }
+
     /// A permit now, if one is free.
     pub(crate) fn try_admit(&self) -> Option<Permit> {
         let permit = Arc::clone(&self.permits).try_acquire_owned().ok()?;

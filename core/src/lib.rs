@@ -43,6 +43,7 @@
 //! [`source`] (the adapter contract), [`memory`] (the in-memory broker),
 //! [`metrics`], [`shutdown`], and the runtime ([`Worker`]).
 
+mod breaker;
 pub mod config;
 mod dispatch;
 mod gate;
@@ -52,6 +53,7 @@ pub mod memory;
 pub mod message;
 pub mod metrics;
 pub mod outcome;
+mod rate;
 pub mod retry;
 mod runtime;
 pub mod settled;
@@ -59,6 +61,7 @@ pub mod shutdown;
 pub mod source;
 mod tracker;
 
+pub use breaker::{BreakerPolicy, BreakerState};
 pub use config::{Config, ConfigError, Overflow};
 pub use handler::{Context, FromMessage, Handler, Json, MessageHandler, Payload, Rejection};
 pub use message::{
@@ -66,6 +69,7 @@ pub use message::{
 };
 pub use metrics::{Metrics, MetricsSnapshot};
 pub use outcome::{BoxError, ErrorKind, HandlerError, IntoOutcome, Outcome};
+pub use rate::RateLimit;
 pub use retry::RetryPolicy;
 pub use runtime::{DrainReport, Error, Report, StopReason, Worker};
 pub use settled::Settled;

@@ -33,6 +33,9 @@ pub struct Metrics {
     pub(crate) overflowed: AtomicU64,
     pub(crate) settle_errors: AtomicU64,
     pub(crate) source_errors: AtomicU64,
+    pub(crate) breaker_state: AtomicU64,
+    pub(crate) breaker_opened: AtomicU64,
+    pub(crate) rate_limited: AtomicU64,
     held: Gauge,
     running: Gauge,
     queued: AtomicU64,
@@ -107,6 +110,9 @@ impl Metrics {
             overflowed: AtomicU64::new(0),
             settle_errors: AtomicU64::new(0),
             source_errors: AtomicU64::new(0),
+            breaker_state: AtomicU64::new(0),
+            breaker_opened: AtomicU64::new(0),
+            rate_limited: AtomicU64::new(0),
             held: Gauge::default(),
             running: Gauge::default(),
             queued: AtomicU64::new(0),
@@ -147,6 +153,9 @@ impl Metrics {
             overflowed: self.overflowed.load(Relaxed),
             settle_errors: self.settle_errors.load(Relaxed),
             source_errors: self.source_errors.load(Relaxed),
+            breaker: crate::BreakerState::from_code(self.breaker_state.load(Relaxed)),
+            breaker_opened: self.breaker_opened.load(Relaxed),
+            rate_limited: self.rate_limited.load(Relaxed),
             held: self.held.now.load(Relaxed),
             max_held: self.held.max.load(Relaxed),
             running: self.running.now.load(Relaxed),
@@ -191,6 +200,12 @@ pub struct MetricsSnapshot {
     pub settle_errors: u64,
     /// Errors from the source (the runtime backs off and tries again).
     pub source_errors: u64,
+    /// The circuit breaker now (closed when there is none).
+    pub breaker: crate::BreakerState,
+    /// Times the circuit breaker opened.
+    pub breaker_opened: u64,
+    /// Times the rate limit held a waiting delivery back.
+    pub rate_limited: u64,
     /// Deliveries held now (queued + running + being settled).
     pub held: u64,
     /// The most ever held at once.
@@ -242,7 +257,18 @@ impl fmt::Display for MetricsSnapshot {
             self.handler_p99,
             self.queue_p50,
             self.queue_p99,
-        )
+        )?;
+        if self.breaker_opened > 0 {
+            write!(
+                f,
+                " breaker={:?} breaker_opened={}",
+                self.breaker, self.breaker_opened
+            )?;
+        }
+        if self.rate_limited > 0 {
+            write!(f, " rate_limited={}", self.rate_limited)?;
+        }
+        Ok(())
     }
 }
 

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::breaker::{Admission, Breaker};
 use crate::config::{Config, Overflow};
 use crate::dispatch::{Dispatch, settle};
 use crate::gate::{Gate, Permit};
@@ -22,6 +23,7 @@ use crate::handler::{ErasedHandler, Handler, erase};
 use crate::lanes::Lanes;
 use crate::message::{Delivery, Message, Settlement};
 use crate::metrics::{Metrics, MetricsSnapshot};
+use crate::rate::Limiter;
 use crate::settled::{OnSettled, Settled};
 use crate::source::{Source, SourceError};
 use crate::tracker::{Kind, Tracker};
@@ -213,6 +215,10 @@ struct Flow<S> {
     retry_source_at: Option<Instant>,
     source_failures: u32,
     last_drop_log: Option<Instant>,
+    limiter: Option<Limiter>,
+    breaker: Option<Arc<Breaker>>,
+    /// The rate limit or the open breaker hold the lanes until then.
+    dispatch_at: Option<Instant>,
 }
 
 impl<S: Source> Flow<S> {
@@ -223,14 +229,19 @@ impl<S: Source> Flow<S> {
         metrics: Arc<Metrics>,
         on_settled: Option<OnSettled>,
     ) -> Self {
+        let breaker = config
+            .breaker_policy()
+            .map(|policy| Arc::new(Breaker::new(*policy, Arc::clone(&metrics))));
         let dispatch = Arc::new(Dispatch {
             handler,
             metrics: Arc::clone(&metrics),
             on_settled,
             retry: config.retry_policy().clone(),
             timeout: config.handler_timeout_duration(),
+            breaker: breaker.clone(),
         });
         let freed = Arc::new(tokio::sync::Notify::new());
+        let limiter = config.rate_limit_policy().map(Limiter::new);
         Self {
             source,
             gate: Gate::new(
@@ -248,6 +259,9 @@ impl<S: Source> Flow<S> {
             retry_source_at: None,
             source_failures: 0,
             last_drop_log: None,
+            limiter,
+            breaker,
+            dispatch_at: None,
         }
     }
 
@@ -296,6 +310,7 @@ impl<S: Source> Flow<S> {
             }
             let can_pull = self.can_pull();
             let retry_at = self.retry_source_at;
+            let dispatch_at = self.dispatch_at;
             tokio::select! {
                 biased;
                 () = &mut shutdown => break StopReason::Shutdown,
@@ -305,6 +320,7 @@ impl<S: Source> Flow<S> {
                 // task could end between the two reads, leaving no branch.)
                 () = self.tasks.ended() => self.finished(),
                 () = sleep_until_opt(retry_at), if retry_at.is_some() => self.retry_source_at = None,
+                () = sleep_until_opt(dispatch_at), if dispatch_at.is_some() => self.dispatch_at = None,
                 pulled = self.source.next(), if can_pull => match pulled {
                     Ok(Some(delivery)) => {
                         self.source_failures = 0;
@@ -361,22 +377,42 @@ impl<S: Source> Flow<S> {
         }
     }
 
-    /// Starts handlers for waiting deliveries while permits are free.
+    /// Starts handlers for waiting deliveries while permits are free, the
+    /// circuit breaker lets them and the rate limit has tokens. When one of
+    /// those holds them back, `dispatch_at` says when to look again (a
+    /// breaker's probe result or a freed permit wake the loop sooner).
     fn start_ready(&mut self) {
-        while !self.lanes.is_empty() {
-            let Some(permit) = self.gate.try_admit() else {
+        self.dispatch_at = None;
+        while !self.lanes.is_empty() && self.gate.available() > 0 {
+            let probe = match self.breaker.as_ref().map(|b| b.admit()) {
+                None => false,
+                Some(Admission::Run { probe }) => probe,
+                Some(Admission::Wait(at)) => {
+                    self.dispatch_at = Some(at);
+                    break;
+                }
+            };
+            if let Some(limiter) = &self.limiter {
+                if let Err(at) = limiter.try_take() {
+                    if let Some(breaker) = &self.breaker {
+                        breaker.unadmit(probe);
+                    }
+                    self.metrics.rate_limited.fetch_add(1, Relaxed);
+                    self.dispatch_at = Some(at);
+                    break;
+                }
+            }
+            let (Some(permit), Some(delivery)) = (self.gate.try_admit(), self.lanes.pop()) else {
                 break;
             };
-            if let Some(delivery) = self.lanes.pop() {
-                self.start(delivery, permit);
-            }
+            self.start(delivery, permit, probe);
         }
     }
 
-    fn start(&mut self, delivery: Delivery, permit: Permit) {
+    fn start(&mut self, delivery: Delivery, permit: Permit, probe: bool) {
         let dispatch = Arc::clone(&self.dispatch);
         self.tasks
-            .spawn(Kind::Handler, dispatch.run(delivery, permit));
+            .spawn(Kind::Handler, dispatch.run(delivery, permit, probe));
     }
 
     fn settle_in_background(&mut self, delivery: Delivery, settlement: Settlement, how: Settled) {

@@ -1,0 +1,190 @@
+//! The rate limit and the circuit breaker, on tokio's paused clock with the
+//! in-memory broker.
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sluicegate::memory::MemoryBroker;
+use sluicegate::{
+    BreakerPolicy, BreakerState, Config, HandlerError, RateLimit, RetryPolicy, Worker,
+};
+use tokio::time::{Instant, sleep};
+
+const Q: &str = "jobs";
+
+async fn publish_n(broker: &MemoryBroker, n: usize) {
+    for i in 0..n {
+        broker.publish(Q, format!("{i}")).await.unwrap();
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_rate_limit_holds_dispatch_to_its_rate_over_60_seconds_after_one_burst() {
+    let broker = MemoryBroker::new();
+    publish_n(&broker, 20_000).await;
+    let starts: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let log = Arc::clone(&starts);
+    let handler = move |_: String| {
+        log.lock().unwrap().push(Instant::now());
+        async { sleep(Duration::from_millis(5)).await }
+    };
+    let limit = RateLimit::per_second(100).unwrap().burst(10).unwrap();
+    let config = Config::default()
+        .prefetch(64)
+        .max_in_flight(16)
+        .rate_limit(limit);
+    let began = Instant::now();
+    let report = Worker::new(broker.source(Q), handler)
+        .config(config)
+        .run_until(sleep(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let starts = starts.lock().unwrap().clone();
+    let in_60s = starts
+        .iter()
+        .filter(|t| t.duration_since(began) < Duration::from_secs(60))
+        .count();
+    // 100 a second for 60 s, plus the burst available at the start.
+    let target = 100.0 * 60.0;
+    let off = (in_60s as f64 - target).abs() / target;
+    println!(
+        "rate limit 100/s, burst 10: {in_60s} starts in 60 simulated s ({:.2}% off), {} times held back",
+        off * 100.0,
+        report.metrics.rate_limited
+    );
+    assert!(
+        off <= 0.05,
+        "{in_60s} starts in 60 s, {:.1}% off {target}",
+        off * 100.0
+    );
+    assert!(
+        in_60s <= 6_000 + 10,
+        "never more than the rate plus one burst: {in_60s}"
+    );
+    let at_once = starts.iter().filter(|t| **t == began).count();
+    assert_eq!(at_once, 10, "the burst goes out at once");
+    // After the burst, no second holds more than the rate.
+    for second in 1..59 {
+        let from = began + Duration::from_secs(second);
+        let to = from + Duration::from_secs(1);
+        let n = starts.iter().filter(|t| **t >= from && **t < to).count();
+        assert!((99..=101).contains(&n), "second {second}: {n} starts");
+    }
+    // The bucket starved the lanes; the worker stopped pulling instead of
+    // piling up messages: it never held more than its prefetch.
+    assert!(report.metrics.max_held <= 64);
+    assert!(broker.stats(Q).max_unacked <= 64);
+    assert!(report.metrics.rate_limited > 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_breaker_opens_on_failures_pauses_intake_and_closes_after_recovery() {
+    let broker = MemoryBroker::new();
+    publish_n(&broker, 300).await;
+    let began = Instant::now();
+    // The dependency is down for the first 10 s, then recovers.
+    let calls: Arc<Mutex<Vec<(Instant, String, bool)>>> = Arc::default();
+    let log = Arc::clone(&calls);
+    let handler = move |text: String| {
+        let log = Arc::clone(&log);
+        async move {
+            sleep(Duration::from_millis(10)).await;
+            let up = began.elapsed() >= Duration::from_secs(10);
+            log.lock().unwrap().push((Instant::now(), text, up));
+            if up {
+                Ok(())
+            } else {
+                Err(HandlerError::retryable("the dependency is down"))
+            }
+        }
+    };
+    let cool_down = Duration::from_secs(2);
+    let config = Config::default()
+        .prefetch(32)
+        .max_in_flight(4)
+        .retry(
+            RetryPolicy::new(20, Duration::from_millis(100), Duration::from_millis(500))
+                .without_jitter(),
+        )
+        .breaker(BreakerPolicy::consecutive(5).cool_down(cool_down));
+    let worker = Worker::new(broker.source(Q), handler).config(config);
+    let metrics = worker.metrics();
+    let states: Arc<Mutex<Vec<(Instant, BreakerState)>>> = Arc::default();
+    let watch = {
+        let (metrics, states) = (Arc::clone(&metrics), Arc::clone(&states));
+        tokio::spawn(async move {
+            loop {
+                states
+                    .lock()
+                    .unwrap()
+                    .push((Instant::now(), metrics.snapshot().breaker));
+                sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    let done = Arc::clone(&metrics);
+    let report = worker
+        .run_until(async move {
+            while done.snapshot().acked < 300 {
+                sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .unwrap();
+    watch.abort();
+    let calls = calls.lock().unwrap().clone();
+    let states = states.lock().unwrap().clone();
+
+    // It opened, and everything was handled once the dependency was back.
+    assert!(report.metrics.breaker_opened >= 1);
+    assert_eq!(report.metrics.acked, 300);
+    assert_eq!(report.metrics.dead_lettered, 0);
+    // While down: the first failures open it; after that only probes run,
+    // one per cool-down, so a few dozen calls, not a storm of retries.
+    let failing_calls = calls.iter().filter(|(_, _, up)| !up).count();
+    let most = 5 + 4 + (10 / 2) * 2;
+    assert!(
+        failing_calls <= most,
+        "{failing_calls} calls while the dependency was down (at most {most})"
+    );
+    // While open, no message was handed back more than once: the worker
+    // stops pulling; messages wait in the lanes and at the broker.
+    let mut per_message = std::collections::HashMap::<&str, usize>::new();
+    for (_, text, up) in &calls {
+        if !up {
+            *per_message.entry(text.as_str()).or_default() += 1;
+        }
+    }
+    assert!(per_message.values().all(|n| *n <= 3), "{per_message:?}");
+    // No handler started while it was open.
+    for (at, _, _) in &calls {
+        let started = *at - Duration::from_millis(10);
+        let state = states
+            .iter()
+            .rev()
+            .find(|(t, _)| *t <= started)
+            .map(|(_, s)| *s);
+        assert_ne!(
+            state,
+            Some(BreakerState::Open),
+            "a handler started at {:?} while open",
+            started - began
+        );
+    }
+    // Processing resumed within the cool-down after the recovery.
+    let first_success = calls.iter().find(|(_, _, up)| *up).unwrap().0;
+    println!(
+        "breaker: opened {} times, {failing_calls} calls while down for 10 s, first success at {:?}, all 300 acked at {:?}",
+        report.metrics.breaker_opened,
+        first_success - began,
+        began.elapsed()
+    );
+    assert!(
+        first_success - began <= Duration::from_secs(10) + cool_down + Duration::from_millis(100),
+        "first success at {:?}",
+        first_success - began
+    );
+    assert_eq!(report.metrics.breaker, BreakerState::Closed);
+}
