@@ -18,7 +18,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use sluicegate::message::header;
-use sluicegate::{Config, Context, HandlerError, Json, RetryPolicy, Source, Worker};
+use sluicegate::{BreakerPolicy, Config, Context, HandlerError, Json, RetryPolicy, Source, Worker};
 use sluicegate_amqp::{AmqpConfig, AmqpSource};
 use sluicegate_test_support::{finished, run_until_metrics, wait_until};
 
@@ -783,5 +783,76 @@ async fn a_handler_outliving_the_consumer_timeout_costs_a_reconnect_not_a_messag
     )
     .await;
     assert_eq!(ready(&ch, &queue).await, 0, "nothing left behind");
+    delete(&ch, &[queue.clone(), format!("{queue}.dlq")]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_holds_intake_while_the_dependency_is_down_and_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    let queue = unique("breaker");
+    let source = AmqpSource::connect(AmqpConfig::new(url(), &queue))
+        .await
+        .unwrap();
+    let (_conn, ch) = channel().await;
+    let payloads: Vec<Vec<u8>> = (0..300).map(|i| format!("{i}").into_bytes()).collect();
+    publish_all(&ch, &queue, &payloads).await;
+    let began = Instant::now();
+    let down_for = Duration::from_secs(3);
+    let calls_while_down = Arc::new(AtomicU64::new(0));
+    let calls = Arc::clone(&calls_while_down);
+    let handler = move |_: String| {
+        let up = began.elapsed() >= down_for;
+        if !up {
+            calls.fetch_add(1, Ordering::Relaxed);
+        }
+        async move {
+            if up {
+                Ok(())
+            } else {
+                Err(HandlerError::retryable("the dependency is down"))
+            }
+        }
+    };
+    let config = Config::default()
+        .prefetch(20)
+        .max_in_flight(4)
+        .retry(
+            RetryPolicy::new(20, Duration::from_millis(50), Duration::from_millis(200))
+                .without_jitter(),
+        )
+        .breaker(BreakerPolicy::consecutive(3).cool_down(Duration::from_millis(500)));
+    let worker = Worker::new(source, handler).config(config);
+    let metrics = worker.metrics();
+    let run = run_until_metrics(worker, |m| m.acked >= 300);
+    // While it is open, the broker holds the backlog: at most the prefetch
+    // is out with the worker.
+    let mut most_unacked = 0;
+    while began.elapsed() < down_for {
+        most_unacked = most_unacked.max(broker_unacked(&queue));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let report = finished(run, Duration::from_secs(60)).await;
+    let down_calls = calls_while_down.load(Ordering::Relaxed);
+    println!(
+        "RabbitMQ breaker: opened {} times, {down_calls} handler calls in {down_for:?} down, at most {most_unacked} unacked, {}",
+        report.metrics.breaker_opened,
+        metrics.snapshot()
+    );
+    assert!(report.metrics.breaker_opened >= 1);
+    // 3 to open it, then about one probe per 500 ms cool-down (and the
+    // handlers already running when it opened).
+    assert!(down_calls <= 3 + 4 + 8, "{down_calls} calls while down");
+    assert!(
+        most_unacked <= 20,
+        "{most_unacked} unacked with a prefetch of 20"
+    );
+    assert_eq!(report.metrics.acked, 300);
+    wait_until(
+        "the broker to settle everything",
+        Duration::from_secs(10),
+        || broker_unacked(&queue) == 0,
+    )
+    .await;
+    assert_eq!(ready(&ch, &queue).await, 0);
     delete(&ch, &[queue.clone(), format!("{queue}.dlq")]).await;
 }

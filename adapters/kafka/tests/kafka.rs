@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::{Out, brokers, committed, create_topic, log_end, produce, read_all, unique};
 use serde::Deserialize;
 use sluicegate::message::header;
-use sluicegate::{Config, Context, HandlerError, Json, Report, RetryPolicy, Worker};
+use sluicegate::{BreakerPolicy, Config, Context, HandlerError, Json, Report, RetryPolicy, Worker};
 use sluicegate_kafka::{KafkaConfig, KafkaError, KafkaSource, NOT_BEFORE, Ordering, TopicSetup};
 use sluicegate_test_support::{finished, run_until_metrics, wait_until};
 
@@ -620,4 +620,72 @@ async fn tls_with_scram_sasl_works_from_env_properties_and_a_wrong_password_fail
     assert_eq!(dead.len(), 1);
     assert!(dead[0].payload.contains(r#""id":42"#));
     assert_eq!(committed(&group, &topic, 2).await, log_end(&topic).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_holds_intake_while_the_dependency_is_down_and_commits_everything_after() {
+    let _serial = SERIAL.lock().await;
+    let topic = unique("breaker");
+    let group = unique("breaker-g");
+    create_topic(&topic, 3).await;
+    let records = (0..3000u32)
+        .map(|id| Out {
+            key: None,
+            payload: job(id, 0, false),
+            partition: Some((id % 3) as i32),
+        })
+        .collect();
+    produce(&topic, records).await;
+    let source = KafkaSource::connect(
+        KafkaConfig::new(brokers(), &group, [&topic]).ordering(Ordering::Unordered),
+    )
+    .await
+    .unwrap();
+    let stats = source.stats();
+    let began = Instant::now();
+    let down_for = Duration::from_secs(3);
+    let calls_while_down = Arc::new(AtomicUsize::new(0));
+    let calls = Arc::clone(&calls_while_down);
+    let handler = move |Json(_job): Json<Job>| {
+        let up = began.elapsed() >= down_for;
+        if !up {
+            calls.fetch_add(1, SeqCst);
+        }
+        async move {
+            if up {
+                Ok(())
+            } else {
+                Err(HandlerError::retryable("the dependency is down"))
+            }
+        }
+    };
+    let config = Config::default()
+        .prefetch(60)
+        .max_in_flight(4)
+        .retry(
+            RetryPolicy::new(20, Duration::from_millis(50), Duration::from_millis(200))
+                .without_jitter(),
+        )
+        .breaker(BreakerPolicy::consecutive(3).cool_down(Duration::from_millis(500)));
+    let run = run_until_metrics(Worker::new(source, handler).config(config), |m| {
+        m.acked >= 3000
+    });
+    let report = finished(run, Duration::from_secs(120)).await;
+    let down_calls = calls_while_down.load(SeqCst);
+    println!(
+        "Kafka breaker: opened {} times, {down_calls} handler calls in {down_for:?} down, adapter held at most {}, {}",
+        report.metrics.breaker_opened,
+        stats.max_held.load(SeqCst),
+        report.metrics
+    );
+    assert!(report.metrics.breaker_opened >= 1);
+    assert!(down_calls <= 3 + 4 + 8, "{down_calls} calls while down");
+    // Intake stopped at the prefetch: each partition's share, not the topic.
+    assert!(
+        stats.max_held.load(SeqCst) <= 60 + 3 * 20,
+        "held {}",
+        stats.max_held.load(SeqCst)
+    );
+    assert_eq!(report.metrics.acked, 3000);
+    assert_eq!(committed(&group, &topic, 3).await, log_end(&topic).await);
 }
