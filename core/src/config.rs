@@ -41,11 +41,48 @@ pub enum Overflow {
     Delay,
     /// Acknowledge and discard it, counted and logged.
     Drop,
+    /// Priority shedding: an arriving message of higher priority than the
+    /// lowest waiting one takes its place, and the lowest one (the oldest of
+    /// its lane) is settled by the [`ShedAction`]; otherwise the arriving
+    /// message is. High priority is never shed for lower.
+    Shed,
+}
+
+/// What happens to a shed message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShedAction {
+    /// Requeue it at the broker (for another worker); intake holds until a
+    /// slot frees, so a lone worker does not spin.
+    Requeue,
+    /// Hand it back to redeliver after the overflow delay.
+    Delay,
+    /// Dead-letter it (a parking queue), with the reason.
+    DeadLetter,
+    /// Acknowledge and discard it, counted.
+    Drop,
+}
+
+impl ShedAction {
+    /// The names accepted in `SLUICEGATE_SHED_ACTION`.
+    pub const NAMES: &'static str = "requeue, delay, dead-letter, drop";
+}
+
+impl FromStr for ShedAction {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "requeue" | "nack" => Ok(Self::Requeue),
+            "delay" | "defer" => Ok(Self::Delay),
+            "dead-letter" | "dead_letter" | "deadletter" => Ok(Self::DeadLetter),
+            "drop" => Ok(Self::Drop),
+            _ => Err(format!("one of {}", Self::NAMES)),
+        }
+    }
 }
 
 impl Overflow {
     /// The names accepted in `SLUICEGATE_OVERFLOW`.
-    pub const NAMES: &'static str = "block, nack, delay, drop";
+    pub const NAMES: &'static str = "block, nack, delay (or defer), drop, shed";
 
     /// The lowercase name.
     pub fn name(self) -> &'static str {
@@ -54,6 +91,7 @@ impl Overflow {
             Overflow::Nack => "nack",
             Overflow::Delay => "delay",
             Overflow::Drop => "drop",
+            Overflow::Shed => "shed",
         }
     }
 }
@@ -70,8 +108,9 @@ impl FromStr for Overflow {
         match s.trim().to_ascii_lowercase().as_str() {
             "block" => Ok(Overflow::Block),
             "nack" | "requeue" => Ok(Overflow::Nack),
-            "delay" => Ok(Overflow::Delay),
+            "delay" | "defer" => Ok(Overflow::Delay),
             "drop" => Ok(Overflow::Drop),
+            "shed" => Ok(Overflow::Shed),
             _ => Err(format!("one of {}", Overflow::NAMES)),
         }
     }
@@ -121,7 +160,12 @@ pub const ENV_VARS: &[(&str, &str, &str)] = &[
     (
         "SLUICEGATE_OVERFLOW",
         "block",
-        "when the lanes are full: block | nack | delay | drop",
+        "when the lanes are full: block | nack | delay (or defer) | drop | shed",
+    ),
+    (
+        "SLUICEGATE_SHED_ACTION",
+        "delay",
+        "with overflow=shed: what happens to a shed message: requeue | delay | dead-letter | drop",
     ),
     (
         "SLUICEGATE_OVERFLOW_DELAY_MS",
@@ -203,6 +247,7 @@ pub struct Config {
     max_in_flight: u16,
     overflow: Overflow,
     overflow_delay: Duration,
+    shed_action: ShedAction,
     retry: RetryPolicy,
     handler_timeout: Duration,
     shutdown_grace: Duration,
@@ -217,6 +262,7 @@ impl Default for Config {
             max_in_flight: 16,
             overflow: Overflow::Block,
             overflow_delay: Duration::from_millis(1000),
+            shed_action: ShedAction::Delay,
             retry: RetryPolicy::default(),
             handler_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
@@ -263,6 +309,12 @@ impl Config {
         }
         if let Some(v) = env.millis("SLUICEGATE_OVERFLOW_DELAY_MS")? {
             self.overflow_delay = v;
+        }
+        if let Some(v) = env.parse::<ShedAction>(
+            "SLUICEGATE_SHED_ACTION",
+            &format!("one of {}", ShedAction::NAMES),
+        )? {
+            self.shed_action = v;
         }
         let mut max_retries = self.retry.max_retries();
         let mut base = self.retry.base();
@@ -539,6 +591,17 @@ impl Config {
         self.shutdown_grace
     }
 
+    /// With [`Overflow::Shed`]: what happens to a shed message.
+    pub fn shed_action(mut self, action: ShedAction) -> Self {
+        self.shed_action = action;
+        self
+    }
+
+    /// What happens to a shed message.
+    pub fn shed_action_policy(&self) -> ShedAction {
+        self.shed_action
+    }
+
     /// Limits how fast handlers start (a token bucket).
     pub fn rate_limit(mut self, limit: RateLimit) -> Self {
         self.rate_limit = Some(limit);
@@ -676,10 +739,16 @@ mod tests {
                 "SLUICEGATE_PREFETCH (10)",
             ),
             (
+                &[("SLUICEGATE_SHED_ACTION", "burn")],
+                "SLUICEGATE_SHED_ACTION",
+                "burn",
+                "requeue, delay, dead-letter, drop",
+            ),
+            (
                 &[("SLUICEGATE_OVERFLOW", "explode")],
                 "SLUICEGATE_OVERFLOW",
                 "explode",
-                "block, nack, delay, drop",
+                "block, nack, delay (or defer), drop, shed",
             ),
             (
                 &[("SLUICEGATE_RETRY_BASE_MS", "1.5")],

@@ -46,6 +46,26 @@ impl Lanes {
         Some(delivery)
     }
 
+    /// The lowest priority waiting, if any.
+    pub(crate) fn lowest_priority(&self) -> Option<u8> {
+        self.lanes
+            .iter()
+            .rev()
+            .find(|(_, lane)| !lane.is_empty())
+            .map(|(p, _)| *p)
+    }
+
+    /// Takes the oldest delivery of the lowest priority (to shed it).
+    pub(crate) fn pop_lowest(&mut self) -> Option<Delivery> {
+        let delivery = self
+            .lanes
+            .iter_mut()
+            .rev()
+            .find_map(|(_, lane)| lane.pop_front())?;
+        self.len -= 1;
+        Some(delivery)
+    }
+
     /// Empties every lane, highest priority first.
     pub(crate) fn drain(&mut self) -> impl Iterator<Item = Delivery> + '_ {
         self.len = 0;

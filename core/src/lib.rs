@@ -62,7 +62,7 @@ pub mod source;
 mod tracker;
 
 pub use breaker::{BreakerPolicy, BreakerState};
-pub use config::{Config, ConfigError, Overflow};
+pub use config::{Config, ConfigError, Overflow, ShedAction};
 pub use handler::{Context, FromMessage, Handler, Json, MessageHandler, Payload, Rejection};
 pub use message::{
     Delivery, Headers, Message, Origin, Settle, SettleError, SettleFuture, Settlement,

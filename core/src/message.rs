@@ -415,6 +415,14 @@ impl Delivery {
         Arc::clone(&self.message)
     }
 
+    /// Gives the message another priority (a classifier's verdict). The
+    /// runtime calls this at intake, while it holds the only reference.
+    pub(crate) fn set_priority(&mut self, priority: u8) {
+        if self.message.priority != priority {
+            Arc::make_mut(&mut self.message).priority = priority;
+        }
+    }
+
     /// Counts into `counter` if this delivery is ever dropped unsettled.
     pub(crate) fn count_abandon_in(&mut self, counter: Arc<AtomicU64>) {
         self.abandoned = Some(counter);

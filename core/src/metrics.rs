@@ -36,6 +36,7 @@ pub struct Metrics {
     pub(crate) breaker_state: AtomicU64,
     pub(crate) breaker_opened: AtomicU64,
     pub(crate) rate_limited: AtomicU64,
+    pub(crate) shed: AtomicU64,
     held: Gauge,
     running: Gauge,
     queued: AtomicU64,
@@ -113,6 +114,7 @@ impl Metrics {
             breaker_state: AtomicU64::new(0),
             breaker_opened: AtomicU64::new(0),
             rate_limited: AtomicU64::new(0),
+            shed: AtomicU64::new(0),
             held: Gauge::default(),
             running: Gauge::default(),
             queued: AtomicU64::new(0),
@@ -156,6 +158,7 @@ impl Metrics {
             breaker: crate::BreakerState::from_code(self.breaker_state.load(Relaxed)),
             breaker_opened: self.breaker_opened.load(Relaxed),
             rate_limited: self.rate_limited.load(Relaxed),
+            shed: self.shed.load(Relaxed),
             held: self.held.now.load(Relaxed),
             max_held: self.held.max.load(Relaxed),
             running: self.running.now.load(Relaxed),
@@ -206,6 +209,9 @@ pub struct MetricsSnapshot {
     pub breaker_opened: u64,
     /// Times the rate limit held a waiting delivery back.
     pub rate_limited: u64,
+    /// Deliveries shed for higher priorities (also counted under the
+    /// shed action: requeued, deferred, dead-lettered or dropped).
+    pub shed: u64,
     /// Deliveries held now (queued + running + being settled).
     pub held: u64,
     /// The most ever held at once.
@@ -264,6 +270,9 @@ impl fmt::Display for MetricsSnapshot {
                 " breaker={:?} breaker_opened={}",
                 self.breaker, self.breaker_opened
             )?;
+        }
+        if self.shed > 0 {
+            write!(f, " shed={}", self.shed)?;
         }
         if self.rate_limited > 0 {
             write!(f, " rate_limited={}", self.rate_limited)?;

@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::breaker::{Admission, Breaker};
-use crate::config::{Config, Overflow};
+use crate::config::{Config, Overflow, ShedAction};
 use crate::dispatch::{Dispatch, settle};
 use crate::gate::{Gate, Permit};
 use crate::handler::{ErasedHandler, Handler, erase};
@@ -107,7 +107,11 @@ pub struct Worker<S> {
     config: Config,
     metrics: Arc<Metrics>,
     on_settled: Option<OnSettled>,
+    classify: Option<Classify>,
 }
+
+/// A user function giving each arriving message its priority.
+type Classify = Arc<dyn Fn(&Message) -> u8 + Send + Sync>;
 
 impl<S: Source> Worker<S> {
     /// A worker running `handler` on what `source` delivers, with the
@@ -119,7 +123,37 @@ impl<S: Source> Worker<S> {
             config: Config::default(),
             metrics: Arc::new(Metrics::new()),
             on_settled: None,
+            classify: None,
         }
+    }
+
+    /// Gives each arriving message its priority (its lane; higher runs
+    /// first and, with [`Overflow::Shed`], is shed last), instead of the
+    /// one the broker set: from a header, the payload, the source queue...
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use sluicegate::memory::{MemoryBroker, Publish};
+    /// use sluicegate::{Context, Worker};
+    ///
+    /// let broker = MemoryBroker::new();
+    /// broker.publish("jobs", Publish::new("x").header("tier", "gold")).await.unwrap();
+    /// broker.close("jobs");
+    /// Worker::new(broker.source("jobs"), |ctx: Context| async move {
+    ///     assert_eq!(ctx.message().priority(), 9);
+    /// })
+    /// .classify(|message| match message.headers().get_str("tier") {
+    ///     Some("gold") => 9,
+    ///     _ => 0,
+    /// })
+    /// .run()
+    /// .await
+    /// .unwrap();
+    /// # }
+    /// ```
+    pub fn classify(mut self, priority: impl Fn(&Message) -> u8 + Send + Sync + 'static) -> Self {
+        self.classify = Some(Arc::new(priority));
+        self
     }
 
     /// Sets the configuration.
@@ -188,6 +222,7 @@ impl<S: Source> Worker<S> {
             self.metrics,
             self.on_settled,
         );
+        flow.classify = self.classify;
         flow.source
             .set_prefetch(flow.config.prefetch_limit())
             .await?;
@@ -219,6 +254,7 @@ struct Flow<S> {
     breaker: Option<Arc<Breaker>>,
     /// The rate limit or the open breaker hold the lanes until then.
     dispatch_at: Option<Instant>,
+    classify: Option<Classify>,
 }
 
 impl<S: Source> Flow<S> {
@@ -262,6 +298,7 @@ impl<S: Source> Flow<S> {
             limiter,
             breaker,
             dispatch_at: None,
+            classify: None,
         }
     }
 
@@ -435,6 +472,10 @@ impl<S: Source> Flow<S> {
     fn intake(&mut self, mut delivery: Delivery) {
         self.metrics.received.fetch_add(1, Relaxed);
         delivery.count_abandon_in(Arc::clone(&self.metrics.abandoned));
+        if let Some(classify) = &self.classify {
+            let priority = classify(delivery.message());
+            delivery.set_priority(priority);
+        }
         if self.accepted() < self.accept_limit() {
             self.lanes.push(delivery);
             return;
@@ -465,6 +506,57 @@ impl<S: Source> Flow<S> {
                 tracing::debug!(%origin, "lanes full: message dropped (overflow policy drop)");
                 self.log_drops_now_and_then();
                 let reason = "overflow: the worker was full (SLUICEGATE_OVERFLOW=drop)".to_owned();
+                self.settle_in_background(delivery, Settlement::Ack, Settled::Dropped { reason });
+            }
+            Overflow::Shed => {
+                let arriving = delivery.message().priority();
+                let shed = match self.lanes.lowest_priority() {
+                    Some(lowest) if lowest < arriving => {
+                        self.lanes.push(delivery);
+                        self.lanes.pop_lowest()
+                    }
+                    _ => Some(delivery),
+                };
+                if let Some(shed) = shed {
+                    self.shed(shed, arriving);
+                }
+            }
+        }
+    }
+
+    /// Settles a shed delivery by the shed action.
+    fn shed(&mut self, delivery: Delivery, for_priority: u8) {
+        self.metrics.shed.fetch_add(1, Relaxed);
+        let priority = delivery.message().priority();
+        let reason = format!(
+            "shed: the worker was full (priority {priority}, for priority {for_priority}; SLUICEGATE_OVERFLOW=shed)"
+        );
+        match self.config.shed_action_policy() {
+            ShedAction::Requeue => {
+                self.metrics.requeued.fetch_add(1, Relaxed);
+                self.nack_hold = true;
+                self.settle_in_background(delivery, Settlement::Requeue, Settled::Requeued);
+            }
+            ShedAction::Delay => {
+                self.metrics.deferred.fetch_add(1, Relaxed);
+                let after = self.config.overflow_delay_duration();
+                let settlement = Settlement::Delay {
+                    after,
+                    attempt: delivery.message().attempt(),
+                    reason,
+                };
+                self.settle_in_background(delivery, settlement, Settled::Delayed { after });
+            }
+            ShedAction::DeadLetter => {
+                self.metrics.dead_lettered.fetch_add(1, Relaxed);
+                let settlement = Settlement::DeadLetter {
+                    reason: reason.clone(),
+                };
+                self.settle_in_background(delivery, settlement, Settled::DeadLettered { reason });
+            }
+            ShedAction::Drop => {
+                self.metrics.dropped.fetch_add(1, Relaxed);
+                self.log_drops_now_and_then();
                 self.settle_in_background(delivery, Settlement::Ack, Settled::Dropped { reason });
             }
         }

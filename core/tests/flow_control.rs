@@ -1,14 +1,16 @@
-//! The rate limit and the circuit breaker, on tokio's paused clock with the
-//! in-memory broker.
+//! Priority shedding, the rate limit and the circuit breaker, on tokio's
+//! paused clock with the in-memory broker.
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sluicegate::memory::MemoryBroker;
+use sluicegate::memory::{MemoryBroker, Publish, QueueOptions};
 use sluicegate::{
-    BreakerPolicy, BreakerState, Config, HandlerError, RateLimit, RetryPolicy, Worker,
+    BreakerPolicy, BreakerState, Config, Context, HandlerError, Overflow, RateLimit, RetryPolicy,
+    ShedAction, Worker,
 };
 use tokio::time::{Instant, sleep};
 
@@ -187,4 +189,123 @@ async fn the_breaker_opens_on_failures_pauses_intake_and_closes_after_recovery()
         first_success - began
     );
     assert_eq!(report.metrics.breaker, BreakerState::Closed);
+}
+
+/// The 99th percentile of `times`.
+fn p99(times: &mut [Duration]) -> Duration {
+    times.sort_unstable();
+    times[(times.len() * 99 / 100).min(times.len() - 1)]
+}
+
+#[tokio::test(start_paused = true)]
+async fn under_10x_overload_high_priority_waits_little_while_low_priority_is_shed() {
+    let broker = MemoryBroker::new();
+    // A FIFO queue at the broker: the priorities matter only in the worker.
+    broker.declare(Q, QueueOptions::default());
+    // 3 handlers of 10 ms: 300 msg/s. The producer: 3,000 msg/s, of which
+    // 5% high (priority 9), 25% normal (5), 70% low (1).
+    // When each message was published, to measure waits end to end (at the
+    // broker and in the worker).
+    let published: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
+    let producer = {
+        let broker = broker.clone();
+        let published = Arc::clone(&published);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            let mut n = 0u64;
+            loop {
+                tick.tick().await;
+                for _ in 0..30 {
+                    n += 1;
+                    published.lock().unwrap().insert(n, Instant::now());
+                    let priority = match n % 20 {
+                        0 => 9,
+                        1..=5 => 5,
+                        _ => 1,
+                    };
+                    let publish = Publish::new(format!("{n}")).header("tier", priority.to_string());
+                    broker.publish(Q, publish).await.unwrap();
+                }
+            }
+        })
+    };
+    let waits: Arc<Mutex<Vec<(u8, Duration)>>> = Arc::default();
+    let log = Arc::clone(&waits);
+    let sent = Arc::clone(&published);
+    let handler = move |text: String, ctx: Context| {
+        let at = sent.lock().unwrap()[&text.parse::<u64>().unwrap()];
+        log.lock()
+            .unwrap()
+            .push((ctx.message().priority(), at.elapsed()));
+        async { sleep(Duration::from_millis(10)).await }
+    };
+    let config = Config::default()
+        .prefetch(16)
+        .max_in_flight(3)
+        .overflow(Overflow::Shed)
+        .shed_action(ShedAction::DeadLetter);
+    let report = Worker::new(broker.source(Q), handler)
+        .config(config)
+        .classify(|message| {
+            let tier = message.headers().get_str("tier").unwrap_or("0");
+            tier.parse().unwrap_or(0)
+        })
+        .run_until(sleep(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    producer.abort();
+    let waits = waits.lock().unwrap().clone();
+    let by_priority = |p: u8| -> Vec<Duration> {
+        waits
+            .iter()
+            .filter(|(q, _)| *q == p)
+            .map(|(_, w)| *w)
+            .collect()
+    };
+    let (mut high, mut normal, mut low) = (by_priority(9), by_priority(5), by_priority(1));
+    let m = &report.metrics;
+    println!(
+        "shed under 10x overload: handled high {} normal {} low {}; queue p99 high {:?}, normal {:?}, low {:?}; shed {}",
+        high.len(),
+        normal.len(),
+        low.len(),
+        p99(&mut high),
+        p99(&mut normal),
+        if low.is_empty() {
+            Duration::ZERO
+        } else {
+            p99(&mut low)
+        },
+        m.shed
+    );
+    // High priority waits (from publish to handler start) at most about one
+    // handler run: within 2x the handler time.
+    assert!(
+        p99(&mut high) <= Duration::from_millis(20),
+        "high p99 {:?}",
+        p99(&mut high)
+    );
+    // Low priority is what gets shed, never high.
+    assert!(m.shed > 0);
+    let stats = broker.stats(Q);
+    let dead = broker.messages(&format!("{Q}.dlq"));
+    assert_eq!(
+        dead.len() as u64,
+        m.shed,
+        "every shed message is in the parking queue"
+    );
+    assert!(
+        dead.iter().all(|d| d.priority < 9),
+        "a high-priority message was shed"
+    );
+    // Every message is in exactly one place.
+    assert_eq!(
+        stats.published,
+        stats.acked
+            + stats.dead_lettered
+            + stats.ready as u64
+            + stats.unacked as u64
+            + stats.delayed_now as u64
+    );
+    assert!(m.max_held <= 16);
 }

@@ -54,6 +54,7 @@ fn case() -> impl Strategy<Value = Case> {
             Overflow::Nack,
             Overflow::Delay,
             Overflow::Drop,
+            Overflow::Shed,
         ]),
         0u32..4,
         0u64..300,
