@@ -193,10 +193,10 @@ async fn the_broker_never_has_more_unacked_than_the_prefetch() {
     let source = AmqpSource::connect(AmqpConfig::new(url(), &queue))
         .await
         .unwrap();
-    for i in 0..120 {
-        publish(&ch, &queue, format!("{i}").as_bytes()).await;
-    }
-    // Sample the broker's count while a slow worker runs.
+    let payloads: Vec<Vec<u8>> = (0..400).map(|i| format!("{i}").into_bytes()).collect();
+    publish_all(&ch, &queue, &payloads).await;
+    // Sample the broker's count while a slow worker runs (2.5 s: rabbitmqctl
+    // takes up to a second per sample on a busy machine).
     let sampling = Arc::new(AtomicBool::new(true));
     let sampler = {
         let (queue, sampling) = (queue.clone(), Arc::clone(&sampling));
@@ -212,11 +212,11 @@ async fn the_broker_never_has_more_unacked_than_the_prefetch() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let worker = Worker::new(source, slow).config(Config::default().prefetch(10).max_in_flight(4));
-    let run = run_until_metrics(worker, |m| m.acked >= 120);
+    let run = run_until_metrics(worker, |m| m.acked >= 400);
     let report = finished(run, Duration::from_secs(60)).await;
     sampling.store(false, Ordering::Relaxed);
     let samples = sampler.await.unwrap();
-    assert_eq!(report.metrics.acked, 120);
+    assert_eq!(report.metrics.acked, 400);
     assert!(samples.len() >= 3, "too few broker samples: {samples:?}");
     assert!(
         samples.iter().any(|&n| n > 0),
