@@ -3,6 +3,7 @@
 //! full is the overflow policy's business ([`crate::Overflow`]).
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use crate::message::Delivery;
 
@@ -64,6 +65,21 @@ impl Lanes {
             .find_map(|(_, lane)| lane.pop_front())?;
         self.len -= 1;
         Some(delivery)
+    }
+
+    /// Takes out what waited longer than `max` (the oldest of each lane
+    /// first: a lane is FIFO, so the front is always the oldest).
+    pub(crate) fn expire(&mut self, max: Duration) -> Vec<Delivery> {
+        let mut expired = Vec::new();
+        for (_, lane) in &mut self.lanes {
+            while lane.front().is_some_and(|d| d.message().age() > max) {
+                if let Some(d) = lane.pop_front() {
+                    expired.push(d);
+                }
+            }
+        }
+        self.len -= expired.len();
+        expired
     }
 
     /// Empties every lane, highest priority first.

@@ -37,6 +37,8 @@ pub struct Metrics {
     pub(crate) breaker_opened: AtomicU64,
     pub(crate) rate_limited: AtomicU64,
     pub(crate) shed: AtomicU64,
+    pub(crate) early_dropped: AtomicU64,
+    pub(crate) expired: AtomicU64,
     held: Gauge,
     running: Gauge,
     queued: AtomicU64,
@@ -115,6 +117,8 @@ impl Metrics {
             breaker_opened: AtomicU64::new(0),
             rate_limited: AtomicU64::new(0),
             shed: AtomicU64::new(0),
+            early_dropped: AtomicU64::new(0),
+            expired: AtomicU64::new(0),
             held: Gauge::default(),
             running: Gauge::default(),
             queued: AtomicU64::new(0),
@@ -159,6 +163,8 @@ impl Metrics {
             breaker_opened: self.breaker_opened.load(Relaxed),
             rate_limited: self.rate_limited.load(Relaxed),
             shed: self.shed.load(Relaxed),
+            early_dropped: self.early_dropped.load(Relaxed),
+            expired: self.expired.load(Relaxed),
             held: self.held.now.load(Relaxed),
             max_held: self.held.max.load(Relaxed),
             running: self.running.now.load(Relaxed),
@@ -212,6 +218,12 @@ pub struct MetricsSnapshot {
     /// Deliveries shed for higher priorities (also counted under the
     /// shed action: requeued, deferred, dead-lettered or dropped).
     pub shed: u64,
+    /// Deliveries dropped early, before the lanes were full (overflow
+    /// `early-drop`; also counted under the shed action).
+    pub early_dropped: u64,
+    /// Deliveries that waited longer than the maximum queue time and were
+    /// shed instead of handled (also counted under the shed action).
+    pub expired: u64,
     /// Deliveries held now (queued + running + being settled).
     pub held: u64,
     /// The most ever held at once.
@@ -273,6 +285,12 @@ impl fmt::Display for MetricsSnapshot {
         }
         if self.shed > 0 {
             write!(f, " shed={}", self.shed)?;
+        }
+        if self.early_dropped > 0 {
+            write!(f, " early_dropped={}", self.early_dropped)?;
+        }
+        if self.expired > 0 {
+            write!(f, " expired={}", self.expired)?;
         }
         if self.rate_limited > 0 {
             write!(f, " rate_limited={}", self.rate_limited)?;

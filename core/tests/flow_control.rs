@@ -309,3 +309,128 @@ async fn under_10x_overload_high_priority_waits_little_while_low_priority_is_she
     );
     assert!(m.max_held <= 16);
 }
+
+/// Runs early drop against a producer of `rate` msg/s for 10 s (the
+/// handlers manage 200/s). Returns the share of arrivals dropped, the mean
+/// lane depth, and how many were dropped while the lanes still had room.
+async fn early_drop_run(rate: u64) -> (f64, f64, u64) {
+    let broker = MemoryBroker::new();
+    let producer = {
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            let mut n = 0u64;
+            loop {
+                tick.tick().await;
+                for _ in 0..rate / 100 {
+                    n += 1;
+                    broker.publish(Q, format!("{n}")).await.unwrap();
+                }
+            }
+        })
+    };
+    let config = Config::default()
+        .prefetch(64)
+        .max_in_flight(2)
+        .overflow(Overflow::EarlyDrop)
+        .shed_action(ShedAction::Drop);
+    let with_room = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = Arc::clone(&with_room);
+    let worker = Worker::new(broker.source(Q), |_: String| async {
+        sleep(Duration::from_millis(10)).await;
+    })
+    .config(config)
+    .on_settled(move |_, how| {
+        if let sluicegate::Settled::Dropped { reason } = how {
+            if reason.contains("filling") {
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    });
+    let metrics = worker.metrics();
+    let depth = {
+        let metrics = Arc::clone(&metrics);
+        tokio::spawn(async move {
+            let mut samples = Vec::new();
+            for _ in 0..1000 {
+                samples.push(metrics.snapshot().queued);
+                sleep(Duration::from_millis(10)).await;
+            }
+            samples
+        })
+    };
+    let report = worker
+        .run_until(sleep(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    producer.abort();
+    let samples = depth.await.unwrap();
+    let mean_depth = samples.iter().sum::<u64>() as f64 / samples.len() as f64;
+    let m = &report.metrics;
+    let share = m.early_dropped as f64 / m.received as f64;
+    (
+        share,
+        mean_depth,
+        with_room.load(std::sync::atomic::Ordering::Relaxed),
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn early_drop_starts_before_the_lanes_are_full_and_rises_with_depth() {
+    let mut results = Vec::new();
+    for rate in [300, 600, 2000] {
+        let (share, depth, with_room) = early_drop_run(rate).await;
+        println!(
+            "early drop at {rate} msg/s (handlers 200/s): {:.1}% dropped, mean lane depth {depth:.1} of 56, {with_room} dropped with room left",
+            share * 100.0
+        );
+        results.push((share, depth, with_room));
+    }
+    // It drops before the lanes are full...
+    assert!(results.iter().all(|(_, _, with_room)| *with_room > 0));
+    // ...and more, at greater depths, as the load grows.
+    for pair in results.windows(2) {
+        assert!(
+            pair[1].0 > pair[0].0,
+            "drop share did not rise: {results:?}"
+        );
+        assert!(pair[1].1 > pair[0].1, "depth did not rise: {results:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn messages_past_the_maximum_queue_time_are_shed_not_handled_late() {
+    let broker = MemoryBroker::new();
+    publish_n(&broker, 200).await;
+    broker.close(Q);
+    let ages: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let log = Arc::clone(&ages);
+    let handler = move |ctx: Context| {
+        log.lock().unwrap().push(ctx.message().age());
+        async { sleep(Duration::from_millis(10)).await }
+    };
+    let config = Config::default()
+        .prefetch(64)
+        .max_in_flight(1)
+        .max_queue_time(Duration::from_millis(100))
+        .shed_action(ShedAction::DeadLetter);
+    let report = Worker::new(broker.source(Q), handler)
+        .config(config)
+        .run()
+        .await
+        .unwrap();
+    let ages = ages.lock().unwrap().clone();
+    let m = &report.metrics;
+    println!(
+        "max queue time 100 ms, 1 handler of 10 ms, 200 at once: {} handled, {} expired",
+        m.acked, m.expired
+    );
+    assert!(m.expired > 0);
+    assert_eq!(m.acked + m.expired, 200, "every message handled or shed");
+    assert!(
+        ages.iter().all(|a| *a <= Duration::from_millis(100)),
+        "a message was handled after waiting longer than the maximum: {:?}",
+        ages.iter().max()
+    );
+    assert_eq!(broker.messages(&format!("{Q}.dlq")).len() as u64, m.expired);
+}

@@ -55,6 +55,7 @@ fn case() -> impl Strategy<Value = Case> {
             Overflow::Delay,
             Overflow::Drop,
             Overflow::Shed,
+            Overflow::EarlyDrop,
         ]),
         0u32..4,
         0u64..300,
