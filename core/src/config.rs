@@ -23,6 +23,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::adaptive::{AdaptiveAlgorithm, AdaptivePolicy};
 use crate::breaker::BreakerPolicy;
 use crate::rate::RateLimit;
 
@@ -215,6 +216,26 @@ pub const ENV_VARS: &[(&str, &str, &str)] = &[
         "on shutdown, how long running handlers may finish before they are cancelled and requeued. >= 0",
     ),
     (
+        "SLUICEGATE_ADAPTIVE",
+        "off",
+        "a latency-driven limit on handlers at once, which the broker prefetch follows: off | aimd | gradient",
+    ),
+    (
+        "SLUICEGATE_ADAPTIVE_TARGET_MS",
+        "100",
+        "with adaptive: the p99 handler time to stay under. >= 1",
+    ),
+    (
+        "SLUICEGATE_ADAPTIVE_MIN",
+        "1",
+        "with adaptive: the fewest handlers at once. >= 1",
+    ),
+    (
+        "SLUICEGATE_ADAPTIVE_MAX",
+        "MAX_IN_FLIGHT",
+        "with adaptive: the most handlers at once. MIN..=PREFETCH",
+    ),
+    (
         "SLUICEGATE_RATE_LIMIT",
         "0",
         "handler starts per second at most (a token bucket); 0 = no limit",
@@ -266,6 +287,7 @@ pub struct Config {
     shutdown_grace: Duration,
     rate_limit: Option<RateLimit>,
     breaker: Option<BreakerPolicy>,
+    adaptive: Option<AdaptivePolicy>,
 }
 
 impl Default for Config {
@@ -282,6 +304,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(10),
             rate_limit: None,
             breaker: None,
+            adaptive: None,
         }
     }
 }
@@ -358,10 +381,42 @@ impl Config {
         if let Some(v) = env.millis("SLUICEGATE_SHUTDOWN_GRACE_MS")? {
             self.shutdown_grace = v;
         }
+        self.adaptive_from(&env)?;
         self.rate_limit_from(&env)?;
         self.breaker_from(&env)?;
         self.validate()?;
         Ok(self)
+    }
+
+    fn adaptive_from(&mut self, env: &EnvReader<'_>) -> Result<(), ConfigError> {
+        let algorithm = env.parse::<String>("SLUICEGATE_ADAPTIVE", "off, aimd or gradient")?;
+        let target = env.millis("SLUICEGATE_ADAPTIVE_TARGET_MS")?;
+        let min = env.parse::<u16>("SLUICEGATE_ADAPTIVE_MIN", "a whole number from 1 to 65535")?;
+        let max = env.parse::<u16>("SLUICEGATE_ADAPTIVE_MAX", "a whole number from 1 to 65535")?;
+        let algorithm = match algorithm.as_deref().map(str::trim) {
+            None => self.adaptive.map(|a| a.algorithm()),
+            Some("off") => None,
+            Some("aimd") => Some(AdaptiveAlgorithm::Aimd),
+            Some("gradient") => Some(AdaptiveAlgorithm::Gradient),
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "SLUICEGATE_ADAPTIVE",
+                    other,
+                    "off, aimd or gradient",
+                ));
+            }
+        };
+        let Some(algorithm) = algorithm else {
+            self.adaptive = None;
+            return Ok(());
+        };
+        let base = self.adaptive.unwrap_or_else(|| {
+            AdaptivePolicy::new(algorithm, Duration::from_millis(100)).bounds(1, self.max_in_flight)
+        });
+        let policy = AdaptivePolicy::new(algorithm, target.unwrap_or(base.target()))
+            .bounds(min.unwrap_or(base.min()), max.unwrap_or(base.max()));
+        self.adaptive = Some(policy);
+        Ok(())
     }
 
     fn rate_limit_from(&mut self, env: &EnvReader<'_>) -> Result<(), ConfigError> {
@@ -496,6 +551,32 @@ impl Config {
                 "at least 1",
             ));
         }
+        if let Some(adaptive) = &self.adaptive {
+            if adaptive.target().is_zero() {
+                return Err(ConfigError::new(
+                    "SLUICEGATE_ADAPTIVE_TARGET_MS",
+                    0,
+                    "at least 1",
+                ));
+            }
+            if adaptive.min() == 0 || adaptive.min() > adaptive.max() {
+                return Err(ConfigError::new(
+                    "SLUICEGATE_ADAPTIVE_MIN",
+                    adaptive.min(),
+                    format!(
+                        "a whole number from 1 to SLUICEGATE_ADAPTIVE_MAX ({})",
+                        adaptive.max()
+                    ),
+                ));
+            }
+            if adaptive.max() > self.prefetch {
+                return Err(ConfigError::new(
+                    "SLUICEGATE_ADAPTIVE_MAX",
+                    adaptive.max(),
+                    format!("at most SLUICEGATE_PREFETCH ({})", self.prefetch),
+                ));
+            }
+        }
         if let Some(breaker) = &self.breaker {
             if breaker.cool_down_duration().is_zero() {
                 return Err(ConfigError::new(
@@ -629,6 +710,19 @@ impl Config {
     /// The maximum queue time, if any.
     pub fn max_queue_time_limit(&self) -> Option<Duration> {
         self.max_queue_time
+    }
+
+    /// Moves the number of handlers at once with their latency, and the
+    /// broker prefetch with it (twice the limit, at most the prefetch set
+    /// here). `max_in_flight` is where the limit starts.
+    pub fn adaptive(mut self, policy: AdaptivePolicy) -> Self {
+        self.adaptive = Some(policy);
+        self
+    }
+
+    /// The adaptive limit, if any.
+    pub fn adaptive_policy(&self) -> Option<AdaptivePolicy> {
+        self.adaptive
     }
 
     /// Limits how fast handlers start (a token bucket).

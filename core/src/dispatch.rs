@@ -11,6 +11,7 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use tokio::time::Instant;
 
+use crate::adaptive::Samples;
 use crate::breaker::{Breaker, Verdict};
 use crate::gate::Permit;
 use crate::handler::ErasedHandler;
@@ -28,6 +29,7 @@ pub(crate) struct Dispatch {
     pub(crate) retry: RetryPolicy,
     pub(crate) timeout: Duration,
     pub(crate) breaker: Option<Arc<Breaker>>,
+    pub(crate) latency: Option<Arc<Samples>>,
 }
 
 /// Tells the circuit breaker how a run went, on every path: a run that is
@@ -91,6 +93,9 @@ impl Dispatch {
             verdict: Verdict::Neither,
         };
         let outcome = self.invoke(Arc::clone(&message)).await;
+        if let Some(latency) = &self.latency {
+            latency.record(running.started.elapsed());
+        }
         drop(running);
         verdict.report(&outcome);
         // The permit covers exactly the handler's run: settling does not hold it.

@@ -7,10 +7,13 @@ use std::sync::Arc;
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
-/// Admits at most `limit` handler runs at once.
+/// Admits at most `limit` handler runs at once. The limit can move (the
+/// adaptive limit) up to the number of permits the gate was made with.
 #[derive(Debug, Clone)]
 pub(crate) struct Gate {
     permits: Arc<Semaphore>,
+    size: usize,
+    limit: usize,
     freed: Arc<Notify>,
 }
 
@@ -34,18 +37,32 @@ impl Gate {
     pub(crate) fn new(limit: usize, freed: Arc<Notify>) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(limit)),
+            size: limit,
+            limit,
             freed,
         }
+    }
+
+    /// Allows `limit` runs at once from now on (at most the gate's size).
+    /// Runs already going over a lowered limit finish; no new one starts
+    /// until they are under it.
+    pub(crate) fn set_limit(&mut self, limit: usize) {
+        self.limit = limit.clamp(1, self.size);
     }
 
     /// Permits free now (only the runtime's loop takes them, so this many
     /// `try_admit`s succeed).
     pub(crate) fn available(&self) -> usize {
-        self.permits.available_permits()
+        let free = self.permits.available_permits();
+        let in_use = self.size - free;
+        self.limit.saturating_sub(in_use).min(free)
     }
 
     /// A permit now, if one is free.
     pub(crate) fn try_admit(&self) -> Option<Permit> {
+        if self.available() == 0 {
+            return None;
+        }
         let permit = Arc::clone(&self.permits).try_acquire_owned().ok()?;
         Some(Permit {
             permit: Some(permit),

@@ -43,6 +43,7 @@
 //! [`source`] (the adapter contract), [`memory`] (the in-memory broker),
 //! [`metrics`], [`shutdown`], and the runtime ([`Worker`]).
 
+mod adaptive;
 mod breaker;
 pub mod config;
 mod dispatch;
@@ -61,6 +62,7 @@ pub mod shutdown;
 pub mod source;
 mod tracker;
 
+pub use adaptive::{AdaptiveAlgorithm, AdaptivePolicy};
 pub use breaker::{BreakerPolicy, BreakerState};
 pub use config::{Config, ConfigError, Overflow, ShedAction};
 pub use handler::{Context, FromMessage, Handler, Json, MessageHandler, Payload, Rejection};

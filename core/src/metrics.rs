@@ -39,6 +39,8 @@ pub struct Metrics {
     pub(crate) shed: AtomicU64,
     pub(crate) early_dropped: AtomicU64,
     pub(crate) expired: AtomicU64,
+    pub(crate) limit: AtomicU64,
+    pub(crate) prefetch: AtomicU64,
     held: Gauge,
     running: Gauge,
     queued: AtomicU64,
@@ -119,6 +121,8 @@ impl Metrics {
             shed: AtomicU64::new(0),
             early_dropped: AtomicU64::new(0),
             expired: AtomicU64::new(0),
+            limit: AtomicU64::new(0),
+            prefetch: AtomicU64::new(0),
             held: Gauge::default(),
             running: Gauge::default(),
             queued: AtomicU64::new(0),
@@ -165,6 +169,8 @@ impl Metrics {
             shed: self.shed.load(Relaxed),
             early_dropped: self.early_dropped.load(Relaxed),
             expired: self.expired.load(Relaxed),
+            limit: self.limit.load(Relaxed),
+            prefetch: self.prefetch.load(Relaxed),
             held: self.held.now.load(Relaxed),
             max_held: self.held.max.load(Relaxed),
             running: self.running.now.load(Relaxed),
@@ -224,6 +230,10 @@ pub struct MetricsSnapshot {
     /// Deliveries that waited longer than the maximum queue time and were
     /// shed instead of handled (also counted under the shed action).
     pub expired: u64,
+    /// Handlers allowed at once now (moves with the adaptive limit).
+    pub limit: u64,
+    /// The prefetch now (follows the adaptive limit).
+    pub prefetch: u64,
     /// Deliveries held now (queued + running + being settled).
     pub held: u64,
     /// The most ever held at once.

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::adaptive::{Controller, Samples};
 use crate::breaker::{Admission, Breaker};
 use crate::config::{Config, Overflow, ShedAction};
 use crate::dispatch::{Dispatch, settle};
@@ -224,7 +225,7 @@ impl<S: Source> Worker<S> {
         );
         flow.classify = self.classify;
         flow.source
-            .set_prefetch(flow.config.prefetch_limit())
+            .set_prefetch(u16::try_from(flow.prefetch_now).unwrap_or(u16::MAX))
             .await?;
         match tokio::spawn(flow.run(shutdown)).await {
             Ok(result) => result,
@@ -255,6 +256,12 @@ struct Flow<S> {
     /// The rate limit or the open breaker hold the lanes until then.
     dispatch_at: Option<Instant>,
     classify: Option<Classify>,
+    /// The adaptive limit and the handler times it reads.
+    adaptive: Option<(Controller, Arc<Samples>)>,
+    /// When the adaptive limit moves next.
+    adaptive_at: Option<Instant>,
+    /// The prefetch now: the configured one, or one following the limit.
+    prefetch_now: usize,
 }
 
 impl<S: Source> Flow<S> {
@@ -265,6 +272,10 @@ impl<S: Source> Flow<S> {
         metrics: Arc<Metrics>,
         on_settled: Option<OnSettled>,
     ) -> Self {
+        let adaptive = config.adaptive_policy().map(|policy| {
+            let controller = Controller::new(policy, config.max_in_flight_limit());
+            (controller, Arc::new(Samples::default()))
+        });
         let breaker = config
             .breaker_policy()
             .map(|policy| Arc::new(Breaker::new(*policy, Arc::clone(&metrics))));
@@ -275,15 +286,26 @@ impl<S: Source> Flow<S> {
             retry: config.retry_policy().clone(),
             timeout: config.handler_timeout_duration(),
             breaker: breaker.clone(),
+            latency: adaptive.as_ref().map(|(_, samples)| Arc::clone(samples)),
         });
         let freed = Arc::new(tokio::sync::Notify::new());
         let limiter = config.rate_limit_policy().map(Limiter::new);
+        let max_in_flight = usize::from(config.max_in_flight_limit());
+        let size = config
+            .adaptive_policy()
+            .map_or(max_in_flight, |a| usize::from(a.max()).max(max_in_flight));
+        let mut gate = Gate::new(size, Arc::clone(&freed));
+        let limit = adaptive.as_ref().map_or(max_in_flight, |(c, _)| c.limit());
+        gate.set_limit(limit);
+        let prefetch_now = match &adaptive {
+            Some((c, _)) => follow_prefetch(c.limit(), &config),
+            None => usize::from(config.prefetch_limit()),
+        };
+        metrics.limit.store(limit as u64, Relaxed);
+        metrics.prefetch.store(prefetch_now as u64, Relaxed);
         Self {
             source,
-            gate: Gate::new(
-                usize::from(config.max_in_flight_limit()),
-                Arc::clone(&freed),
-            ),
+            gate,
             tasks: Arc::new(Tracker::new(freed)),
             config,
             metrics,
@@ -299,11 +321,14 @@ impl<S: Source> Flow<S> {
             breaker,
             dispatch_at: None,
             classify: None,
+            adaptive,
+            adaptive_at: None,
+            prefetch_now,
         }
     }
 
     fn prefetch(&self) -> usize {
-        usize::from(self.config.prefetch_limit())
+        self.prefetch_now
     }
 
     fn held(&self) -> usize {
@@ -315,7 +340,38 @@ impl<S: Source> Flow<S> {
     }
 
     fn accept_limit(&self) -> usize {
-        self.prefetch() - self.config.intake_reserve()
+        let reserve = match self.config.overflow_policy() {
+            Overflow::Block => 0,
+            _ => (self.prefetch() / 8).max(1),
+        };
+        self.prefetch().saturating_sub(reserve).max(1)
+    }
+
+    /// Moves the adaptive limit by the handler times since the last tick,
+    /// and the prefetch with it (told to the broker when it moves by a
+    /// tenth or more, so the broker is not re-tuned for every step).
+    async fn adapt(&mut self) {
+        let Some((controller, samples)) = &mut self.adaptive else {
+            return;
+        };
+        self.adaptive_at = Some(Instant::now() + ADAPT_EVERY);
+        let Some(limit) = controller.tick(samples) else {
+            return;
+        };
+        self.gate.set_limit(limit);
+        self.metrics.limit.store(limit as u64, Relaxed);
+        let prefetch = follow_prefetch(limit, &self.config);
+        let step = (self.prefetch_now / 10).max(1);
+        if prefetch.abs_diff(self.prefetch_now) >= step {
+            tracing::debug!(limit, prefetch, "adaptive limit moved the prefetch");
+            self.prefetch_now = prefetch;
+            self.metrics.prefetch.store(prefetch as u64, Relaxed);
+            let prefetch = u16::try_from(prefetch).unwrap_or(u16::MAX);
+            if let Err(error) = self.source.set_prefetch(prefetch).await {
+                self.metrics.source_errors.fetch_add(1, Relaxed);
+                tracing::warn!(%error, prefetch, "source refused the new prefetch");
+            }
+        }
     }
 
     fn can_pull(&self) -> bool {
@@ -348,6 +404,10 @@ impl<S: Source> Flow<S> {
             let can_pull = self.can_pull();
             let retry_at = self.retry_source_at;
             let dispatch_at = self.dispatch_at;
+            if self.adaptive.is_some() && self.adaptive_at.is_none() {
+                self.adaptive_at = Some(Instant::now() + ADAPT_EVERY);
+            }
+            let adaptive_at = self.adaptive_at;
             tokio::select! {
                 biased;
                 () = &mut shutdown => break StopReason::Shutdown,
@@ -358,6 +418,7 @@ impl<S: Source> Flow<S> {
                 () = self.tasks.ended() => self.finished(),
                 () = sleep_until_opt(retry_at), if retry_at.is_some() => self.retry_source_at = None,
                 () = sleep_until_opt(dispatch_at), if dispatch_at.is_some() => self.dispatch_at = None,
+                () = sleep_until_opt(adaptive_at), if adaptive_at.is_some() => self.adapt().await,
                 pulled = self.source.next(), if can_pull => match pulled {
                     Ok(Some(delivery)) => {
                         self.source_failures = 0;
@@ -694,6 +755,15 @@ impl<S: Source> Flow<S> {
         report.finished_in_grace = running.saturating_sub(cancelled_handlers) as u64;
         report
     }
+}
+
+/// How often the adaptive limit moves.
+const ADAPT_EVERY: Duration = Duration::from_millis(100);
+
+/// The prefetch that follows an adaptive limit: twice the limit (the
+/// handlers' next batch waits in the lanes), at most the configured one.
+fn follow_prefetch(limit: usize, config: &Config) -> usize {
+    (limit * 2).clamp(1, usize::from(config.prefetch_limit()))
 }
 
 /// Early drop's probability at a fill ratio: its square, clamped to 0..=1.

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use sluicegate::memory::{MemoryBroker, Publish, QueueOptions};
 use sluicegate::{
-    BreakerPolicy, BreakerState, Config, Context, HandlerError, Overflow, RateLimit, RetryPolicy,
-    ShedAction, Worker,
+    AdaptiveAlgorithm, AdaptivePolicy, BreakerPolicy, BreakerState, Config, Context, HandlerError,
+    Overflow, RateLimit, RetryPolicy, ShedAction, Worker,
 };
 use tokio::time::{Instant, sleep};
 
@@ -433,4 +433,128 @@ async fn messages_past_the_maximum_queue_time_are_shed_not_handled_late() {
         ages.iter().max()
     );
     assert_eq!(broker.messages(&format!("{Q}.dlq")).len() as u64, m.expired);
+}
+
+/// Runs an adaptive worker against a downstream of 8 slots whose service
+/// time steps from 10 ms to 100 ms at 10 s; returns (time, limit, prefetch)
+/// samples and (finish time, latency) of every run.
+async fn adaptive_run(
+    algorithm: AdaptiveAlgorithm,
+) -> (Vec<(Duration, u64, u64)>, Vec<(Duration, Duration)>) {
+    let broker = MemoryBroker::new();
+    publish_n(&broker, 60_000).await;
+    let began = Instant::now();
+    let downstream = Arc::new(tokio::sync::Semaphore::new(8));
+    let runs: Arc<Mutex<Vec<(Duration, Duration)>>> = Arc::default();
+    let log = Arc::clone(&runs);
+    let handler = move |_: String| {
+        let (downstream, log) = (Arc::clone(&downstream), Arc::clone(&log));
+        async move {
+            let start = Instant::now();
+            let _slot = downstream.acquire().await.unwrap();
+            let service = if began.elapsed() < Duration::from_secs(10) {
+                10
+            } else {
+                100
+            };
+            sleep(Duration::from_millis(service)).await;
+            log.lock().unwrap().push((began.elapsed(), start.elapsed()));
+        }
+    };
+    let config = Config::default()
+        .prefetch(128)
+        .max_in_flight(16)
+        .adaptive(AdaptivePolicy::new(algorithm, Duration::from_millis(250)).bounds(1, 64));
+    let worker = Worker::new(broker.source(Q), handler).config(config);
+    let metrics = worker.metrics();
+    let samples: Arc<Mutex<Vec<(Duration, u64, u64)>>> = Arc::default();
+    let sampler = {
+        let samples = Arc::clone(&samples);
+        tokio::spawn(async move {
+            loop {
+                let m = metrics.snapshot();
+                samples
+                    .lock()
+                    .unwrap()
+                    .push((began.elapsed(), m.limit, m.prefetch));
+                sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    worker
+        .run_until(sleep(Duration::from_secs(25)))
+        .await
+        .unwrap();
+    sampler.abort();
+    let samples = samples.lock().unwrap().clone();
+    let runs = runs.lock().unwrap().clone();
+    (samples, runs)
+}
+
+fn p99_between(runs: &[(Duration, Duration)], from: u64, to: u64) -> Duration {
+    let mut window: Vec<Duration> = runs
+        .iter()
+        .filter(|(at, _)| *at >= Duration::from_secs(from) && *at < Duration::from_secs(to))
+        .map(|(_, latency)| *latency)
+        .collect();
+    p99(&mut window)
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_adaptive_limit_settles_after_a_latency_step_and_the_prefetch_follows() {
+    for algorithm in [AdaptiveAlgorithm::Aimd, AdaptiveAlgorithm::Gradient] {
+        let (samples, runs) = adaptive_run(algorithm).await;
+        let limits = |from: u64, to: u64| -> Vec<u64> {
+            samples
+                .iter()
+                .filter(|(at, _, _)| {
+                    *at >= Duration::from_secs(from) && *at < Duration::from_secs(to)
+                })
+                .map(|(_, limit, _)| *limit)
+                .collect()
+        };
+        let before = limits(5, 10);
+        let settled = limits(20, 25);
+        let (lo, hi) = (
+            settled.iter().min().copied().unwrap_or(0),
+            settled.iter().max().copied().unwrap_or(0),
+        );
+        let prefetch_after = samples.last().map_or(0, |s| s.2);
+        let limit_after = samples.last().map_or(0, |s| s.1);
+        // When the limit last moved by more than a tenth of its final value.
+        let settled_at = samples
+            .iter()
+            .rev()
+            .find(|(_, limit, _)| limit.abs_diff(limit_after) * 10 > limit_after)
+            .map_or(Duration::ZERO, |(at, _, _)| *at);
+        println!("adaptive {algorithm:?}: settled at {settled_at:?} (the step was at 10 s)");
+        println!(
+            "adaptive {algorithm:?}: limit before the step {:?}..{:?}, 10-20 s after it {lo}..{hi}; prefetch now {prefetch_after}; p99 latency 5-10 s {:?}, 10-12 s {:?}, 20-25 s {:?}",
+            before.iter().min(),
+            before.iter().max(),
+            p99_between(&runs, 5, 10),
+            p99_between(&runs, 10, 12),
+            p99_between(&runs, 20, 25),
+        );
+        let target = Duration::from_millis(250);
+        // Before the step: latency far under the target, the limit at its top.
+        assert!(p99_between(&runs, 5, 10) < target);
+        assert!(before.iter().all(|l| *l == 64), "{before:?}");
+        // After it: settled within 10 s, and p99 back under the target.
+        assert!(
+            settled_at <= Duration::from_secs(20),
+            "settled at {settled_at:?}"
+        );
+        assert!(hi - lo <= hi / 10 + 1, "still moving: {lo}..{hi}");
+        assert!(
+            p99_between(&runs, 20, 25) <= target,
+            "p99 over the target after settling"
+        );
+        // The prefetch follows the limit (twice it, re-tuned when that moves
+        // by a tenth or more), down from 128.
+        assert!(
+            prefetch_after.abs_diff(2 * limit_after) <= (prefetch_after / 10).max(1),
+            "prefetch {prefetch_after} for a limit of {limit_after}"
+        );
+    }
 }
