@@ -18,7 +18,10 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use sluicegate::message::header;
-use sluicegate::{BreakerPolicy, Config, Context, HandlerError, Json, RetryPolicy, Source, Worker};
+use sluicegate::{
+    AdaptiveAlgorithm, AdaptivePolicy, BreakerPolicy, Config, Context, HandlerError, Json,
+    RetryPolicy, Source, Worker,
+};
 use sluicegate_amqp::{AmqpConfig, AmqpSource};
 use sluicegate_test_support::{finished, run_until_metrics, wait_until};
 
@@ -854,5 +857,72 @@ async fn the_breaker_holds_intake_while_the_dependency_is_down_and_loses_nothing
     )
     .await;
     assert_eq!(ready(&ch, &queue).await, 0);
+    delete(&ch, &[queue.clone(), format!("{queue}.dlq")]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_adaptive_limit_re_tunes_the_prefetch_the_broker_applies() {
+    let _serial = SERIAL.lock().await;
+    let queue = unique("adaptive");
+    let source = AmqpSource::connect(AmqpConfig::new(url(), &queue))
+        .await
+        .unwrap();
+    let (_conn, ch) = channel().await;
+    let payloads: Vec<Vec<u8>> = (0..20_000).map(|i| format!("{i}").into_bytes()).collect();
+    publish_all(&ch, &queue, &payloads).await;
+    // A downstream of 8 slots: 5 ms a call for 3 s, then 50 ms.
+    let began = Instant::now();
+    let step = Duration::from_secs(3);
+    let downstream = Arc::new(tokio::sync::Semaphore::new(8));
+    let handler = move |_: String| {
+        let downstream = Arc::clone(&downstream);
+        async move {
+            let _slot = downstream.acquire().await.unwrap();
+            let service = if began.elapsed() < step { 5 } else { 50 };
+            tokio::time::sleep(Duration::from_millis(service)).await;
+        }
+    };
+    let adaptive =
+        AdaptivePolicy::new(AdaptiveAlgorithm::Aimd, Duration::from_millis(100)).bounds(2, 32);
+    let config = Config::default()
+        .prefetch(64)
+        .max_in_flight(8)
+        .adaptive(adaptive);
+    let worker = Worker::new(source, handler).config(config);
+    let metrics = worker.metrics();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopper = Arc::clone(&stop);
+    let run = tokio::spawn(worker.run_until(async move {
+        while !stopper.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }));
+    tokio::time::sleep(step - Duration::from_millis(200)).await;
+    let before = (metrics.snapshot().limit, broker_channel_prefetch());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = (metrics.snapshot().limit, broker_channel_prefetch());
+    stop.store(true, Ordering::Relaxed);
+    finished(run, Duration::from_secs(30)).await;
+    println!(
+        "adaptive against RabbitMQ: before the step limit {} and broker prefetch {:?}; 5 s after it limit {} and broker prefetch {:?}",
+        before.0, before.1, after.0, after.1
+    );
+    // Fast calls: the limit climbed, and the broker's prefetch with it.
+    assert!(
+        before.0 > 8,
+        "the limit climbed while calls were fast: {before:?}"
+    );
+    assert_eq!(before.1.len(), 1, "one consuming channel: {before:?}");
+    assert!(before.1[0] > 16, "{before:?}");
+    // Slow calls: the limit came down, and so did the broker's prefetch.
+    assert!(after.0 < before.0, "{after:?} after {before:?}");
+    assert!(
+        after.1[0] < before.1[0],
+        "the broker's prefetch followed: {after:?} after {before:?}"
+    );
+    assert!(
+        after.1[0].abs_diff(2 * after.0) <= after.1[0] / 10 + 1,
+        "{after:?}"
+    );
     delete(&ch, &[queue.clone(), format!("{queue}.dlq")]).await;
 }
