@@ -216,6 +216,11 @@ pub const ENV_VARS: &[(&str, &str, &str)] = &[
         "on shutdown, how long running handlers may finish before they are cancelled and requeued. >= 0",
     ),
     (
+        "SLUICEGATE_LANE_WEIGHTS",
+        "(strict)",
+        "shares of handler starts per lane, highest priority first, e.g. 70,20,10; unset = strict priority",
+    ),
+    (
         "SLUICEGATE_ADAPTIVE",
         "off",
         "a latency-driven limit on handlers at once, which the broker prefetch follows: off | aimd | gradient",
@@ -288,6 +293,7 @@ pub struct Config {
     rate_limit: Option<RateLimit>,
     breaker: Option<BreakerPolicy>,
     adaptive: Option<AdaptivePolicy>,
+    lane_weights: Option<Vec<u32>>,
 }
 
 impl Default for Config {
@@ -305,6 +311,7 @@ impl Default for Config {
             rate_limit: None,
             breaker: None,
             adaptive: None,
+            lane_weights: None,
         }
     }
 }
@@ -380,6 +387,22 @@ impl Config {
         }
         if let Some(v) = env.millis("SLUICEGATE_SHUTDOWN_GRACE_MS")? {
             self.shutdown_grace = v;
+        }
+        if let Some(raw) = env.parse::<String>("SLUICEGATE_LANE_WEIGHTS", "weights")? {
+            let weights: Option<Vec<u32>> = raw
+                .split(',')
+                .map(|w| w.trim().parse::<u32>().ok().filter(|w| *w > 0))
+                .collect();
+            match weights {
+                Some(weights) if !weights.is_empty() => self.lane_weights = Some(weights),
+                _ => {
+                    return Err(ConfigError::new(
+                        "SLUICEGATE_LANE_WEIGHTS",
+                        raw,
+                        "whole numbers above 0, comma-separated, highest priority first (70,20,10)",
+                    ));
+                }
+            }
         }
         self.adaptive_from(&env)?;
         self.rate_limit_from(&env)?;
@@ -551,6 +574,15 @@ impl Config {
                 "at least 1",
             ));
         }
+        if let Some(weights) = &self.lane_weights {
+            if weights.contains(&0) {
+                return Err(ConfigError::new(
+                    "SLUICEGATE_LANE_WEIGHTS",
+                    format!("{weights:?}"),
+                    "whole numbers above 0",
+                ));
+            }
+        }
         if let Some(adaptive) = &self.adaptive {
             if adaptive.target().is_zero() {
                 return Err(ConfigError::new(
@@ -710,6 +742,20 @@ impl Config {
     /// The maximum queue time, if any.
     pub fn max_queue_time_limit(&self) -> Option<Duration> {
         self.max_queue_time
+    }
+
+    /// Shares handler starts between the priority lanes by `weights`
+    /// (highest priority first, e.g. `[70, 20, 10]`; lanes past the list take
+    /// the last weight) instead of strict priority, so none starves.
+    pub fn lane_weights(mut self, weights: impl Into<Vec<u32>>) -> Self {
+        let weights: Vec<u32> = weights.into();
+        self.lane_weights = (!weights.is_empty()).then_some(weights);
+        self
+    }
+
+    /// The lane weights, if set.
+    pub fn lane_weights_policy(&self) -> Option<&[u32]> {
+        self.lane_weights.as_deref()
     }
 
     /// Moves the number of handlers at once with their latency, and the

@@ -1,6 +1,9 @@
-//! Where accepted deliveries wait for a handler: FIFO lanes by priority,
-//! highest first. The runtime bounds their total; what happens when they are
-//! full is the overflow policy's business ([`crate::Overflow`]).
+//! Where accepted deliveries wait for a handler: FIFO lanes by priority.
+//! By default the highest priority always goes first (strict). With lane
+//! weights (e.g. 70/20/10) each lane gets its share of the handler starts
+//! while it has work (stride scheduling), so no lane starves. The runtime
+//! bounds their total; what happens when they are full is the overflow
+//! policy's business ([`crate::Overflow`]).
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -13,9 +16,27 @@ pub(crate) struct Lanes {
     /// Sorted by priority, highest first.
     lanes: Vec<(u8, VecDeque<Delivery>)>,
     len: usize,
+    /// Shares by rank (highest priority first); `None`: strict priority.
+    weights: Option<Vec<u32>>,
+    /// Each lane's virtual time (stride scheduling), same order as `lanes`.
+    pass: Vec<u64>,
+    /// The virtual time of the last start.
+    clock: u64,
 }
 
+/// A lane's stride is this over its weight.
+const STRIDE: u64 = 1 << 20;
+
 impl Lanes {
+    /// Lanes sharing handler starts by `weights` (highest priority first;
+    /// lanes past the list take the last weight), or strict priority.
+    pub(crate) fn new(weights: Option<Vec<u32>>) -> Self {
+        Self {
+            weights: weights.filter(|w| !w.is_empty()),
+            ..Self::default()
+        }
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.len
     }
@@ -30,21 +51,57 @@ impl Lanes {
             Ok(at) => at,
             Err(at) => {
                 self.lanes.insert(at, (priority, VecDeque::new()));
+                self.pass.insert(at, self.clock);
                 at
             }
         };
+        if self.lanes[at].1.is_empty() {
+            // A lane that was idle starts from now, not from its old
+            // virtual time (it may not make up for its idle spell).
+            self.pass[at] = self.pass[at].max(self.clock);
+        }
         self.lanes[at].1.push_back(delivery);
         self.len += 1;
     }
 
-    /// The oldest delivery of the highest priority.
+    /// The next delivery: the oldest of the highest priority, or with
+    /// weights, the oldest of the lane furthest behind its share.
     pub(crate) fn pop(&mut self) -> Option<Delivery> {
-        let delivery = self
-            .lanes
-            .iter_mut()
-            .find_map(|(_, lane)| lane.pop_front())?;
+        let at = match &self.weights {
+            None => self.lanes.iter().position(|(_, lane)| !lane.is_empty())?,
+            Some(weights) => {
+                let at = (0..self.lanes.len())
+                    .filter(|i| !self.lanes[*i].1.is_empty())
+                    .min_by_key(|i| (self.pass[*i], *i))?;
+                let weight = weights
+                    .get(at)
+                    .or(weights.last())
+                    .copied()
+                    .unwrap_or(1)
+                    .max(1);
+                self.clock = self.pass[at];
+                self.pass[at] += STRIDE / u64::from(weight);
+                at
+            }
+        };
+        let delivery = self.lanes[at].1.pop_front()?;
         self.len -= 1;
         Some(delivery)
+    }
+
+    /// With weights, each lane may hold an equal part of `total`: a lane
+    /// that holds its part takes no more (its arrivals overflow), so under
+    /// overload every lane stays stocked and the weights, not the arrival
+    /// mix, decide what runs. Without weights, lanes share `total` freely.
+    pub(crate) fn lane_full(&self, priority: u8, total: usize) -> bool {
+        let Some(weights) = &self.weights else {
+            return false;
+        };
+        let part = (total / weights.len().max(1)).max(1);
+        self.lanes
+            .iter()
+            .find(|(p, _)| *p == priority)
+            .is_some_and(|(_, lane)| lane.len() >= part)
     }
 
     /// The lowest priority waiting, if any.
@@ -117,5 +174,34 @@ mod tests {
         }
         assert_eq!(order, ["d", "b", "e", "a", "c"]);
         assert!(lanes.is_empty());
+    }
+
+    #[tokio::test]
+    async fn weighted_lanes_share_starts_and_none_starves() {
+        let broker = MemoryBroker::new();
+        broker.declare("q", QueueOptions::default().max_priority(9));
+        let mut source = broker.source("q");
+        let mut lanes = Lanes::new(Some(vec![70, 20, 10]));
+        for i in 0..300 {
+            for p in [9, 5, 1] {
+                broker
+                    .publish("q", Publish::new(format!("{p}-{i}")).priority(p))
+                    .await
+                    .unwrap();
+                lanes.push(source.next().await.unwrap().unwrap());
+            }
+        }
+        let mut counts = std::collections::BTreeMap::new();
+        for _ in 0..100 {
+            let d = lanes.pop().unwrap();
+            *counts.entry(d.message().priority()).or_insert(0) += 1;
+            d.ack().await.unwrap();
+        }
+        assert_eq!(counts.get(&9), Some(&70));
+        assert_eq!(counts.get(&5), Some(&20));
+        assert_eq!(counts.get(&1), Some(&10), "the low lane gets its tenth");
+        while let Some(d) = lanes.pop() {
+            d.ack().await.unwrap();
+        }
     }
 }

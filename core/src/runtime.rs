@@ -290,6 +290,7 @@ impl<S: Source> Flow<S> {
         });
         let freed = Arc::new(tokio::sync::Notify::new());
         let limiter = config.rate_limit_policy().map(Limiter::new);
+        let lanes = Lanes::new(config.lane_weights_policy().map(<[u32]>::to_vec));
         let max_in_flight = usize::from(config.max_in_flight_limit());
         let size = config
             .adaptive_policy()
@@ -310,7 +311,7 @@ impl<S: Source> Flow<S> {
             config,
             metrics,
             dispatch,
-            lanes: Lanes::default(),
+            lanes,
             paused: false,
             nack_hold: false,
             source_done: false,
@@ -538,7 +539,10 @@ impl<S: Source> Flow<S> {
             let priority = classify(delivery.message());
             delivery.set_priority(priority);
         }
-        if self.accepted() < self.accept_limit() {
+        let lane_full = self
+            .lanes
+            .lane_full(delivery.message().priority(), self.accept_limit());
+        if self.accepted() < self.accept_limit() && !lane_full {
             if self.config.overflow_policy() == Overflow::EarlyDrop && self.drop_early() {
                 self.metrics.early_dropped.fetch_add(1, Relaxed);
                 let reason =
@@ -580,6 +584,8 @@ impl<S: Source> Flow<S> {
             Overflow::Shed => {
                 let arriving = delivery.message().priority();
                 let shed = match self.lanes.lowest_priority() {
+                    // Its own lane is full (weighted lanes): it is the one shed.
+                    _ if lane_full => Some(delivery),
                     Some(lowest) if lowest < arriving => {
                         self.lanes.push(delivery);
                         self.lanes.pop_lowest()
