@@ -17,12 +17,30 @@ use sluicegate::{Headers, Message, Origin};
 pub const NOT_BEFORE: &str = "x-sluicegate-not-before";
 
 /// Makes fetched records owned, sharing one `Arc<str>` per topic name.
-#[derive(Default)]
 pub(crate) struct Owner {
     topics: HashMap<String, Arc<str>>,
+    /// Each consumed topic's priority (its lane), its retry topic's too.
+    priorities: HashMap<String, u8>,
 }
 
 impl Owner {
+    /// With several topics, the first is the highest priority lane: the
+    /// runtime runs its records first (and sheds the last topic's first).
+    pub(crate) fn new(topics: &[String]) -> Self {
+        let mut priorities = HashMap::new();
+        if topics.len() > 1 {
+            for (rank, topic) in topics.iter().enumerate() {
+                let priority = u8::try_from(topics.len() - 1 - rank).unwrap_or(0);
+                priorities.insert(topic.clone(), priority);
+                priorities.insert(format!("{topic}{}", crate::config::RETRY_SUFFIX), priority);
+            }
+        }
+        Self {
+            topics: HashMap::new(),
+            priorities,
+        }
+    }
+
     pub(crate) fn topic(&mut self, name: &str) -> Arc<str> {
         if let Some(topic) = self.topics.get(name) {
             return topic.clone();
@@ -68,6 +86,9 @@ impl Owner {
         )
         .with_headers(headers)
         .with_attempt(attempt);
+        if let Some(priority) = self.priorities.get(record.topic()) {
+            message = message.with_priority(*priority);
+        }
         if let Some(key) = record.key() {
             message = message.with_key(Bytes::copy_from_slice(key));
         }

@@ -119,11 +119,12 @@ impl KafkaSource {
         let consumer = Arc::new(consumer);
         shared.set_consumer(Some(consumer.clone()));
 
+        let owner = Owner::new(&config.topics);
         let (done, poller) = oneshot::channel();
         let thread_shared = shared.clone();
         thread::Builder::new()
             .name("sluicegate-kafka-poll".into())
-            .spawn(move || poll_loop(&thread_shared, consumer, done))
+            .spawn(move || poll_loop(&thread_shared, consumer, owner, done))
             .map_err(|e| KafkaError::Thread(e.to_string()))?;
         tracing::info!(brokers = %config.brokers, group = %config.group, topics = %topics.join(","), ordering = ?config.ordering, "Kafka consumer subscribed");
         Ok(Self {
@@ -222,8 +223,12 @@ impl Drop for KafkaSource {
 /// The consumer thread: polls until told to stop, then commits what is
 /// done and closes the consumer (leaving the group; the revoke that causes
 /// commits once more).
-fn poll_loop(shared: &Shared, consumer: Arc<Consumer>, done: oneshot::Sender<()>) {
-    let mut owner = Owner::default();
+fn poll_loop(
+    shared: &Shared,
+    consumer: Arc<Consumer>,
+    mut owner: Owner,
+    done: oneshot::Sender<()>,
+) {
     let mut errors = ErrorLog::default();
     let mut batch = Vec::with_capacity(POLL_BATCH);
     let mut readable = Vec::new();

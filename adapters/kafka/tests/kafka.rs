@@ -689,3 +689,60 @@ async fn the_breaker_holds_intake_while_the_dependency_is_down_and_commits_every
     assert_eq!(report.metrics.acked, 3000);
     assert_eq!(committed(&group, &topic, 3).await, log_end(&topic).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_topics_are_lanes_and_the_first_runs_first() {
+    let _serial = SERIAL.lock().await;
+    let high = unique("lanes-high");
+    let low = unique("lanes-low");
+    let group = unique("lanes-g");
+    create_topic(&high, 1).await;
+    create_topic(&low, 1).await;
+    // The backlog: 2,000 low-priority jobs first, then 200 high-priority.
+    let jobs = |from: u32, n: u32| -> Vec<Out> {
+        (from..from + n)
+            .map(|id| Out {
+                key: None,
+                payload: job(id, 1, false),
+                partition: Some(0),
+            })
+            .collect()
+    };
+    produce(&low, jobs(0, 2000)).await;
+    produce(&high, jobs(10_000, 200)).await;
+    let source = KafkaSource::connect(
+        KafkaConfig::new(brokers(), &group, [&high, &low]).ordering(Ordering::Unordered),
+    )
+    .await
+    .unwrap();
+    let order: Arc<Mutex<Vec<(u32, u8)>>> = Arc::default();
+    let log = Arc::clone(&order);
+    let handler = move |Json(job): Json<Job>, ctx: Context| {
+        log.lock().unwrap().push((job.id, ctx.message().priority()));
+        async move { tokio::time::sleep(Duration::from_millis(job.work_ms)).await }
+    };
+    let config = Config::default().prefetch(200).max_in_flight(4);
+    let run = run_until_metrics(Worker::new(source, handler).config(config), |m| {
+        m.acked >= 2200
+    });
+    finished(run, Duration::from_secs(120)).await;
+    let order = order.lock().unwrap().clone();
+    let last_high = order.iter().rposition(|(id, _)| *id >= 10_000).unwrap();
+    let lows_before = order[..last_high]
+        .iter()
+        .filter(|(id, _)| *id < 10_000)
+        .count();
+    println!(
+        "topics as lanes: the last of 200 high-priority jobs ran after {lows_before} of 2,000 low ones"
+    );
+    assert!(
+        order.iter().all(|(id, p)| (*id >= 10_000) == (*p == 1)),
+        "the first topic is priority 1, the second 0"
+    );
+    assert!(
+        lows_before < 1000,
+        "high-priority jobs waited behind {lows_before} low ones"
+    );
+    assert_eq!(committed(&group, &high, 1).await, log_end(&high).await);
+    assert_eq!(committed(&group, &low, 1).await, log_end(&low).await);
+}
