@@ -221,6 +221,11 @@ pub const ENV_VARS: &[(&str, &str, &str)] = &[
         "shares of handler starts per lane, highest priority first, e.g. 70,20,10; unset = strict priority",
     ),
     (
+        "SLUICEGATE_RESERVED_FOR_TOP",
+        "0",
+        "share (0 to 1) of the handlers only the top priority lane may use, so it never waits behind long low-priority runs",
+    ),
+    (
         "SLUICEGATE_ADAPTIVE",
         "off",
         "a latency-driven limit on handlers at once, which the broker prefetch follows: off | aimd | gradient",
@@ -294,6 +299,8 @@ pub struct Config {
     breaker: Option<BreakerPolicy>,
     adaptive: Option<AdaptivePolicy>,
     lane_weights: Option<Vec<u32>>,
+    /// Parts per million, so the configuration stays `Eq`.
+    reserved_for_top_ppm: u32,
 }
 
 impl Default for Config {
@@ -312,6 +319,7 @@ impl Default for Config {
             breaker: None,
             adaptive: None,
             lane_weights: None,
+            reserved_for_top_ppm: 0,
         }
     }
 }
@@ -403,6 +411,19 @@ impl Config {
                     ));
                 }
             }
+        }
+        if let Some(v) = env.parse::<f64>(
+            "SLUICEGATE_RESERVED_FOR_TOP",
+            "a share from 0 to under 1 (0.2 = a fifth)",
+        )? {
+            if !(0.0..1.0).contains(&v) {
+                return Err(ConfigError::new(
+                    "SLUICEGATE_RESERVED_FOR_TOP",
+                    v,
+                    "a share from 0 to under 1 (0.2 = a fifth)",
+                ));
+            }
+            self = self.reserved_for_top(v);
         }
         self.adaptive_from(&env)?;
         self.rate_limit_from(&env)?;
@@ -756,6 +777,25 @@ impl Config {
     /// The lane weights, if set.
     pub fn lane_weights_policy(&self) -> Option<&[u32]> {
         self.lane_weights.as_deref()
+    }
+
+    /// Keeps `share` (0 to 1) of the handlers for the top priority lane:
+    /// the others may not use them, so a top-priority message starts at
+    /// once even when long low-priority runs hold the rest.
+    /// A share outside 0 to 1 is clamped into it (below 1).
+    pub fn reserved_for_top(mut self, share: f64) -> Self {
+        let share = if share.is_nan() {
+            0.0
+        } else {
+            share.clamp(0.0, 0.999_999)
+        };
+        self.reserved_for_top_ppm = (share * 1e6).round() as u32;
+        self
+    }
+
+    /// The share of handlers kept for the top priority.
+    pub fn reserved_for_top_share(&self) -> f64 {
+        f64::from(self.reserved_for_top_ppm) / 1e6
     }
 
     /// Moves the number of handlers at once with their latency, and the

@@ -4,6 +4,8 @@
 //! breaker and the adaptive limit attach here.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::Relaxed;
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
@@ -15,6 +17,7 @@ pub(crate) struct Gate {
     size: usize,
     limit: usize,
     freed: Arc<Notify>,
+    below_top: Arc<AtomicUsize>,
 }
 
 /// A handler's right to run. Dropping it frees the slot and wakes the loop.
@@ -22,12 +25,17 @@ pub(crate) struct Gate {
 pub(crate) struct Permit {
     permit: Option<OwnedSemaphorePermit>,
     freed: Arc<Notify>,
+    /// Counts runs below the top priority, while it lives.
+    below_top: Option<Arc<AtomicUsize>>,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
         // Release first, then wake: the woken loop must find the slot free.
         drop(self.permit.take());
+        if let Some(count) = self.below_top.take() {
+            count.fetch_sub(1, Relaxed);
+        }
         self.freed.notify_one();
     }
 }
@@ -40,6 +48,7 @@ impl Gate {
             size: limit,
             limit,
             freed,
+            below_top: Arc::default(),
         }
     }
 
@@ -67,6 +76,25 @@ impl Gate {
         Some(Permit {
             permit: Some(permit),
             freed: Arc::clone(&self.freed),
+            below_top: None,
         })
+    }
+
+    /// Runs below the top priority going now.
+    pub(crate) fn below_top(&self) -> usize {
+        self.below_top.load(Relaxed)
+    }
+
+    /// The most runs below the top priority at once: the limit less the
+    /// slots reserved for the top priority.
+    pub(crate) fn below_top_limit(&self, reserved_share: f64) -> usize {
+        let reserved = (self.limit as f64 * reserved_share).ceil() as usize;
+        self.limit.saturating_sub(reserved)
+    }
+
+    /// Counts `permit` as a run below the top priority until it drops.
+    pub(crate) fn mark_below_top(&self, permit: &mut Permit) {
+        self.below_top.fetch_add(1, Relaxed);
+        permit.below_top = Some(Arc::clone(&self.below_top));
     }
 }

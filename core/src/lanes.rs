@@ -104,6 +104,23 @@ impl Lanes {
             .is_some_and(|(_, lane)| lane.len() >= part)
     }
 
+    /// The highest priority ever seen: the top lane, whose reserved share
+    /// of the handlers no other lane may use.
+    pub(crate) fn top_priority(&self) -> Option<u8> {
+        self.lanes.first().map(|(p, _)| *p)
+    }
+
+    /// Puts back a delivery just popped, at the front of its lane.
+    pub(crate) fn unpop(&mut self, delivery: Delivery) {
+        let priority = delivery.message().priority();
+        if let Some((_, lane)) = self.lanes.iter_mut().find(|(p, _)| *p == priority) {
+            lane.push_front(delivery);
+            self.len += 1;
+        } else {
+            self.push(delivery);
+        }
+    }
+
     /// The lowest priority waiting, if any.
     pub(crate) fn lowest_priority(&self) -> Option<u8> {
         self.lanes

@@ -502,9 +502,34 @@ impl<S: Source> Flow<S> {
                     break;
                 }
             }
-            let (Some(permit), Some(delivery)) = (self.gate.try_admit(), self.lanes.pop()) else {
+            let Some(delivery) = self.lanes.pop() else {
                 break;
             };
+            // A share of the handlers kept for the top priority: the others
+            // wait when they hold the rest.
+            let below_top = self
+                .lanes
+                .top_priority()
+                .is_some_and(|top| delivery.message().priority() < top);
+            let reserved = self.config.reserved_for_top_share();
+            if below_top
+                && reserved > 0.0
+                && self.gate.below_top() >= self.gate.below_top_limit(reserved)
+            {
+                self.lanes.unpop(delivery);
+                if let Some(breaker) = &self.breaker {
+                    breaker.unadmit(probe);
+                }
+                // Only a top-priority arrival or a freed slot can change this.
+                break;
+            }
+            let Some(mut permit) = self.gate.try_admit() else {
+                self.lanes.unpop(delivery);
+                break;
+            };
+            if below_top && reserved > 0.0 {
+                self.gate.mark_below_top(&mut permit);
+            }
             self.start(delivery, permit, probe);
         }
     }
