@@ -110,6 +110,14 @@ impl Lanes {
         self.lanes.first().map(|(p, _)| *p)
     }
 
+    /// The oldest delivery of the top lane, if it has one (weighted lanes
+    /// may have chosen another lane first).
+    pub(crate) fn pop_top(&mut self) -> Option<Delivery> {
+        let delivery = self.lanes.first_mut()?.1.pop_front()?;
+        self.len -= 1;
+        Some(delivery)
+    }
+
     /// Puts back a delivery just popped, at the front of its lane.
     pub(crate) fn unpop(&mut self, delivery: Delivery) {
         let priority = delivery.message().priority();

@@ -512,17 +512,31 @@ impl<S: Source> Flow<S> {
                 .top_priority()
                 .is_some_and(|top| delivery.message().priority() < top);
             let reserved = self.config.reserved_for_top_share();
-            if below_top
+            let delivery = if below_top
                 && reserved > 0.0
                 && self.gate.below_top() >= self.gate.below_top_limit(reserved)
             {
                 self.lanes.unpop(delivery);
-                if let Some(breaker) = &self.breaker {
-                    breaker.unadmit(probe);
+                // The reserved slots are the top lane's: start one of its
+                // messages if it has any (weighted lanes may have picked
+                // another lane first); otherwise only a top-priority arrival
+                // or a freed slot can change this.
+                match self.lanes.pop_top() {
+                    Some(top) => top,
+                    None => {
+                        if let Some(breaker) = &self.breaker {
+                            breaker.unadmit(probe);
+                        }
+                        break;
+                    }
                 }
-                // Only a top-priority arrival or a freed slot can change this.
-                break;
-            }
+            } else {
+                delivery
+            };
+            let below_top = self
+                .lanes
+                .top_priority()
+                .is_some_and(|top| delivery.message().priority() < top);
             let Some(mut permit) = self.gate.try_admit() else {
                 self.lanes.unpop(delivery);
                 break;
