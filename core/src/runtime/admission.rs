@@ -1,0 +1,134 @@
+//! Which waiting delivery starts next, and when: a free permit, the
+//! circuit breaker, the rate limit and the share reserved for the top
+//! priority all have a say; the adaptive limit moves the permits (and the
+//! prefetch) with the handlers' latency.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::Flow;
+use crate::breaker::Admission;
+use crate::config::Config;
+use crate::gate::Permit;
+use crate::message::Delivery;
+use crate::source::Source;
+use crate::tracker::Kind;
+
+impl<S: Source> Flow<S> {
+    /// Starts handlers for waiting deliveries while permits are free, the
+    /// circuit breaker lets them and the rate limit has tokens. When one of
+    /// those holds them back, `dispatch_at` says when to look again (a
+    /// breaker's probe result or a freed permit wake the loop sooner).
+    pub(super) fn start_ready(&mut self) {
+        self.expire_stale();
+        self.dispatch_at = None;
+        while !self.lanes.is_empty() && self.gate.available() > 0 {
+            let probe = match self.breaker.as_ref().map(|b| b.admit()) {
+                None => false,
+                Some(Admission::Run { probe }) => probe,
+                Some(Admission::Wait(at)) => {
+                    self.dispatch_at = Some(at);
+                    break;
+                }
+            };
+            if let Some(limiter) = &self.limiter {
+                if let Err(at) = limiter.try_take() {
+                    if let Some(breaker) = &self.breaker {
+                        breaker.unadmit(probe);
+                    }
+                    self.metrics.rate_limited.fetch_add(1, Relaxed);
+                    self.dispatch_at = Some(at);
+                    break;
+                }
+            }
+            let Some(delivery) = self.lanes.pop() else {
+                break;
+            };
+            // A share of the handlers kept for the top priority: the others
+            // wait when they hold the rest.
+            let below_top = self
+                .lanes
+                .top_priority()
+                .is_some_and(|top| delivery.message().priority() < top);
+            let reserved = self.config.reserved_for_top_share();
+            let delivery = if below_top
+                && reserved > 0.0
+                && self.gate.below_top() >= self.gate.below_top_limit(reserved)
+            {
+                self.lanes.unpop(delivery);
+                // The reserved slots are the top lane's: start one of its
+                // messages if it has any (weighted lanes may have picked
+                // another lane first); otherwise only a top-priority arrival
+                // or a freed slot can change this.
+                match self.lanes.pop_top() {
+                    Some(top) => top,
+                    None => {
+                        if let Some(breaker) = &self.breaker {
+                            breaker.unadmit(probe);
+                        }
+                        break;
+                    }
+                }
+            } else {
+                delivery
+            };
+            let below_top = self
+                .lanes
+                .top_priority()
+                .is_some_and(|top| delivery.message().priority() < top);
+            let Some(mut permit) = self.gate.try_admit() else {
+                self.lanes.unpop(delivery);
+                break;
+            };
+            if below_top && reserved > 0.0 {
+                self.gate.mark_below_top(&mut permit);
+            }
+            self.start(delivery, permit, probe);
+        }
+    }
+
+    fn start(&mut self, delivery: Delivery, permit: Permit, probe: bool) {
+        let dispatch = Arc::clone(&self.dispatch);
+        self.tasks
+            .spawn(Kind::Handler, dispatch.run(delivery, permit, probe));
+    }
+
+    /// Moves the adaptive limit by the handler times since the last tick,
+    /// and the prefetch with it (told to the broker when it moves by a
+    /// tenth or more, so the broker is not re-tuned for every step).
+    pub(super) async fn adapt(&mut self) {
+        let Some((controller, samples)) = &mut self.adaptive else {
+            return;
+        };
+        self.adaptive_at = Some(Instant::now() + ADAPT_EVERY);
+        let Some(limit) = controller.tick(samples) else {
+            return;
+        };
+        self.gate.set_limit(limit);
+        self.metrics.limit.store(limit as u64, Relaxed);
+        let prefetch = follow_prefetch(limit, &self.config);
+        let step = (self.prefetch_now / 10).max(1);
+        if prefetch.abs_diff(self.prefetch_now) >= step {
+            tracing::debug!(limit, prefetch, "adaptive limit moved the prefetch");
+            self.prefetch_now = prefetch;
+            self.metrics.prefetch.store(prefetch as u64, Relaxed);
+            let prefetch = u16::try_from(prefetch).unwrap_or(u16::MAX);
+            if let Err(error) = self.source.set_prefetch(prefetch).await {
+                self.metrics.source_errors.fetch_add(1, Relaxed);
+                tracing::warn!(%error, prefetch, "source refused the new prefetch");
+            }
+        }
+    }
+}
+
+/// How often the adaptive limit moves.
+pub(super) const ADAPT_EVERY: Duration = Duration::from_millis(100);
+
+/// The prefetch that follows an adaptive limit: twice the limit (the
+/// handlers' next batch waits in the lanes), at most the configured one.
+pub(super) fn follow_prefetch(limit: usize, config: &Config) -> usize {
+    (limit * 2).clamp(1, usize::from(config.prefetch_limit()))
+}

@@ -1,0 +1,177 @@
+//! What happens to an arriving delivery: into its lane, or, when the
+//! worker is full (or, with early drop, filling), the overflow policy:
+//! block, nack, delay, drop, priority shedding, early drop; and messages
+//! that waited past the maximum queue time.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::Flow;
+use crate::config::{Overflow, ShedAction};
+use crate::message::{Delivery, Settlement};
+use crate::settled::Settled;
+use crate::source::Source;
+
+impl<S: Source> Flow<S> {
+    pub(super) fn intake(&mut self, mut delivery: Delivery) {
+        self.metrics.received.fetch_add(1, Relaxed);
+        delivery.count_abandon_in(Arc::clone(&self.metrics.abandoned));
+        if let Some(classify) = &self.classify {
+            let priority = classify(delivery.message());
+            delivery.set_priority(priority);
+        }
+        let lane_full = self
+            .lanes
+            .lane_full(delivery.message().priority(), self.accept_limit());
+        if self.accepted() < self.accept_limit() && !lane_full {
+            if self.config.overflow_policy() == Overflow::EarlyDrop && self.drop_early() {
+                self.metrics.early_dropped.fetch_add(1, Relaxed);
+                let reason =
+                    "early drop: the lanes were filling (SLUICEGATE_OVERFLOW=early-drop)".into();
+                self.shed(delivery, reason);
+                return;
+            }
+            self.lanes.push(delivery);
+            return;
+        }
+        self.metrics.overflowed.fetch_add(1, Relaxed);
+        match self.config.overflow_policy() {
+            // `can_pull` keeps held < prefetch = accept limit, so Block never
+            // overflows; keep the delivery rather than lose it if it ever did.
+            Overflow::Block => self.lanes.push(delivery),
+            Overflow::Nack => {
+                self.metrics.requeued.fetch_add(1, Relaxed);
+                self.nack_hold = true;
+                self.settle_in_background(delivery, Settlement::Requeue, Settled::Requeued);
+            }
+            Overflow::Delay => {
+                self.metrics.deferred.fetch_add(1, Relaxed);
+                let after = self.config.overflow_delay_duration();
+                let settlement = Settlement::Delay {
+                    after,
+                    attempt: delivery.message().attempt(),
+                    reason: "worker saturated (overflow policy delay)".into(),
+                };
+                self.settle_in_background(delivery, settlement, Settled::Delayed { after });
+            }
+            Overflow::Drop => {
+                self.metrics.dropped.fetch_add(1, Relaxed);
+                let origin = delivery.message().origin().to_string();
+                tracing::debug!(%origin, "lanes full: message dropped (overflow policy drop)");
+                self.log_drops_now_and_then();
+                let reason = "overflow: the worker was full (SLUICEGATE_OVERFLOW=drop)".to_owned();
+                self.settle_in_background(delivery, Settlement::Ack, Settled::Dropped { reason });
+            }
+            Overflow::Shed => {
+                let arriving = delivery.message().priority();
+                let shed = match self.lanes.lowest_priority() {
+                    // Its own lane is full (weighted lanes): it is the one shed.
+                    _ if lane_full => Some(delivery),
+                    Some(lowest) if lowest < arriving => {
+                        self.lanes.push(delivery);
+                        self.lanes.pop_lowest()
+                    }
+                    _ => Some(delivery),
+                };
+                if let Some(shed) = shed {
+                    self.metrics.shed.fetch_add(1, Relaxed);
+                    let priority = shed.message().priority();
+                    let reason = format!(
+                        "shed: the worker was full (priority {priority}, for priority {arriving}; SLUICEGATE_OVERFLOW=shed)"
+                    );
+                    self.shed(shed, reason);
+                }
+            }
+            // Decided before the lanes are full, above.
+            Overflow::EarlyDrop => {
+                self.metrics.early_dropped.fetch_add(1, Relaxed);
+                let reason =
+                    "early drop: the worker was full (SLUICEGATE_OVERFLOW=early-drop)".into();
+                self.shed(delivery, reason);
+            }
+        }
+    }
+
+    /// With early drop: whether to drop an arriving delivery although the
+    /// lanes still have room, with a probability of the fill ratio squared
+    /// (a quarter full: 6%, half: 25%, 90%: 81%).
+    fn drop_early(&self) -> bool {
+        let fill = self.accepted() as f64 / self.accept_limit().max(1) as f64;
+        fastrand::f64() < early_drop_probability(fill)
+    }
+
+    /// Sheds what waited in the lanes longer than the maximum queue time:
+    /// it would be handled too late to matter (CoDel's idea, at the head of
+    /// each lane).
+    pub(super) fn expire_stale(&mut self) {
+        let Some(max) = self.config.max_queue_time_limit() else {
+            return;
+        };
+        for delivery in self.lanes.expire(max) {
+            self.metrics.expired.fetch_add(1, Relaxed);
+            let reason = format!(
+                "expired: waited {:?} in the worker, longer than SLUICEGATE_MAX_QUEUE_TIME_MS ({max:?})",
+                delivery.message().age()
+            );
+            self.shed(delivery, reason);
+        }
+    }
+
+    /// Settles a delivery shed for load by the shed action.
+    fn shed(&mut self, delivery: Delivery, reason: String) {
+        match self.config.shed_action_policy() {
+            ShedAction::Requeue => {
+                self.metrics.requeued.fetch_add(1, Relaxed);
+                self.nack_hold = true;
+                self.settle_in_background(delivery, Settlement::Requeue, Settled::Requeued);
+            }
+            ShedAction::Delay => {
+                self.metrics.deferred.fetch_add(1, Relaxed);
+                let after = self.config.overflow_delay_duration();
+                let settlement = Settlement::Delay {
+                    after,
+                    attempt: delivery.message().attempt(),
+                    reason,
+                };
+                self.settle_in_background(delivery, settlement, Settled::Delayed { after });
+            }
+            ShedAction::DeadLetter => {
+                self.metrics.dead_lettered.fetch_add(1, Relaxed);
+                let settlement = Settlement::DeadLetter {
+                    reason: reason.clone(),
+                };
+                self.settle_in_background(delivery, settlement, Settled::DeadLettered { reason });
+            }
+            ShedAction::Drop => {
+                self.metrics.dropped.fetch_add(1, Relaxed);
+                self.log_drops_now_and_then();
+                self.settle_in_background(delivery, Settlement::Ack, Settled::Dropped { reason });
+            }
+        }
+    }
+
+    /// One warning a second while overflow drops go on, with the total.
+    fn log_drops_now_and_then(&mut self) {
+        let now = Instant::now();
+        if self
+            .last_drop_log
+            .is_none_or(|last| now.duration_since(last) >= Duration::from_secs(1))
+        {
+            self.last_drop_log = Some(now);
+            tracing::warn!(
+                dropped_total = self.metrics.dropped.load(Relaxed),
+                prefetch = self.prefetch(),
+                "lanes full: dropping arriving messages (SLUICEGATE_OVERFLOW=drop)"
+            );
+        }
+    }
+}
+
+/// Early drop's probability at a fill ratio: its square, clamped to 0..=1.
+pub(crate) fn early_drop_probability(fill: f64) -> f64 {
+    let fill = fill.clamp(0.0, 1.0);
+    fill * fill
+}
