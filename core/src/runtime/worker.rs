@@ -112,7 +112,7 @@ impl<S: Source> Worker<S> {
     }
 
     /// Gives each arriving message its priority (its lane; higher runs
-    /// first and, with [`Overflow::Shed`], is shed last), instead of the
+    /// first and, with [`crate::Overflow::Shed`], is shed last), instead of the
     /// one the broker set: from a header, the payload, the source queue...
     ///
     /// ```
