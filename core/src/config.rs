@@ -221,6 +221,11 @@ pub const ENV_VARS: &[(&str, &str, &str)] = &[
         "shares of handler starts per lane, highest priority first, e.g. 70,20,10; unset = strict priority",
     ),
     (
+        "SLUICEGATE_STARVATION_GUARD_MS",
+        "0",
+        "strict priority: a lower lane's message that waited this long goes before higher ones; 0 = off",
+    ),
+    (
         "SLUICEGATE_RESERVED_FOR_TOP",
         "0",
         "share (0 to 1) of the handlers only the top priority lane may use, so it never waits behind long low-priority runs",
@@ -301,6 +306,7 @@ pub struct Config {
     lane_weights: Option<Vec<u32>>,
     /// Parts per million, so the configuration stays `Eq`.
     reserved_for_top_ppm: u32,
+    starvation_guard: Option<Duration>,
 }
 
 impl Default for Config {
@@ -320,6 +326,7 @@ impl Default for Config {
             adaptive: None,
             lane_weights: None,
             reserved_for_top_ppm: 0,
+            starvation_guard: None,
         }
     }
 }
@@ -411,6 +418,9 @@ impl Config {
                     ));
                 }
             }
+        }
+        if let Some(v) = env.millis("SLUICEGATE_STARVATION_GUARD_MS")? {
+            self.starvation_guard = (!v.is_zero()).then_some(v);
         }
         if let Some(v) = env.parse::<f64>(
             "SLUICEGATE_RESERVED_FOR_TOP",
@@ -777,6 +787,18 @@ impl Config {
     /// The lane weights, if set.
     pub fn lane_weights_policy(&self) -> Option<&[u32]> {
         self.lane_weights.as_deref()
+    }
+
+    /// With strict priority: a lower lane's message that waited `after`
+    /// in the lanes goes before higher ones, so no lane starves for good.
+    pub fn starvation_guard(mut self, after: Duration) -> Self {
+        self.starvation_guard = Some(after);
+        self
+    }
+
+    /// The starvation guard, if set.
+    pub fn starvation_guard_limit(&self) -> Option<Duration> {
+        self.starvation_guard
     }
 
     /// Keeps `share` (0 to 1) of the handlers for the top priority lane:

@@ -22,6 +22,9 @@ pub(crate) struct Lanes {
     pass: Vec<u64>,
     /// The virtual time of the last start.
     clock: u64,
+    /// With strict priority: a lower lane's message that waited this long
+    /// goes before higher ones.
+    starvation_guard: Option<Duration>,
 }
 
 /// A lane's stride is this over its weight.
@@ -30,9 +33,10 @@ const STRIDE: u64 = 1 << 20;
 impl Lanes {
     /// Lanes sharing handler starts by `weights` (highest priority first;
     /// lanes past the list take the last weight), or strict priority.
-    pub(crate) fn new(weights: Option<Vec<u32>>) -> Self {
+    pub(crate) fn new(weights: Option<Vec<u32>>, starvation_guard: Option<Duration>) -> Self {
         Self {
             weights: weights.filter(|w| !w.is_empty()),
+            starvation_guard,
             ..Self::default()
         }
     }
@@ -68,7 +72,21 @@ impl Lanes {
     /// weights, the oldest of the lane furthest behind its share.
     pub(crate) fn pop(&mut self) -> Option<Delivery> {
         let at = match &self.weights {
-            None => self.lanes.iter().position(|(_, lane)| !lane.is_empty())?,
+            None => {
+                let highest = self.lanes.iter().position(|(_, lane)| !lane.is_empty())?;
+                // The starvation guard: a lower lane's oldest message that
+                // waited past the guard goes first (the oldest such first).
+                let starved = self.starvation_guard.and_then(|guard| {
+                    (highest + 1..self.lanes.len())
+                        .filter_map(|i| {
+                            let age = self.lanes[i].1.front()?.message().age();
+                            (age > guard).then_some((age, i))
+                        })
+                        .max()
+                        .map(|(_, i)| i)
+                });
+                starved.unwrap_or(highest)
+            }
             Some(weights) => {
                 let at = (0..self.lanes.len())
                     .filter(|i| !self.lanes[*i].1.is_empty())
@@ -206,7 +224,7 @@ mod tests {
         let broker = MemoryBroker::new();
         broker.declare("q", QueueOptions::default().max_priority(9));
         let mut source = broker.source("q");
-        let mut lanes = Lanes::new(Some(vec![70, 20, 10]));
+        let mut lanes = Lanes::new(Some(vec![70, 20, 10]), None);
         for i in 0..300 {
             for p in [9, 5, 1] {
                 broker

@@ -694,3 +694,73 @@ async fn a_share_reserved_for_the_top_priority_keeps_it_from_waiting_behind_long
         "{without:?} without: the setup shows nothing"
     );
 }
+
+/// Strict lanes with high priority alone enough to keep the handlers busy;
+/// returns how many low-priority messages ran and the longest any waited.
+async fn starvation_run(guard: Option<Duration>) -> (usize, Duration) {
+    let broker = MemoryBroker::new();
+    let published: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
+    let producer = {
+        let (broker, published) = (broker.clone(), Arc::clone(&published));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            let mut n = 0u64;
+            loop {
+                tick.tick().await;
+                // 500 high a second against 200/s of handlers, 10 low.
+                for i in 0..6 {
+                    n += 1;
+                    published.lock().unwrap().insert(n, Instant::now());
+                    let tier = if i == 5 && n % 60 == 0 { "1" } else { "9" };
+                    let publish = Publish::new(format!("{n}")).header("tier", tier);
+                    broker.publish(Q, publish).await.unwrap();
+                }
+            }
+        })
+    };
+    let low_waits: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let log = Arc::clone(&low_waits);
+    let handler = move |text: String, ctx: Context| {
+        if ctx.message().priority() == 1 {
+            let at = published.lock().unwrap()[&text.parse::<u64>().unwrap()];
+            log.lock().unwrap().push(at.elapsed());
+        }
+        async { sleep(Duration::from_millis(10)).await }
+    };
+    let mut config = Config::default()
+        .prefetch(64)
+        .max_in_flight(2)
+        .overflow(Overflow::Drop);
+    if let Some(guard) = guard {
+        config = config.starvation_guard(guard);
+    }
+    Worker::new(broker.source(Q), handler)
+        .config(config)
+        .classify(|m| {
+            m.headers()
+                .get_str("tier")
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(0)
+        })
+        .run_until(sleep(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    producer.abort();
+    let waits = low_waits.lock().unwrap().clone();
+    (waits.len(), waits.iter().max().copied().unwrap_or_default())
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_starvation_guard_lets_low_priority_through_strict_lanes() {
+    let (without, _) = starvation_run(None).await;
+    let (with, longest) = starvation_run(Some(Duration::from_millis(200))).await;
+    println!(
+        "strict lanes, high priority alone 2.5x the handlers: {without} low ran without a guard, {with} with a 200 ms guard (longest wait {longest:?})"
+    );
+    assert_eq!(
+        without, 0,
+        "the setup starves low priority without the guard"
+    );
+    assert!(with > 0, "the guard let low priority through");
+    assert!(longest <= Duration::from_millis(250), "{longest:?}");
+}

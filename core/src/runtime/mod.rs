@@ -95,7 +95,10 @@ impl<S: Source> Flow<S> {
         });
         let freed = Arc::new(tokio::sync::Notify::new());
         let limiter = config.rate_limit_policy().map(Limiter::new);
-        let lanes = Lanes::new(config.lane_weights_policy().map(<[u32]>::to_vec));
+        let lanes = Lanes::new(
+            config.lane_weights_policy().map(<[u32]>::to_vec),
+            config.starvation_guard_limit(),
+        );
         let max_in_flight = usize::from(config.max_in_flight_limit());
         let size = config
             .adaptive_policy()
