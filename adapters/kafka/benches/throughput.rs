@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::{ClientConfig, Message};
 use sluicegate::{Config, Worker};
 use sluicegate_kafka::{KafkaConfig, KafkaSource, Ordering};
@@ -59,6 +59,36 @@ fn raw(topic: &str, n: usize) -> f64 {
         std::hint::black_box(record.payload());
         consumer.store_offset_from_message(&record).unwrap();
         seen += 1;
+    }
+    n as f64 / start.unwrap().elapsed().as_secs_f64()
+}
+
+/// rust-rdkafka's `at_least_once` example, the idiom most async Rust
+/// consumers follow: a `StreamConsumer` on tokio, each record awaited
+/// through the (no-op) handler, then its offset stored.
+async fn raw_async(topic: &str, n: usize) -> f64 {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", common::brokers())
+        .set("group.id", common::unique("bench-raw-async"))
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("queued.max.messages.kbytes", "16384")
+        .set("fetch.wait.max.ms", "20")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let handler = |payload: Option<&[u8]>| {
+        std::hint::black_box(payload);
+        async {}
+    };
+    let mut start = None;
+    for _ in 0..n {
+        let record = consumer.recv().await.unwrap();
+        start.get_or_insert_with(Instant::now);
+        handler(record.payload()).await;
+        consumer.store_offset_from_message(&record).unwrap();
     }
     n as f64 / start.unwrap().elapsed().as_secs_f64()
 }
@@ -136,26 +166,37 @@ fn main() {
     println!(
         "Kafka consume+commit, {n} records of 256 B over {PARTITIONS} partitions, {rounds} rounds (msg/s)"
     );
-    let (mut raws, mut parts, mut unordered) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut raws, mut asyncs, mut parts, mut unordered) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds {
         let r = raw(&topic, n);
+        let a = rt.block_on(raw_async(&topic, n));
         let p = rt.block_on(sluicegate(&topic, n, Ordering::Partition));
         let u = rt.block_on(sluicegate(&topic, n, Ordering::Unordered));
         println!(
-            "round {round}: raw rdkafka {r:>9.0}   sluicegate per-partition {p:>9.0} ({:.2}x)   unordered {u:>9.0} ({:.2}x)",
+            "round {round}: raw poll loop {r:>9.0}   raw at-least-once (StreamConsumer) {a:>9.0}   \
+             sluicegate per-partition {p:>9.0} ({:.2}x async, {:.2}x poll)   unordered {u:>9.0} ({:.2}x async, {:.2}x poll)",
+            p / a,
             p / r,
+            u / a,
             u / r
         );
         raws.push(r);
+        asyncs.push(a);
         parts.push(p);
         unordered.push(u);
     }
     let r = median(&mut raws);
+    let a = median(&mut asyncs);
     let p = median(&mut parts);
     let u = median(&mut unordered);
     println!(
-        "median: raw rdkafka {r:.0}/s; sluicegate per-partition {p:.0}/s = {:.2}x raw; unordered {u:.0}/s = {:.2}x raw",
+        "median: raw poll loop {r:.0}/s; raw at-least-once (StreamConsumer) {a:.0}/s; \
+         sluicegate per-partition {p:.0}/s = {:.2}x at-least-once, {:.2}x poll loop; \
+         unordered {u:.0}/s = {:.2}x at-least-once, {:.2}x poll loop",
+        p / a,
         p / r,
+        u / a,
         u / r
     );
 }
