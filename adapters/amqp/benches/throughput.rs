@@ -3,8 +3,10 @@
 //! messages, alternating rounds, medians compared.
 //!
 //! Baselines (raw lapin, one channel, basic.qos = prefetch):
-//! - `raw ack`: ack every delivery without awaiting it before taking the
+//! - `ack each`: ack every delivery without awaiting it before taking the
 //!   next (each ack future runs on its own task: pipelined);
+//! - `multiple every k`: one `multiple=true` ack per k deliveries (k = 5%
+//!   of the prefetch, sluicegate's batch), sent in order by one task;
 //! - `no-ack`: the broker's ceiling, consuming with no_ack (nothing acked).
 //!
 //! ```text
@@ -78,7 +80,20 @@ async fn fill(queue: &str, n: usize) {
     }
 }
 
-async fn raw(queue: &str, n: usize, prefetch: u16, no_ack: bool) -> Duration {
+/// How the raw lapin consumer acks.
+#[derive(Clone, Copy, PartialEq)]
+enum RawAck {
+    /// Every delivery, on its own task (pipelined).
+    Each,
+    /// `multiple=true` every `n`th delivery (and at the end): the best a
+    /// hand-written consumer does, without sluicegate's bookkeeping.
+    Every(usize),
+    /// Nothing: the broker's ceiling.
+    None,
+}
+
+async fn raw(queue: &str, n: usize, prefetch: u16, mode: RawAck) -> Duration {
+    let no_ack = mode == RawAck::None;
     let (_conn, ch) = connect().await;
     ch.basic_qos(prefetch, BasicQosOptions { global: true })
         .await
@@ -98,18 +113,32 @@ async fn raw(queue: &str, n: usize, prefetch: u16, no_ack: bool) -> Duration {
         .expect("consume");
     let started = Instant::now();
     let mut acks = Vec::with_capacity(if no_ack { 0 } else { n });
-    for _ in 0..n {
+    // Multiple acks must reach the broker in tag order: one task sends them.
+    let (in_order, mut to_send) =
+        tokio::sync::mpsc::unbounded_channel::<lapin::message::Delivery>();
+    let sender = tokio::spawn(async move {
+        while let Some(delivery) = to_send.recv().await {
+            let _ = delivery.ack(BasicAckOptions { multiple: true }).await;
+        }
+    });
+    for i in 1..=n {
         let delivery = consumer
             .next()
             .await
             .expect("a delivery")
             .expect("no error");
-        if !no_ack {
-            acks.push(tokio::spawn(async move {
+        match mode {
+            RawAck::Each => acks.push(tokio::spawn(async move {
                 delivery.ack(BasicAckOptions::default()).await
-            }));
+            })),
+            RawAck::Every(k) if i % k == 0 || i == n => {
+                let _ = in_order.send(delivery);
+            }
+            RawAck::Every(_) | RawAck::None => {}
         }
     }
+    drop(in_order);
+    let _ = sender.await;
     for ack in acks {
         let _ = ack.await;
     }
@@ -124,14 +153,14 @@ async fn sluicegate(queue: &str, n: usize, prefetch: u16) -> Duration {
     let worker = Worker::new(source, || async {}).config(config);
     let metrics = worker.metrics();
     let started = Instant::now();
-    let report = worker
-        .run_until(async move {
-            while metrics.snapshot().acked < n as u64 {
-                tokio::time::sleep(Duration::from_micros(200)).await;
-            }
-        })
-        .await
-        .expect("the worker ran");
+    let report = tokio::spawn(worker.run_until(async move {
+        while metrics.snapshot().acked < n as u64 {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+    }))
+    .await
+    .expect("the worker task")
+    .expect("the worker ran");
     let elapsed = started.elapsed();
     assert_eq!(report.metrics.acked, n as u64);
     elapsed
@@ -171,20 +200,32 @@ fn main() {
         return;
     }
     for prefetch in [10u16, 100, 1000] {
-        let (mut acked, mut ceiling, mut ours) = (Vec::new(), Vec::new(), Vec::new());
+        let batch = (usize::from(prefetch) / 20).max(1);
+        let (mut acked, mut batched, mut ceiling, mut ours) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..rounds {
             let rate = |d: Duration| n as f64 / d.as_secs_f64();
             rt.block_on(fill(&queue, n));
-            acked.push(rate(rt.block_on(raw(&queue, n, prefetch, false))));
+            acked.push(rate(rt.block_on(raw(&queue, n, prefetch, RawAck::Each))));
             rt.block_on(fill(&queue, n));
-            ceiling.push(rate(rt.block_on(raw(&queue, n, prefetch, true))));
+            batched.push(rate(rt.block_on(raw(
+                &queue,
+                n,
+                prefetch,
+                RawAck::Every(batch),
+            ))));
+            rt.block_on(fill(&queue, n));
+            ceiling.push(rate(rt.block_on(raw(&queue, n, prefetch, RawAck::None))));
             rt.block_on(fill(&queue, n));
             ours.push(rate(rt.block_on(sluicegate(&queue, n, prefetch))));
         }
-        let (a, c, s) = (median(&mut acked), median(&mut ceiling), median(&mut ours));
+        let (a, b) = (median(&mut acked), median(&mut batched));
+        let (c, s) = (median(&mut ceiling), median(&mut ours));
         println!(
-            "prefetch {prefetch:>4}: raw lapin ack {a:>7.0} msg/s | no-ack ceiling {c:>7.0} msg/s | sluicegate {s:>7.0} msg/s = {:.2}x raw ack, {:.2}x ceiling",
+            "prefetch {prefetch:>4}: raw lapin ack each {a:>6.0} | multiple every {batch:>2} {b:>6.0} | no-ack ceiling {c:>6.0} | \
+             sluicegate {s:>6.0} msg/s = {:.2}x ack each, {:.2}x multiple, {:.2}x ceiling",
             s / a,
+            s / b,
             s / c
         );
     }

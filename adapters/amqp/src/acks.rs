@@ -11,10 +11,17 @@
 //! A nack is sent before its tag is marked resolved, so no multiple ack can
 //! overtake it.
 //!
+//! The prefix is flushed once it holds a batch (5% of the prefetch, as
+//! RabbitMQ recommends acking in batches of 5–10% of it) or its oldest ack
+//! has waited `FLUSH_WAIT`; at prefetch 1000 that is one frame per 50
+//! messages instead of one per handful, and the broker spends the
+//! difference delivering.
+//!
 //! Each ack's settle waits for the flush that covers it, so a failed flush
 //! (a dead channel) is reported per message; the broker then redelivers.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,6 +33,14 @@ use tokio::time::Instant;
 /// How long a completed tag may wait behind an unfinished lower one before
 /// it is acked on its own.
 const STRAGGLER_WAIT: Duration = Duration::from_millis(5);
+
+/// How long a completed prefix shorter than a batch may wait for more.
+const FLUSH_WAIT: Duration = Duration::from_millis(1);
+
+/// The batch for a prefetch: 5% of it, at least one.
+pub(crate) fn batch_for(prefetch: u16) -> u64 {
+    (u64::from(prefetch) / 20).max(1)
+}
 
 /// Told whether the ack of one delivery went out.
 type AckSent = oneshot::Sender<Result<(), String>>;
@@ -47,6 +62,9 @@ struct State {
     floor: u64,
     /// Resolved tags at or above `floor`.
     resolved: BTreeMap<u64, Resolved>,
+    /// Acks due since the last flush: the flusher is woken at the first
+    /// (to arm its timer) and at a batch, not at every one.
+    due: u64,
     closed: bool,
 }
 
@@ -55,6 +73,8 @@ struct State {
 pub(crate) struct Acks {
     state: Mutex<State>,
     wake: Notify,
+    /// Acks worth one frame (see [`batch_for`]).
+    batch: AtomicU64,
 }
 
 impl Acks {
@@ -64,12 +84,20 @@ impl Acks {
             state: Mutex::new(State {
                 floor: 1,
                 resolved: BTreeMap::new(),
+                due: 0,
                 closed: false,
             }),
             wake: Notify::new(),
+            batch: AtomicU64::new(1),
         });
         tokio::spawn(flush_loop(Arc::clone(&acks), channel));
         acks
+    }
+
+    /// Follows the channel's prefetch: the batch is 5% of it.
+    pub(crate) fn set_prefetch(&self, prefetch: u16) {
+        self.batch.store(batch_for(prefetch), Relaxed);
+        self.wake.notify_one();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -80,7 +108,7 @@ impl Acks {
     /// once the ack was sent (or failed).
     pub(crate) async fn ack(&self, tag: u64) -> Result<(), String> {
         let (tx, rx) = oneshot::channel();
-        {
+        let wake = {
             let mut state = self.lock();
             if state.closed {
                 return Err("the channel is closed; the broker redelivers the message".into());
@@ -92,8 +120,13 @@ impl Acks {
                     done: Some(tx),
                 },
             );
+            state.due += 1;
+            // The head of the window completing may release a whole batch.
+            tag == state.floor || state.due == 1 || state.due % self.batch.load(Relaxed) == 0
+        };
+        if wake {
+            self.wake.notify_one();
         }
-        self.wake.notify_one();
         rx.await.unwrap_or_else(|_| {
             Err("the ack flusher stopped; the broker redelivers the message".into())
         })
@@ -124,8 +157,28 @@ struct Flush {
     next_check: Option<Instant>,
 }
 
-fn plan(state: &mut State, now: Instant) -> Flush {
+fn plan(state: &mut State, now: Instant, batch: u64) -> Flush {
     let mut flush = Flush::default();
+    // A prefix shorter than a batch waits for more, up to FLUSH_WAIT.
+    let mut prefix = 0;
+    let mut oldest: Option<Instant> = None;
+    for (tag, entry) in state.resolved.range(state.floor..) {
+        if *tag != state.floor + prefix {
+            break;
+        }
+        prefix += 1;
+        if let Resolved::AckDue { since, .. } = entry {
+            oldest = Some(oldest.map_or(*since, |o| o.min(*since)));
+        }
+    }
+    if let Some(oldest) = oldest {
+        let due = oldest + FLUSH_WAIT;
+        if prefix < batch && due > now && !state.closed {
+            flush.next_check = Some(due);
+            return stragglers(state, now, flush);
+        }
+    }
+    state.due = 0;
     // Advance the floor over the contiguous resolved prefix. The multiple
     // ack names the highest tag whose ack is due: RabbitMQ refuses (and
     // closes the channel) a multiple ack whose own tag is not outstanding,
@@ -137,7 +190,12 @@ fn plan(state: &mut State, now: Instant) -> Flush {
         }
         state.floor += 1;
     }
-    // Completed tags above the floor: ack the ones that waited long enough.
+    stragglers(state, now, flush)
+}
+
+/// Completed tags above the floor: the ones that waited long enough are
+/// acked alone.
+fn stragglers(state: &mut State, now: Instant, mut flush: Flush) -> Flush {
     for (tag, entry) in state.resolved.iter_mut() {
         if let Resolved::AckDue { since, done } = entry {
             let due = *since + STRAGGLER_WAIT;
@@ -156,7 +214,8 @@ async fn flush_loop(acks: Arc<Acks>, channel: Channel) {
     loop {
         let (flush, closed) = {
             let mut state = acks.lock();
-            (plan(&mut state, Instant::now()), state.closed)
+            let batch = acks.batch.load(Relaxed);
+            (plan(&mut state, Instant::now(), batch), state.closed)
         };
         if closed {
             fail_pending(&acks);
@@ -228,16 +287,17 @@ mod tests {
         let mut state = State {
             floor: 1,
             resolved: BTreeMap::new(),
+            due: 0,
             closed: false,
         };
         due(&mut state, 2, now);
         due(&mut state, 3, now);
         // Tag 1 is still in a handler: nothing may be acked yet.
-        let flush = plan(&mut state, now);
+        let flush = plan(&mut state, now, 1);
         assert_eq!((flush.through, flush.single.len()), (None, 0));
         assert_eq!(flush.next_check, Some(now + STRAGGLER_WAIT));
         due(&mut state, 1, now);
-        let flush = plan(&mut state, now);
+        let flush = plan(&mut state, now, 1);
         assert_eq!(flush.through, Some(3), "1..=3 with one multiple ack");
         assert_eq!(state.floor, 4);
     }
@@ -248,11 +308,12 @@ mod tests {
         let mut state = State {
             floor: 1,
             resolved: BTreeMap::new(),
+            due: 0,
             closed: false,
         };
         due(&mut state, 3, now);
         let later = now + STRAGGLER_WAIT;
-        let flush = plan(&mut state, later);
+        let flush = plan(&mut state, later, 1);
         assert_eq!(flush.through, None, "tag 1 and 2 are not done");
         assert_eq!(
             flush.single.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
@@ -262,12 +323,42 @@ mod tests {
         // ack names 2: 1 and 3 are no longer outstanding at the broker.
         state.resolved.insert(1, Resolved::Settled);
         due(&mut state, 2, later);
-        let flush = plan(&mut state, later);
+        let flush = plan(&mut state, later, 1);
         assert_eq!(flush.through, Some(2));
         assert_eq!(state.floor, 4);
         // Only nacks: no ack at all.
         state.resolved.insert(4, Resolved::Settled);
-        assert_eq!(plan(&mut state, later).through, None);
+        assert_eq!(plan(&mut state, later, 1).through, None);
         assert_eq!(state.floor, 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_prefix_shorter_than_a_batch_waits_for_more_or_for_the_flush_wait() {
+        let now = Instant::now();
+        let mut state = State {
+            floor: 1,
+            resolved: BTreeMap::new(),
+            due: 0,
+            closed: false,
+        };
+        let batch = batch_for(1000);
+        assert_eq!((batch, batch_for(10), batch_for(0)), (50, 1, 1));
+        for tag in 1..=49 {
+            due(&mut state, tag, now);
+        }
+        let flush = plan(&mut state, now, batch);
+        assert_eq!(flush.through, None, "49 of a batch of 50: wait");
+        assert_eq!(flush.next_check, Some(now + FLUSH_WAIT));
+        due(&mut state, 50, now);
+        assert_eq!(plan(&mut state, now, batch).through, Some(50), "a batch");
+        due(&mut state, 51, now);
+        assert_eq!(plan(&mut state, now, batch).through, None);
+        let flush = plan(&mut state, now + FLUSH_WAIT, batch);
+        assert_eq!(
+            flush.through,
+            Some(51),
+            "a short prefix goes after the wait"
+        );
+        assert_eq!(state.floor, 52);
     }
 }

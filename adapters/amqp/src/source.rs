@@ -249,6 +249,7 @@ impl AmqpSource {
                 set_qos(link.channel.clone(), self.prefetch)
                     .await
                     .map_err(|e| SourceError::retryable(e.to_string()))?;
+                link.acks.set_prefetch(self.prefetch);
                 self.reconnects += 1;
                 tracing::info!(queues = %self.label, reconnects = self.reconnects, "reconnected to RabbitMQ");
                 link
@@ -350,6 +351,9 @@ impl Source for AmqpSource {
     async fn set_prefetch(&mut self, prefetch: u16) -> Result<(), SourceError> {
         let prefetch = prefetch.max(1);
         self.prefetch = prefetch;
+        if let Some(link) = &self.link {
+            link.acks.set_prefetch(prefetch);
+        }
         match self.link.as_ref().map(|link| link.channel.clone()) {
             Some(channel) => set_qos(channel, prefetch).await.map_err(SourceError::from),
             // Applied when the connection is back.

@@ -897,15 +897,23 @@ async fn the_adaptive_limit_re_tunes_the_prefetch_the_broker_applies() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }));
+    // The broker's view next to the runtime's, read around it (the limit
+    // keeps moving while rabbitmqctl answers).
+    let sample = || {
+        let set_before = metrics.snapshot().prefetch;
+        let broker = broker_channel_prefetch();
+        let now = metrics.snapshot();
+        (now.limit, broker, [set_before, now.prefetch])
+    };
     tokio::time::sleep(step - Duration::from_millis(200)).await;
-    let before = (metrics.snapshot().limit, broker_channel_prefetch());
+    let before = sample();
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let after = (metrics.snapshot().limit, broker_channel_prefetch());
+    let after = sample();
     stop.store(true, Ordering::Relaxed);
     finished(run, Duration::from_secs(30)).await;
     println!(
-        "adaptive against RabbitMQ: before the step limit {} and broker prefetch {:?}; 5 s after it limit {} and broker prefetch {:?}",
-        before.0, before.1, after.0, after.1
+        "adaptive against RabbitMQ: before the step limit {} and broker prefetch {:?} (set {:?}); 5 s after it limit {} and broker prefetch {:?} (set {:?})",
+        before.0, before.1, before.2, after.0, after.1, after.2
     );
     // Fast calls: the limit climbed, and the broker's prefetch with it.
     assert!(
@@ -920,9 +928,9 @@ async fn the_adaptive_limit_re_tunes_the_prefetch_the_broker_applies() {
         after.1[0] < before.1[0],
         "the broker's prefetch followed: {after:?} after {before:?}"
     );
-    assert!(
-        after.1[0].abs_diff(2 * after.0) <= after.1[0] / 10 + 1,
-        "{after:?}"
-    );
+    // What the broker applies is what the runtime set last.
+    for (_, broker, set) in [before, after] {
+        assert!(set.contains(&broker[0]), "broker {broker:?}, set {set:?}");
+    }
     delete(&ch, &[queue.clone(), format!("{queue}.dlq")]).await;
 }
