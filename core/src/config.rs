@@ -261,6 +261,11 @@ pub const ENV_VARS: &[(&str, &str, &str)] = &[
         "with a rate limit: the most starts at once after a quiet spell. >= 1",
     ),
     (
+        "SLUICEGATE_LANE_RATE_LIMITS",
+        "(none)",
+        "per-lane rate limits, highest priority first, lanes past the list take the last: starts per second, optionally /burst, 0 = no limit (0,0,50/5)",
+    ),
+    (
         "SLUICEGATE_BREAKER_FAILURES",
         "0",
         "circuit breaker: failures in a row that open it; 0 = off",
@@ -304,6 +309,7 @@ pub struct Config {
     breaker: Option<BreakerPolicy>,
     adaptive: Option<AdaptivePolicy>,
     lane_weights: Option<Vec<u32>>,
+    lane_rate_limits: Vec<Option<RateLimit>>,
     /// Parts per million, so the configuration stays `Eq`.
     reserved_for_top_ppm: u32,
     starvation_guard: Option<Duration>,
@@ -325,6 +331,7 @@ impl Default for Config {
             breaker: None,
             adaptive: None,
             lane_weights: None,
+            lane_rate_limits: Vec::new(),
             reserved_for_top_ppm: 0,
             starvation_guard: None,
         }
@@ -418,6 +425,15 @@ impl Config {
                     ));
                 }
             }
+        }
+        if let Some(raw) = env.parse::<String>("SLUICEGATE_LANE_RATE_LIMITS", "rate limits")? {
+            self.lane_rate_limits = parse_lane_rate_limits(&raw).ok_or_else(|| {
+                ConfigError::new(
+                    "SLUICEGATE_LANE_RATE_LIMITS",
+                    &raw,
+                    "starts per second for each lane, highest priority first, comma-separated, each optionally /burst; 0 = no limit (0,0,50/5)",
+                )
+            })?;
         }
         if let Some(v) = env.millis("SLUICEGATE_STARVATION_GUARD_MS")? {
             self.starvation_guard = (!v.is_zero()).then_some(v);
@@ -789,6 +805,32 @@ impl Config {
         self.lane_weights.as_deref()
     }
 
+    /// Rate limits for single lanes (highest priority first; lanes past
+    /// the list take the last entry; `None`: no limit of its own). A lane
+    /// out of tokens is passed over: the other lanes use the handlers
+    /// meanwhile. The worker's own [`rate_limit`](Self::rate_limit) applies
+    /// on top.
+    ///
+    /// A rate-limited lane fed faster than its rate fills the lanes; pair
+    /// it with [`lane_weights`](Self::lane_weights) (each lane then holds
+    /// at most its part) or with shedding, so the other lanes keep room.
+    ///
+    /// ```
+    /// use sluicegate::{Config, RateLimit};
+    /// // High and normal unlimited, low at most 50 starts a second.
+    /// let config = Config::default().lane_rate_limits([None, None, RateLimit::per_second(50)]);
+    /// assert_eq!(config.lane_rate_limits_policy()[2], RateLimit::per_second(50));
+    /// ```
+    pub fn lane_rate_limits(mut self, limits: impl Into<Vec<Option<RateLimit>>>) -> Self {
+        self.lane_rate_limits = limits.into();
+        self
+    }
+
+    /// The per-lane rate limits (empty: none).
+    pub fn lane_rate_limits_policy(&self) -> &[Option<RateLimit>] {
+        &self.lane_rate_limits
+    }
+
     /// With strict priority: a lower lane's message that waited `after`
     /// in the lanes goes before higher ones, so no lane starves for good.
     pub fn starvation_guard(mut self, after: Duration) -> Self {
@@ -889,6 +931,25 @@ impl EnvReader<'_> {
     }
 }
 
+/// `0,0,50/5`: a rate (0 = none) and an optional burst per lane.
+fn parse_lane_rate_limits(raw: &str) -> Option<Vec<Option<RateLimit>>> {
+    raw.split(',')
+        .map(|entry| {
+            let (rate, burst) = match entry.split_once('/') {
+                Some((rate, burst)) => (rate, Some(burst.trim().parse::<u32>().ok()?)),
+                None => (entry, None),
+            };
+            let rate = rate.trim().parse::<u32>().ok()?;
+            match (RateLimit::per_second(rate), burst) {
+                (None, None) => Some(None),
+                (None, Some(_)) => None,
+                (Some(limit), None) => Some(Some(limit)),
+                (Some(limit), Some(burst)) => limit.burst(burst).map(Some),
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -970,6 +1031,24 @@ mod tests {
                 "SLUICEGATE_PREFETCH (10)",
             ),
             (
+                &[("SLUICEGATE_LANE_RATE_LIMITS", "0,fast")],
+                "SLUICEGATE_LANE_RATE_LIMITS",
+                "0,fast",
+                "0,0,50/5",
+            ),
+            (
+                &[("SLUICEGATE_LANE_RATE_LIMITS", "0/5")],
+                "SLUICEGATE_LANE_RATE_LIMITS",
+                "0/5",
+                "0 = no limit",
+            ),
+            (
+                &[("SLUICEGATE_LANE_RATE_LIMITS", "50/0")],
+                "SLUICEGATE_LANE_RATE_LIMITS",
+                "50/0",
+                "optionally /burst",
+            ),
+            (
                 &[("SLUICEGATE_SHED_ACTION", "burn")],
                 "SLUICEGATE_SHED_ACTION",
                 "burn",
@@ -1027,6 +1106,19 @@ mod tests {
             let text = err.to_string();
             assert!(text.contains(variable) && text.contains(value), "{text}");
         }
+    }
+
+    #[test]
+    fn lane_rate_limits_read_rates_bursts_and_zeros() {
+        let c = from(&[("SLUICEGATE_LANE_RATE_LIMITS", "0, 200/20 ,50")]).unwrap();
+        assert_eq!(
+            c.lane_rate_limits_policy(),
+            [
+                None,
+                RateLimit::per_second(200).and_then(|l| l.burst(20)),
+                RateLimit::per_second(50)
+            ]
+        );
     }
 
     #[test]

@@ -8,6 +8,8 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use crate::message::Delivery;
 
 /// Deliveries waiting to run, one FIFO per priority present.
@@ -25,6 +27,17 @@ pub(crate) struct Lanes {
     /// With strict priority: a lower lane's message that waited this long
     /// goes before higher ones.
     starvation_guard: Option<Duration>,
+}
+
+/// What [`Lanes::pop_admitted`] found.
+#[derive(Debug)]
+pub(crate) enum Popped {
+    /// A delivery.
+    Ready(Delivery),
+    /// Nothing waits.
+    Empty,
+    /// Every waiting lane was refused; the first may go then.
+    Wait(Instant),
 }
 
 /// A lane's stride is this over its weight.
@@ -71,26 +84,34 @@ impl Lanes {
     /// The next delivery: the oldest of the highest priority, or with
     /// weights, the oldest of the lane furthest behind its share.
     pub(crate) fn pop(&mut self) -> Option<Delivery> {
-        let at = match &self.weights {
-            None => {
-                let highest = self.lanes.iter().position(|(_, lane)| !lane.is_empty())?;
-                // The starvation guard: a lower lane's oldest message that
-                // waited past the guard goes first (the oldest such first).
-                let starved = self.starvation_guard.and_then(|guard| {
-                    (highest + 1..self.lanes.len())
-                        .filter_map(|i| {
-                            let age = self.lanes[i].1.front()?.message().age();
-                            (age > guard).then_some((age, i))
-                        })
-                        .max()
-                        .map(|(_, i)| i)
-                });
-                starved.unwrap_or(highest)
+        match self.pop_admitted(|_| Ok(())) {
+            Popped::Ready(delivery) => Some(delivery),
+            Popped::Empty | Popped::Wait(_) => None,
+        }
+    }
+
+    /// Like [`pop`](Self::pop), passing over the lanes `admit` refuses
+    /// (by rank: a lane out of rate-limit tokens says when it has one);
+    /// the next choice among the others is made as if they were empty.
+    pub(crate) fn pop_admitted(
+        &mut self,
+        mut admit: impl FnMut(usize) -> Result<(), Instant>,
+    ) -> Popped {
+        let mut refused = Vec::new();
+        let mut wait: Option<Instant> = None;
+        loop {
+            let Some(at) = self.choose(&refused) else {
+                return wait.map_or(Popped::Empty, Popped::Wait);
+            };
+            if let Err(at_time) = admit(at) {
+                if refused.is_empty() {
+                    refused = vec![false; self.lanes.len()];
+                }
+                refused[at] = true;
+                wait = Some(wait.map_or(at_time, |w| w.min(at_time)));
+                continue;
             }
-            Some(weights) => {
-                let at = (0..self.lanes.len())
-                    .filter(|i| !self.lanes[*i].1.is_empty())
-                    .min_by_key(|i| (self.pass[*i], *i))?;
+            if let Some(weights) = &self.weights {
                 let weight = weights
                     .get(at)
                     .or(weights.last())
@@ -99,12 +120,45 @@ impl Lanes {
                     .max(1);
                 self.clock = self.pass[at];
                 self.pass[at] += STRIDE / u64::from(weight);
-                at
             }
-        };
-        let delivery = self.lanes[at].1.pop_front()?;
-        self.len -= 1;
-        Some(delivery)
+            let Some(delivery) = self.lanes[at].1.pop_front() else {
+                return Popped::Empty;
+            };
+            self.len -= 1;
+            return Popped::Ready(delivery);
+        }
+    }
+
+    /// The lane to start from next, among those not `refused`.
+    fn choose(&self, refused: &[bool]) -> Option<usize> {
+        let open =
+            |i: &usize| !self.lanes[*i].1.is_empty() && !refused.get(*i).copied().unwrap_or(false);
+        match &self.weights {
+            None => {
+                let highest = (0..self.lanes.len()).find(open)?;
+                // The starvation guard: a lower lane's oldest message that
+                // waited past the guard goes first (the oldest such first).
+                let starved = self.starvation_guard.and_then(|guard| {
+                    (highest + 1..self.lanes.len())
+                        .filter(open)
+                        .filter_map(|i| {
+                            let age = self.lanes[i].1.front()?.message().age();
+                            (age > guard).then_some((age, i))
+                        })
+                        .max()
+                        .map(|(_, i)| i)
+                });
+                Some(starved.unwrap_or(highest))
+            }
+            Some(_) => (0..self.lanes.len())
+                .filter(open)
+                .min_by_key(|i| (self.pass[*i], *i)),
+        }
+    }
+
+    /// The rank of `priority`'s lane (0: the highest priority present).
+    pub(crate) fn rank(&self, priority: u8) -> Option<usize> {
+        self.lanes.iter().position(|(p, _)| *p == priority)
     }
 
     /// With weights, each lane may hold an equal part of `total`: a lane

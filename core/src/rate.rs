@@ -2,6 +2,11 @@
 //! clock (so it holds on the paused test clock too). When the bucket is
 //! empty no handler starts; the lanes fill, and the runtime stops pulling
 //! from the broker: the backlog waits there, nothing spins.
+//!
+//! Lanes may have buckets of their own ([`LaneLimits`]): a lane out of
+//! tokens is passed over and the others use the handlers. A token taken
+//! is held until a message of its lane starts, so a lane put back (a
+//! reserved share, the worker's own bucket empty) loses no token.
 
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -98,6 +103,52 @@ impl Limiter {
     }
 }
 
+/// One bucket per priority lane, by rank (highest priority first; lanes
+/// past the list take the last entry; `None`: no limit).
+pub(crate) struct LaneLimits {
+    limits: Vec<Option<RateLimit>>,
+    /// Made on first use, by rank: (bucket, a token in hand).
+    buckets: Vec<Option<(Limiter, bool)>>,
+}
+
+impl LaneLimits {
+    pub(crate) fn new(limits: &[Option<RateLimit>]) -> Option<Self> {
+        limits.iter().any(Option::is_some).then(|| Self {
+            limits: limits.to_vec(),
+            buckets: Vec::new(),
+        })
+    }
+
+    fn bucket(&mut self, rank: usize) -> Option<&mut (Limiter, bool)> {
+        let limit = (*self.limits.get(rank).or(self.limits.last())?)?;
+        if self.buckets.len() <= rank {
+            self.buckets.resize_with(rank + 1, || None);
+        }
+        let bucket = &mut self.buckets[rank];
+        Some(bucket.get_or_insert_with(|| (Limiter::new(limit), false)))
+    }
+
+    /// Whether the lane of `rank` may start a message now (a token is in
+    /// hand, or its bucket gives one), or when its next token comes.
+    pub(crate) fn take(&mut self, rank: usize) -> Result<(), Instant> {
+        let Some((limiter, in_hand)) = self.bucket(rank) else {
+            return Ok(());
+        };
+        if !*in_hand {
+            limiter.try_take()?;
+            *in_hand = true;
+        }
+        Ok(())
+    }
+
+    /// A message of the lane of `rank` started: its token is used.
+    pub(crate) fn spend(&mut self, rank: usize) {
+        if let Some((_, in_hand)) = self.bucket(rank) {
+            *in_hand = false;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,5 +164,28 @@ mod tests {
         tokio::time::advance(Duration::from_millis(10)).await;
         assert!(limiter.try_take().is_ok());
         assert!(limiter.try_take().is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lane_buckets_hold_their_token_until_it_is_spent() {
+        let fifty = RateLimit::per_second(50);
+        let mut lanes = LaneLimits::new(&[None, fifty]).unwrap();
+        assert!(
+            LaneLimits::new(&[None, None]).is_none(),
+            "no limit, no buckets"
+        );
+        // The top lane is free; the second and every lane past the list
+        // take 50/s.
+        for _ in 0..100 {
+            assert!(lanes.take(0).is_ok());
+        }
+        assert!(lanes.take(1).is_ok());
+        assert!(lanes.take(1).is_ok(), "the token is still in hand");
+        lanes.spend(1);
+        let next = lanes.take(1).unwrap_err();
+        assert_eq!(next - Instant::now(), Duration::from_millis(20));
+        assert!(lanes.take(2).is_ok(), "lanes past the list: the last entry");
+        lanes.spend(2);
+        assert!(lanes.take(2).is_err());
     }
 }

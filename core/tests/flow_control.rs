@@ -764,3 +764,104 @@ async fn the_starvation_guard_lets_low_priority_through_strict_lanes() {
     assert!(with > 0, "the guard let low priority through");
     assert!(longest <= Duration::from_millis(250), "{longest:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_lane_rate_limit_holds_its_lane_to_its_rate_while_the_others_use_the_handlers() {
+    let broker = MemoryBroker::new();
+    // 1,000 high and 200 low a second; the low lane may start 50 a second.
+    let published: Arc<Mutex<HashMap<u8, u64>>> = Arc::default();
+    let producer = {
+        let (broker, published) = (broker.clone(), Arc::clone(&published));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            let mut n = 0u32;
+            loop {
+                tick.tick().await;
+                for tier in ["9"; 10].into_iter().chain(["1"; 2]) {
+                    n += 1;
+                    let publish = Publish::new(format!("{n}")).header("tier", tier);
+                    broker.publish(Q, publish).await.unwrap();
+                    *published
+                        .lock()
+                        .unwrap()
+                        .entry(tier.parse().unwrap())
+                        .or_default() += 1;
+                }
+            }
+        })
+    };
+    let starts: Arc<Mutex<Vec<(u8, Instant)>>> = Arc::default();
+    let log = Arc::clone(&starts);
+    let handler = move |ctx: Context| {
+        log.lock()
+            .unwrap()
+            .push((ctx.message().priority(), Instant::now()));
+        async { sleep(Duration::from_millis(5)).await }
+    };
+    let dropped: Arc<Mutex<HashMap<u8, u64>>> = Arc::default();
+    let drops = Arc::clone(&dropped);
+    let config = Config::default()
+        .prefetch(64)
+        .max_in_flight(8)
+        .overflow(Overflow::Drop)
+        .lane_weights([50, 50])
+        .lane_rate_limits([None, RateLimit::per_second(50)]);
+    let began = Instant::now();
+    let report = Worker::new(broker.source(Q), handler)
+        .config(config)
+        .classify(|m| {
+            m.headers()
+                .get_str("tier")
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(0)
+        })
+        .on_settled(move |message, how| {
+            if matches!(how, sluicegate::Settled::Dropped { .. }) {
+                *drops.lock().unwrap().entry(message.priority()).or_default() += 1;
+            }
+        })
+        .run_until(sleep(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    producer.abort();
+    let starts = starts.lock().unwrap().clone();
+    let count = |p: u8| starts.iter().filter(|(q, _)| *q == p).count();
+    let (high, low) = (count(9), count(1));
+    let published = published.lock().unwrap().clone();
+    let dropped = dropped.lock().unwrap().clone();
+    println!(
+        "lane rate limit 50/s on the low lane, 60 simulated s: low started {low} (of {} published, {} dropped), \
+         high started {high} (of {} published, {} dropped); held back {} times",
+        published[&1],
+        dropped.get(&1).copied().unwrap_or(0),
+        published[&9],
+        dropped.get(&9).copied().unwrap_or(0),
+        report.metrics.rate_limited
+    );
+    let off = (low as f64 - 3_000.0).abs() / 3_000.0;
+    assert!(off <= 0.05, "low lane: {low} starts in 60 s for 3,000");
+    for second in 1..59 {
+        let from = began + Duration::from_secs(second);
+        let to = from + Duration::from_secs(1);
+        let n = starts
+            .iter()
+            .filter(|(p, t)| *p == 1 && *t >= from && *t < to)
+            .count();
+        assert!((49..=51).contains(&n), "second {second}: {n} low starts");
+    }
+    // The high lane was not held back by the low lane's limit: every high
+    // message was handled but the last moment's.
+    assert_eq!(dropped.get(&9), None, "no high message was dropped");
+    assert!(
+        high as f64 >= published[&9] as f64 - 64.0,
+        "high: {high} of {}",
+        published[&9]
+    );
+    // Every low message is accounted for: started, dropped, or held at the end.
+    let low_accounted = low as u64 + dropped.get(&1).copied().unwrap_or(0);
+    assert!(
+        published[&1] - low_accounted <= 64,
+        "low: {low_accounted} of {}",
+        published[&1]
+    );
+}

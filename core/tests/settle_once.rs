@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use sluicegate::memory::MemoryBroker;
-use sluicegate::{Config, Context, HandlerError, Json, Outcome, Overflow, RetryPolicy, Worker};
+use sluicegate::{
+    Config, Context, HandlerError, Json, Outcome, Overflow, RateLimit, RetryPolicy, Worker,
+};
 use tokio::time::sleep;
 
 const Q: &str = "prop";
@@ -35,6 +37,8 @@ struct Case {
     retry_max: u32,
     grace_ms: u64,
     shutdown_ms: Option<u64>,
+    /// A rate limit on the (only) lane: the worker holds messages back.
+    lane_rate: Option<u32>,
 }
 
 fn case() -> impl Strategy<Value = Case> {
@@ -60,31 +64,35 @@ fn case() -> impl Strategy<Value = Case> {
         0u32..4,
         0u64..300,
         prop::option::weighted(0.5, 0u64..1500),
+        prop::option::weighted(0.3, 5u32..200),
     )
         .prop_map(
-            |(msgs, prefetch, in_flight, overflow, retry_max, grace_ms, shutdown_ms)| Case {
-                messages: msgs
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, (kind, ms, n, malformed, gap))| {
-                        (
-                            Spec {
-                                id: i as u32,
-                                kind,
-                                ms,
-                                n,
-                            },
-                            malformed,
-                            gap,
-                        )
-                    })
-                    .collect(),
-                prefetch,
-                in_flight: in_flight.min(prefetch),
-                overflow,
-                retry_max,
-                grace_ms,
-                shutdown_ms,
+            |(msgs, prefetch, in_flight, overflow, retry_max, grace_ms, shutdown_ms, lane_rate)| {
+                Case {
+                    messages: msgs
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, (kind, ms, n, malformed, gap))| {
+                            (
+                                Spec {
+                                    id: i as u32,
+                                    kind,
+                                    ms,
+                                    n,
+                                },
+                                malformed,
+                                gap,
+                            )
+                        })
+                        .collect(),
+                    prefetch,
+                    in_flight: in_flight.min(prefetch),
+                    overflow,
+                    retry_max,
+                    grace_ms,
+                    shutdown_ms,
+                    lane_rate,
+                }
             },
         )
 }
@@ -164,7 +172,8 @@ fn run_case(case: Case) -> Result<(), TestCaseError> {
                 Duration::from_millis(80),
             ))
             .handler_timeout(Duration::from_millis(TIMEOUT_MS))
-            .shutdown_grace(Duration::from_millis(case.grace_ms));
+            .shutdown_grace(Duration::from_millis(case.grace_ms))
+            .lane_rate_limits([case.lane_rate.and_then(RateLimit::per_second)]);
         let shutdown_ms = case.shutdown_ms;
         let observed = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let count = Arc::clone(&observed);

@@ -13,6 +13,7 @@ use super::Flow;
 use crate::breaker::Admission;
 use crate::config::Config;
 use crate::gate::Permit;
+use crate::lanes::Popped;
 use crate::message::Delivery;
 use crate::source::Source;
 use crate::tracker::Kind;
@@ -34,17 +35,29 @@ impl<S: Source> Flow<S> {
                     break;
                 }
             };
-            if let Some(limiter) = &self.limiter {
-                if let Err(at) = limiter.try_take() {
-                    if let Some(breaker) = &self.breaker {
-                        breaker.unadmit(probe);
+            // The worker's token is held until a message starts: a pass that
+            // starts none (every waiting lane out of its own tokens) keeps it.
+            if let (Some(limiter), false) = (&self.limiter, self.token_in_hand) {
+                match limiter.try_take() {
+                    Ok(()) => self.token_in_hand = true,
+                    Err(at) => {
+                        self.hold_until(at, probe);
+                        break;
                     }
-                    self.metrics.rate_limited.fetch_add(1, Relaxed);
-                    self.dispatch_at = Some(at);
-                    break;
                 }
             }
-            let Some(delivery) = self.lanes.pop() else {
+            let delivery = match &mut self.lane_limits {
+                None => self.lanes.pop(),
+                Some(limits) => match self.lanes.pop_admitted(|rank| limits.take(rank)) {
+                    Popped::Ready(delivery) => Some(delivery),
+                    Popped::Empty => None,
+                    Popped::Wait(at) => {
+                        self.hold_until(at, probe);
+                        break;
+                    }
+                },
+            };
+            let Some(delivery) = delivery else {
                 break;
             };
             // A share of the handlers kept for the top priority: the others
@@ -63,7 +76,8 @@ impl<S: Source> Flow<S> {
                 // messages if it has any (weighted lanes may have picked
                 // another lane first); otherwise only a top-priority arrival
                 // or a freed slot can change this.
-                match self.lanes.pop_top() {
+                let top_may_start = self.lane_limits.as_mut().is_none_or(|l| l.take(0).is_ok());
+                match self.lanes.pop_top().filter(|_| top_may_start) {
                     Some(top) => top,
                     None => {
                         if let Some(breaker) = &self.breaker {
@@ -90,7 +104,23 @@ impl<S: Source> Flow<S> {
         }
     }
 
+    /// A rate limit holds the lanes until `at`.
+    fn hold_until(&mut self, at: Instant, probe: bool) {
+        if let Some(breaker) = &self.breaker {
+            breaker.unadmit(probe);
+        }
+        self.metrics.rate_limited.fetch_add(1, Relaxed);
+        self.dispatch_at = Some(at);
+    }
+
     fn start(&mut self, delivery: Delivery, permit: Permit, probe: bool) {
+        self.token_in_hand = false;
+        if let Some(limits) = &mut self.lane_limits {
+            let priority = delivery.message().priority();
+            if let Some(rank) = self.lanes.rank(priority) {
+                limits.spend(rank);
+            }
+        }
         let dispatch = Arc::clone(&self.dispatch);
         self.tasks
             .spawn(Kind::Handler, dispatch.run(delivery, permit, probe));

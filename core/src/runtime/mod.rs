@@ -28,7 +28,7 @@ use crate::handler::ErasedHandler;
 use crate::lanes::Lanes;
 use crate::message::{Delivery, Settlement};
 use crate::metrics::Metrics;
-use crate::rate::Limiter;
+use crate::rate::{LaneLimits, Limiter};
 use crate::settled::{OnSettled, Settled};
 use crate::source::{Source, SourceError};
 use crate::tracker::{Kind, Tracker};
@@ -57,6 +57,10 @@ pub(crate) struct Flow<S> {
     source_failures: u32,
     last_drop_log: Option<Instant>,
     limiter: Option<Limiter>,
+    /// A token of `limiter` taken but not used yet.
+    token_in_hand: bool,
+    /// Rate limits of single lanes.
+    lane_limits: Option<LaneLimits>,
     breaker: Option<Arc<Breaker>>,
     /// The rate limit or the open breaker hold the lanes until then.
     dispatch_at: Option<Instant>,
@@ -95,6 +99,7 @@ impl<S: Source> Flow<S> {
         });
         let freed = Arc::new(tokio::sync::Notify::new());
         let limiter = config.rate_limit_policy().map(Limiter::new);
+        let lane_limits = LaneLimits::new(config.lane_rate_limits_policy());
         let lanes = Lanes::new(
             config.lane_weights_policy().map(<[u32]>::to_vec),
             config.starvation_guard_limit(),
@@ -127,6 +132,8 @@ impl<S: Source> Flow<S> {
             source_failures: 0,
             last_drop_log: None,
             limiter,
+            token_in_hand: false,
+            lane_limits,
             breaker,
             dispatch_at: None,
             classify: None,
