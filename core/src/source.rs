@@ -4,6 +4,7 @@
 
 use async_trait::async_trait;
 
+use crate::config::Overflow;
 use crate::message::Delivery;
 use crate::outcome::BoxError;
 
@@ -80,6 +81,16 @@ pub trait Source: Send + 'static {
 
     /// The most unsettled deliveries the broker should hand this consumer.
     async fn set_prefetch(&mut self, prefetch: u16) -> Result<(), SourceError>;
+
+    /// The runtime's overflow policy, told once before the first
+    /// `set_prefetch`. With [`Overflow::Block`] a source may hold back at the
+    /// broker by itself in any way that keeps what it hands over within the
+    /// prefetch (Kafka leaves each partition unread at its share of it).
+    /// With any other policy the runtime must see the excess to shed, drop
+    /// or defer it: hold back only at the prefetch as a whole. The default
+    /// does nothing (a broker-side prefetch, like AMQP's, is one limit
+    /// either way).
+    fn set_overflow(&mut self, _overflow: Overflow) {}
 
     /// The worker has stopped and every delivery it took is settled or
     /// handed back: commit what is done and let go of the broker (Kafka

@@ -20,7 +20,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use sluicegate::message::header;
 use sluicegate::{
     AdaptiveAlgorithm, AdaptivePolicy, BreakerPolicy, Config, Context, HandlerError, Json,
-    RetryPolicy, Source, Worker,
+    Overflow, RetryPolicy, ShedAction, Source, Worker,
 };
 use sluicegate_amqp::{AmqpConfig, AmqpSource};
 use sluicegate_test_support::{finished, run_until_metrics, wait_until};
@@ -933,4 +933,102 @@ async fn the_adaptive_limit_re_tunes_the_prefetch_the_broker_applies() {
         assert!(set.contains(&broker[0]), "broker {broker:?}, set {set:?}");
     }
     delete(&ch, &[queue.clone(), format!("{queue}.dlq")]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_overload_low_priority_is_shed_to_its_dead_letter_queue_and_high_priority_all_runs() {
+    let _serial = SERIAL.lock().await;
+    let high = unique("shed-high");
+    let low = unique("shed-low");
+    let source = AmqpSource::connect(AmqpConfig::lanes(url(), [high.clone(), low.clone()]))
+        .await
+        .unwrap();
+    let (_conn, ch) = channel().await;
+    let lows: Vec<Vec<u8>> = (0..2_000)
+        .map(|i| format!("low-{i}").into_bytes())
+        .collect();
+    publish_all(&ch, &low, &lows).await;
+    let handled: Arc<Mutex<Vec<String>>> = Arc::default();
+    let log = Arc::clone(&handled);
+    let handler = move |text: String| {
+        log.lock().unwrap().push(text);
+        async { tokio::time::sleep(Duration::from_millis(10)).await }
+    };
+    let config = Config::default()
+        .prefetch(64)
+        .max_in_flight(2)
+        .overflow(Overflow::Shed)
+        .shed_action(ShedAction::DeadLetter);
+    let worker = Worker::new(source, handler).config(config);
+    let metrics = worker.metrics();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopper = Arc::clone(&stop);
+    let run = tokio::spawn(worker.run_until(async move {
+        while !stopper.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }));
+    // High-priority work arrives while the low backlog saturates the worker.
+    for burst in 0..10 {
+        let highs: Vec<Vec<u8>> = (0..10)
+            .map(|i| format!("high-{}", burst * 10 + i).into_bytes())
+            .collect();
+        publish_all(&ch, &high, &highs).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let low_dlq = format!("{low}.dlq");
+    wait_until(
+        "every message handled or shed",
+        Duration::from_secs(60),
+        || {
+            let handled = handled.lock().unwrap().len() as u64;
+            handled + metrics.snapshot().dead_lettered >= 2_100
+        },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    finished(run, Duration::from_secs(30)).await;
+    let handled = std::mem::take(&mut *handled.lock().unwrap());
+    let shed = take_all(&ch, &low_dlq).await;
+    let m = metrics.snapshot();
+    let handled_high = handled.iter().filter(|t| t.starts_with("high")).count();
+    let handled_low: BTreeSet<&str> = handled
+        .iter()
+        .filter(|t| t.starts_with("low"))
+        .map(String::as_str)
+        .collect();
+    println!(
+        "shed against RabbitMQ: 2,000 low and 100 high through 2 handlers of 10 ms: high handled {handled_high}, \
+         low handled {}, low shed to {low_dlq} {} (shed metric {})",
+        handled_low.len(),
+        shed.len(),
+        m.shed
+    );
+    assert_eq!(handled_high, 100, "every high-priority message ran");
+    assert_eq!(ready(&ch, &format!("{high}.dlq")).await, 0, "none was shed");
+    // Every low one ran or is in its dead-letter queue with the reason:
+    // once, and nothing else.
+    assert!(!shed.is_empty(), "the overload shed something");
+    assert_eq!(m.shed, shed.len() as u64);
+    let mut all: BTreeSet<&str> = handled_low.clone();
+    for (text, headers) in &shed {
+        assert!(
+            headers[header::REASON].contains("shed"),
+            "{text}: {headers:?}"
+        );
+        assert_eq!(headers[header::ORIGIN], low);
+        assert!(all.insert(text.as_str()), "{text} ran and was shed");
+    }
+    assert_eq!(all.len(), 2_000, "every low message is accounted for");
+    assert_eq!(
+        handled.len(),
+        handled_high + handled_low.len(),
+        "none ran twice"
+    );
+    assert_eq!((ready(&ch, &high).await, ready(&ch, &low).await), (0, 0));
+    delete(
+        &ch,
+        &[high.clone(), low.clone(), format!("{high}.dlq"), low_dlq],
+    )
+    .await;
 }

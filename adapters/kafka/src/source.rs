@@ -15,7 +15,7 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::producer::FutureProducer;
-use sluicegate::{Delivery, Source, SourceError};
+use sluicegate::{Delivery, Overflow, Source, SourceError};
 use tokio::sync::oneshot;
 
 use crate::config::{KafkaConfig, TopicSetup};
@@ -199,6 +199,13 @@ impl Source for KafkaSource {
     async fn set_prefetch(&mut self, prefetch: u16) -> Result<(), SourceError> {
         self.shared.set_capacity(prefetch.into());
         Ok(())
+    }
+
+    fn set_overflow(&mut self, overflow: Overflow) {
+        // Blocking: each partition stops at its share, and the others go on.
+        // Shedding, dropping or deferring: the runtime must see the excess,
+        // so partitions read up to the prefetch as a whole.
+        self.shared.set_shares(overflow == Overflow::Block);
     }
 
     async fn close(&mut self) -> Result<(), SourceError> {

@@ -79,6 +79,13 @@ struct State {
     capacity: usize,
     generations: u64,
     held: usize,
+    /// Each partition stops at its share of `capacity` (the runtime blocks
+    /// when full); otherwise partitions read up to `capacity` as a whole
+    /// (the runtime sheds, drops or defers what is past its limit).
+    shares: bool,
+    /// Without shares: the whole capacity is held; nothing is read until a
+    /// quarter of it is free again.
+    all_full: bool,
     failure: Option<String>,
     stopping: bool,
     /// A revoke waits on `settled` for the runtime's in-flight records.
@@ -142,6 +149,8 @@ impl Shared {
                 partitions: HashMap::new(),
                 schedule: Schedule::default(),
                 capacity: 64,
+                shares: true,
+                all_full: false,
                 generations: 0,
                 held: 0,
                 failure: None,
@@ -232,6 +241,9 @@ impl Shared {
             .schedule
             .admit(Pending { message, slot }, chain.as_ref(), not_before);
         state.held += 1;
+        if !state.shares && state.held >= state.capacity {
+            state.all_full = true;
+        }
         self.stats.fetched.fetch_add(1, Relaxed);
         self.stats.note_held(state.held);
         let cap = state.partition_cap();
@@ -248,10 +260,20 @@ impl Shared {
     /// these (at most the room each has).
     pub(crate) fn readable(&self, out: &mut Vec<Readable>) {
         let state = self.lock();
+        let room = if state.shares {
+            usize::MAX
+        } else if state.all_full {
+            return;
+        } else {
+            state.capacity.saturating_sub(state.held).max(1)
+        };
         let cap = state.partition_cap();
         for p in state.partitions.values() {
             if let (Some(queue), false) = (&p.queue, p.full) {
-                out.push((queue.clone(), cap.saturating_sub(p.unsettled).max(1)));
+                out.push((
+                    queue.clone(),
+                    cap.saturating_sub(p.unsettled).clamp(1, room),
+                ));
             }
         }
     }
@@ -326,6 +348,11 @@ impl Shared {
                 room_again = true;
                 self.stats.paused_partitions.fetch_sub(1, Relaxed);
             }
+        }
+        // Without shares: read again once a quarter of the whole is free.
+        if state.all_full && state.held <= cap - cap / 4 {
+            state.all_full = false;
+            room_again = true;
         }
         let revoking = state.revoking;
         drop(state);
@@ -519,10 +546,21 @@ impl Shared {
         }
     }
 
+    /// Whether each partition stops at its share of the capacity (the
+    /// default), or all read up to the capacity as a whole.
+    pub(crate) fn set_shares(&self, shares: bool) {
+        let mut state = self.lock();
+        state.shares = shares;
+        state.all_full = !shares && state.held >= state.capacity;
+        drop(state);
+        self.poller.notify();
+    }
+
     /// The most unsettled records the worker may hold.
     pub(crate) fn set_capacity(&self, capacity: usize) {
         let mut state = self.lock();
         state.capacity = capacity.max(1);
+        state.all_full = !state.shares && state.held >= state.capacity;
         drop(state);
         self.poller.notify();
     }
@@ -577,6 +615,10 @@ impl State {
     /// Each partition's share of the prefetch. Retry topics' partitions
     /// are not counted: they are usually empty.
     fn partition_cap(&self) -> usize {
+        if !self.shares {
+            // Read up to the capacity as a whole (`readable` checks it).
+            return self.capacity;
+        }
         let main = self
             .partitions
             .keys()

@@ -746,3 +746,102 @@ async fn several_topics_are_lanes_and_the_first_runs_first() {
     assert_eq!(committed(&group, &high, 1).await, log_end(&high).await);
     assert_eq!(committed(&group, &low, 1).await, log_end(&low).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_overload_low_priority_is_deferred_through_its_retry_topic_and_all_of_it_runs_later()
+{
+    let _serial = SERIAL.lock().await;
+    let high = unique("shed-high");
+    let low = unique("shed-low");
+    let group = unique("shed-g");
+    create_topic(&high, 1).await;
+    create_topic(&low, 1).await;
+    let jobs = |from: u32, n: u32| -> Vec<Out> {
+        (from..from + n)
+            .map(|id| Out {
+                key: None,
+                payload: job(id, 5, false),
+                partition: Some(0),
+            })
+            .collect()
+    };
+    produce(&low, jobs(0, 1000)).await;
+    let source = KafkaSource::connect(
+        KafkaConfig::new(brokers(), &group, [&high, &low]).ordering(Ordering::Unordered),
+    )
+    .await
+    .unwrap();
+    let handled: Arc<Mutex<Vec<(u32, u32)>>> = Arc::default();
+    let log = Arc::clone(&handled);
+    let handler = move |Json(job): Json<Job>, ctx: Context| {
+        log.lock().unwrap().push((job.id, ctx.attempt()));
+        async move { tokio::time::sleep(Duration::from_millis(job.work_ms)).await }
+    };
+    let config = Config::default()
+        .prefetch(64)
+        .max_in_flight(2)
+        .overflow(sluicegate::Overflow::Shed)
+        .shed_action(sluicegate::ShedAction::Delay)
+        .overflow_delay(Duration::from_millis(300));
+    let worker = Worker::new(source, handler).config(config);
+    let metrics = worker.metrics();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopper = Arc::clone(&stop);
+    let run = tokio::spawn(worker.run_until(async move {
+        while !stopper.load(SeqCst) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }));
+    // High-priority work arrives while the low backlog saturates the worker.
+    for burst in 0..10 {
+        produce(&high, jobs(10_000 + burst * 10, 10)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_until("every job handled once", Duration::from_secs(120), || {
+        handled.lock().unwrap().len() >= 1100
+    })
+    .await;
+    stop.store(true, SeqCst);
+    finished(run, Duration::from_secs(30)).await;
+    let handled = handled.lock().unwrap().clone();
+    let ids: BTreeSet<u32> = handled.iter().map(|(id, _)| *id).collect();
+    let m = metrics.snapshot();
+    let low_retry = format!("{low}.retry");
+    let deferred = read_all(&low_retry).await;
+    println!(
+        "shed with delay against Kafka: 1,000 low and 100 high through 2 handlers of 5 ms: {} handled, \
+         {} deferrals through {low_retry} (shed metric {}), high ones deferred: {}",
+        handled.len(),
+        deferred.len(),
+        m.shed,
+        log_end(&format!("{high}.retry")).await.iter().sum::<i64>()
+    );
+    assert_eq!(handled.len(), 1100, "each job ran once");
+    assert_eq!(ids.len(), 1100, "every job ran");
+    assert!(!deferred.is_empty(), "the overload deferred something");
+    assert_eq!(m.shed, deferred.len() as u64);
+    assert_eq!(m.deferred, deferred.len() as u64);
+    for record in &deferred {
+        assert!(
+            record.headers[header::REASON].contains("shed"),
+            "{:?}",
+            record.headers
+        );
+        assert!(record.headers.contains_key(NOT_BEFORE));
+        let job: Job = serde_json::from_str(&record.payload).unwrap();
+        assert!(job.id < 10_000, "a high-priority job was deferred");
+    }
+    // Deferral keeps the attempt: a shed message is not a failed one.
+    assert!(handled.iter().all(|(_, attempt)| *attempt == 1));
+    assert_eq!(
+        log_end(&format!("{high}.retry")).await.iter().sum::<i64>(),
+        0
+    );
+    for topic in [&high, &low, &low_retry] {
+        assert_eq!(
+            committed(&group, topic, 1).await,
+            log_end(topic).await,
+            "{topic}"
+        );
+    }
+}

@@ -207,6 +207,7 @@ impl<S: Source> Worker<S> {
             self.on_settled,
         );
         flow.classify = self.classify;
+        flow.source.set_overflow(flow.config.overflow_policy());
         flow.source
             .set_prefetch(u16::try_from(flow.prefetch_now).unwrap_or(u16::MAX))
             .await?;
