@@ -275,6 +275,15 @@ fn fail_pending(acks: &Acks) {
 mod tests {
     use super::*;
 
+    fn fresh() -> State {
+        State {
+            floor: 1,
+            resolved: BTreeMap::new(),
+            due: 0,
+            closed: false,
+        }
+    }
+
     fn due(state: &mut State, tag: u64, since: Instant) {
         state
             .resolved
@@ -284,12 +293,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn acks_the_contiguous_prefix_and_waits_for_the_head() {
         let now = Instant::now();
-        let mut state = State {
-            floor: 1,
-            resolved: BTreeMap::new(),
-            due: 0,
-            closed: false,
-        };
+        let mut state = fresh();
         due(&mut state, 2, now);
         due(&mut state, 3, now);
         // Tag 1 is still in a handler: nothing may be acked yet.
@@ -305,12 +309,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn stragglers_are_acked_alone_after_the_wait_and_nacks_count_as_resolved() {
         let now = Instant::now();
-        let mut state = State {
-            floor: 1,
-            resolved: BTreeMap::new(),
-            due: 0,
-            closed: false,
-        };
+        let mut state = fresh();
         due(&mut state, 3, now);
         let later = now + STRAGGLER_WAIT;
         let flush = plan(&mut state, later, 1);
@@ -335,12 +334,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_prefix_shorter_than_a_batch_waits_for_more_or_for_the_flush_wait() {
         let now = Instant::now();
-        let mut state = State {
-            floor: 1,
-            resolved: BTreeMap::new(),
-            due: 0,
-            closed: false,
-        };
+        let mut state = fresh();
         let batch = batch_for(1000);
         assert_eq!((batch, batch_for(10), batch_for(0)), (50, 1, 1));
         for tag in 1..=49 {

@@ -23,7 +23,7 @@ use sluicegate::{
     Overflow, RetryPolicy, ShedAction, Source, Worker,
 };
 use sluicegate_amqp::{AmqpConfig, AmqpSource};
-use sluicegate_test_support::{finished, run_until_metrics, wait_until};
+use sluicegate_test_support::{finished, run_until_metrics, run_until_stopped, wait_until};
 
 /// The broker is shared state (connections, channels, rabbitmqctl views):
 /// these tests take turns.
@@ -890,13 +890,7 @@ async fn the_adaptive_limit_re_tunes_the_prefetch_the_broker_applies() {
         .adaptive(adaptive);
     let worker = Worker::new(source, handler).config(config);
     let metrics = worker.metrics();
-    let stop = Arc::new(AtomicBool::new(false));
-    let stopper = Arc::clone(&stop);
-    let run = tokio::spawn(worker.run_until(async move {
-        while !stopper.load(Ordering::Relaxed) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }));
+    let (stop, run) = run_until_stopped(worker);
     // The broker's view next to the runtime's, read around it (the limit
     // keeps moving while rabbitmqctl answers).
     let sample = || {
@@ -909,7 +903,7 @@ async fn the_adaptive_limit_re_tunes_the_prefetch_the_broker_applies() {
     let before = sample();
     tokio::time::sleep(Duration::from_secs(5)).await;
     let after = sample();
-    stop.store(true, Ordering::Relaxed);
+    stop.stop();
     finished(run, Duration::from_secs(30)).await;
     println!(
         "adaptive against RabbitMQ: before the step limit {} and broker prefetch {:?} (set {:?}); 5 s after it limit {} and broker prefetch {:?} (set {:?})",
@@ -961,13 +955,7 @@ async fn under_overload_low_priority_is_shed_to_its_dead_letter_queue_and_high_p
         .shed_action(ShedAction::DeadLetter);
     let worker = Worker::new(source, handler).config(config);
     let metrics = worker.metrics();
-    let stop = Arc::new(AtomicBool::new(false));
-    let stopper = Arc::clone(&stop);
-    let run = tokio::spawn(worker.run_until(async move {
-        while !stopper.load(Ordering::Relaxed) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }));
+    let (stop, run) = run_until_stopped(worker);
     // High-priority work arrives while the low backlog saturates the worker.
     for burst in 0..10 {
         let highs: Vec<Vec<u8>> = (0..10)
@@ -986,7 +974,7 @@ async fn under_overload_low_priority_is_shed_to_its_dead_letter_queue_and_high_p
         },
     )
     .await;
-    stop.store(true, Ordering::Relaxed);
+    stop.stop();
     finished(run, Duration::from_secs(30)).await;
     let handled = std::mem::take(&mut *handled.lock().unwrap());
     let shed = take_all(&ch, &low_dlq).await;

@@ -15,7 +15,7 @@ use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use sluicegate::{Config, Worker};
 use sluicegate_kafka::{KafkaConfig, KafkaSource, Ordering, TopicSetup};
-use sluicegate_test_support::{finished, wait_until};
+use sluicegate_test_support::{Stop, finished, run_until_stopped, wait_until};
 
 const PARTITIONS: i32 = 3;
 const RECORDS: u32 = 3_000;
@@ -83,8 +83,8 @@ fn committed(bootstrap: &str, group: &str, topic: &str) -> Vec<i64> {
 /// A worker running over a cluster's topic.
 struct Run {
     handled: Arc<Mutex<Vec<u32>>>,
-    stop: Arc<tokio::sync::Notify>,
-    run: tokio::task::JoinHandle<Result<sluicegate::Report, sluicegate::Error>>,
+    stop: Stop,
+    run: sluicegate_test_support::Run,
 }
 
 impl Run {
@@ -110,9 +110,7 @@ impl Run {
         };
         let worker =
             Worker::new(source, handler).config(Config::default().prefetch(64).max_in_flight(8));
-        let stop = Arc::new(tokio::sync::Notify::new());
-        let stopper = Arc::clone(&stop);
-        let run = tokio::spawn(worker.run_until(async move { stopper.notified().await }));
+        let (stop, run) = run_until_stopped(worker);
         Self { handled, stop, run }
     }
 
@@ -130,7 +128,7 @@ impl Run {
     async fn finish(self) -> Vec<u32> {
         self.wait_for("every record handled", RECORDS as usize)
             .await;
-        self.stop.notify_one();
+        self.stop.stop();
         finished(self.run, Duration::from_secs(60)).await;
         self.handled.lock().unwrap().clone()
     }

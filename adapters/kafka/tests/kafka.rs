@@ -15,7 +15,7 @@ use serde::Deserialize;
 use sluicegate::message::header;
 use sluicegate::{BreakerPolicy, Config, Context, HandlerError, Json, Report, RetryPolicy, Worker};
 use sluicegate_kafka::{KafkaConfig, KafkaError, KafkaSource, NOT_BEFORE, Ordering, TopicSetup};
-use sluicegate_test_support::{finished, run_until_metrics, wait_until};
+use sluicegate_test_support::{finished, run_until_metrics, run_until_stopped, wait_until};
 
 /// The broker and the machine's two cores are shared: tests take turns,
 /// so timings (ordering ratio, memory) are not skewed by each other.
@@ -448,22 +448,16 @@ async fn memory_stays_bounded_under_a_handler_100x_slower_than_the_producer_and_
     .unwrap();
     let stats = source.stats();
     let rss_before = common::rss_kib();
-    let stop = Arc::new(AtomicBool::new(false));
     let worker = Worker::new(source, slow).config(Config::default().prefetch(64).max_in_flight(8));
     let metrics = worker.metrics();
-    let stopper = stop.clone();
-    let run = tokio::spawn(worker.run_until(async move {
-        while !stopper.load(SeqCst) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }));
+    let (stop, run) = run_until_stopped(worker);
     let mut rss_max = rss_before;
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(4) {
         rss_max = rss_max.max(common::rss_kib());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    stop.store(true, SeqCst);
+    stop.stop();
     let report = finished(run, Duration::from_secs(30)).await;
     let handler_rate = report.metrics.acked as f64 / started.elapsed().as_secs_f64();
     let max_held = stats.max_held.load(SeqCst);
@@ -785,13 +779,7 @@ async fn under_overload_low_priority_is_deferred_through_its_retry_topic_and_all
         .overflow_delay(Duration::from_millis(300));
     let worker = Worker::new(source, handler).config(config);
     let metrics = worker.metrics();
-    let stop = Arc::new(AtomicBool::new(false));
-    let stopper = Arc::clone(&stop);
-    let run = tokio::spawn(worker.run_until(async move {
-        while !stopper.load(SeqCst) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }));
+    let (stop, run) = run_until_stopped(worker);
     // High-priority work arrives while the low backlog saturates the worker.
     for burst in 0..10 {
         produce(&high, jobs(10_000 + burst * 10, 10)).await;
@@ -801,7 +789,7 @@ async fn under_overload_low_priority_is_deferred_through_its_retry_topic_and_all
         handled.lock().unwrap().len() >= 1100
     })
     .await;
-    stop.store(true, SeqCst);
+    stop.stop();
     finished(run, Duration::from_secs(30)).await;
     let handled = handled.lock().unwrap().clone();
     let ids: BTreeSet<u32> = handled.iter().map(|(id, _)| *id).collect();

@@ -2,7 +2,10 @@
 //! its metrics say it is done, collect its report within a limit, wait for a
 //! condition. Not part of any published crate.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
 
 use sluicegate::{MetricsSnapshot, Report, Source, Worker};
 
@@ -21,6 +24,27 @@ pub fn run_until_metrics<S: Source>(
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }))
+}
+
+/// Stops a run started by [`run_until_stopped`].
+#[derive(Clone, Debug)]
+pub struct Stop(Arc<Notify>);
+
+impl Stop {
+    /// Shuts the worker down gracefully (it drains, then its run ends).
+    pub fn stop(&self) {
+        // A permit is stored if the run is not waiting yet: never missed.
+        self.0.notify_one();
+    }
+}
+
+/// Spawns `worker`, shutting it down gracefully once [`Stop::stop`] is
+/// called.
+pub fn run_until_stopped<S: Source>(worker: Worker<S>) -> (Stop, Run) {
+    let stop = Arc::new(Notify::new());
+    let stopped = Arc::clone(&stop);
+    let run = tokio::spawn(worker.run_until(async move { stopped.notified().await }));
+    (Stop(stop), run)
 }
 
 /// The report of `run`, which must end within `limit`, without a panic or
