@@ -1,7 +1,9 @@
 //! Consume + commit throughput against a real Kafka broker: sluicegate
-//! (no-op handler) beside raw rdkafka at-least-once (a poll loop that
-//! stores each offset after processing, auto-commit on), same broker, same
-//! topic, same run, 256 B records, alternating rounds, medians compared.
+//! (no-op handler) beside two raw rdkafka at-least-once consumers (offsets
+//! stored after processing, auto-commit on): a `BaseConsumer` poll loop,
+//! and rust-rdkafka's `at_least_once` idiom on a `StreamConsumer`. Same
+//! broker, same topic, same run, 256 B records, alternating rounds, medians
+//! compared.
 //! Each run is a new consumer group reading the topic from the start; the
 //! clock runs from the first record to the last one stored.
 //!
@@ -33,20 +35,26 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// rust-rdkafka's at-least-once pattern: process, then store the offset;
-/// librdkafka commits stored offsets every second.
-fn raw(topic: &str, n: usize) -> f64 {
-    let consumer: BaseConsumer = ClientConfig::new()
+/// Both raw consumers' settings: offsets stored by the application and
+/// committed by librdkafka every second, a new group from the start.
+fn raw_config(group: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", common::brokers())
-        .set("group.id", common::unique("bench-raw"))
+        .set("group.id", common::unique(group))
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("queued.max.messages.kbytes", "16384")
-        .set("fetch.wait.max.ms", "20")
-        .create()
-        .unwrap();
+        .set("fetch.wait.max.ms", "20");
+    config
+}
+
+/// The ceiling: a `BaseConsumer` poll loop that stores each offset after
+/// processing it, no async runtime in the way.
+fn raw(topic: &str, n: usize) -> f64 {
+    let consumer: BaseConsumer = raw_config("bench-raw").create().unwrap();
     consumer.subscribe(&[topic]).unwrap();
     let mut start = None;
     let mut seen = 0;
@@ -67,17 +75,7 @@ fn raw(topic: &str, n: usize) -> f64 {
 /// consumers follow: a `StreamConsumer` on tokio, each record awaited
 /// through the (no-op) handler, then its offset stored.
 async fn raw_async(topic: &str, n: usize) -> f64 {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", common::brokers())
-        .set("group.id", common::unique("bench-raw-async"))
-        .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("queued.max.messages.kbytes", "16384")
-        .set("fetch.wait.max.ms", "20")
-        .create()
-        .unwrap();
+    let consumer: StreamConsumer = raw_config("bench-raw-async").create().unwrap();
     consumer.subscribe(&[topic]).unwrap();
     let handler = |payload: Option<&[u8]>| {
         std::hint::black_box(payload);

@@ -350,7 +350,8 @@ impl Shared {
             }
         }
         // Without shares: read again once a quarter of the whole is free.
-        if state.all_full && state.held <= cap - cap / 4 {
+        let whole = state.capacity;
+        if state.all_full && state.held <= whole - whole / 4 {
             state.all_full = false;
             room_again = true;
         }

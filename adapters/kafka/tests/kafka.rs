@@ -684,26 +684,33 @@ async fn the_breaker_holds_intake_while_the_dependency_is_down_and_commits_every
     assert_eq!(committed(&group, &topic, 3).await, log_end(&topic).await);
 }
 
+/// A high and a low topic of one partition each, and a group: two lanes.
+async fn lane_topics(name: &str) -> (String, String, String) {
+    let high = unique(&format!("{name}-high"));
+    let low = unique(&format!("{name}-low"));
+    create_topic(&high, 1).await;
+    create_topic(&low, 1).await;
+    (high, low, unique(&format!("{name}-g")))
+}
+
+/// Jobs `from..from + n` of `work_ms` each, for partition 0.
+fn jobs(from: u32, n: u32, work_ms: u64) -> Vec<Out> {
+    (from..from + n)
+        .map(|id| Out {
+            key: None,
+            payload: job(id, work_ms, false),
+            partition: Some(0),
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_topics_are_lanes_and_the_first_runs_first() {
     let _serial = SERIAL.lock().await;
-    let high = unique("lanes-high");
-    let low = unique("lanes-low");
-    let group = unique("lanes-g");
-    create_topic(&high, 1).await;
-    create_topic(&low, 1).await;
+    let (high, low, group) = lane_topics("lanes").await;
     // The backlog: 2,000 low-priority jobs first, then 200 high-priority.
-    let jobs = |from: u32, n: u32| -> Vec<Out> {
-        (from..from + n)
-            .map(|id| Out {
-                key: None,
-                payload: job(id, 1, false),
-                partition: Some(0),
-            })
-            .collect()
-    };
-    produce(&low, jobs(0, 2000)).await;
-    produce(&high, jobs(10_000, 200)).await;
+    produce(&low, jobs(0, 2000, 1)).await;
+    produce(&high, jobs(10_000, 200, 1)).await;
     let source = KafkaSource::connect(
         KafkaConfig::new(brokers(), &group, [&high, &low]).ordering(Ordering::Unordered),
     )
@@ -745,21 +752,8 @@ async fn several_topics_are_lanes_and_the_first_runs_first() {
 async fn under_overload_low_priority_is_deferred_through_its_retry_topic_and_all_of_it_runs_later()
 {
     let _serial = SERIAL.lock().await;
-    let high = unique("shed-high");
-    let low = unique("shed-low");
-    let group = unique("shed-g");
-    create_topic(&high, 1).await;
-    create_topic(&low, 1).await;
-    let jobs = |from: u32, n: u32| -> Vec<Out> {
-        (from..from + n)
-            .map(|id| Out {
-                key: None,
-                payload: job(id, 5, false),
-                partition: Some(0),
-            })
-            .collect()
-    };
-    produce(&low, jobs(0, 1000)).await;
+    let (high, low, group) = lane_topics("shed").await;
+    produce(&low, jobs(0, 1000, 5)).await;
     let source = KafkaSource::connect(
         KafkaConfig::new(brokers(), &group, [&high, &low]).ordering(Ordering::Unordered),
     )
@@ -782,7 +776,7 @@ async fn under_overload_low_priority_is_deferred_through_its_retry_topic_and_all
     let (stop, run) = run_until_stopped(worker);
     // High-priority work arrives while the low backlog saturates the worker.
     for burst in 0..10 {
-        produce(&high, jobs(10_000 + burst * 10, 10)).await;
+        produce(&high, jobs(10_000 + burst * 10, 10, 5)).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     wait_until("every job handled once", Duration::from_secs(120), || {
