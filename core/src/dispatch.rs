@@ -1,25 +1,41 @@
 //! One handler run: call the handler under a timeout with panics caught,
 //! turn its [`Outcome`] into a broker [`Settlement`] (retry policy
 //! included), count it, and settle the delivery.
+//!
+//! A run starts on the worker's loop: the handler's future is polled once
+//! there, and a handler that finishes on that first poll (most do, when
+//! they only compute) is settled at once, with no task of its own. A handler
+//! still pending, or a settlement that waits on the broker, goes on in a
+//! task. Handlers whose first polls grow slow (CPU-heavy or blocking ones)
+//! are not polled on the loop at all: each runs in a task from its start,
+//! so they run in parallel and the loop keeps serving the broker.
 
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::FutureExt;
+use futures_util::future::CatchUnwind;
 use tokio::time::Instant;
 
 use crate::adaptive::Samples;
 use crate::breaker::{Breaker, Verdict};
 use crate::gate::Permit;
-use crate::handler::ErasedHandler;
-use crate::message::{Delivery, Message, Settlement};
+use crate::handler::{BoxFuture, ErasedHandler};
+use crate::message::{Delivery, Message, SettleError, Settlement};
 use crate::metrics::Metrics;
 use crate::outcome::Outcome;
 use crate::retry::RetryPolicy;
 use crate::settled::{OnSettled, Settled};
+
+/// Handlers are polled first on the loop while their first polls take
+/// less than this on average: past it, running them in parallel tasks is
+/// worth a task each.
+const INLINE_FIRST_POLL: Duration = Duration::from_micros(20);
 
 /// Everything a handler task needs, shared by all of them.
 pub(crate) struct Dispatch {
@@ -30,18 +46,55 @@ pub(crate) struct Dispatch {
     pub(crate) timeout: Duration,
     pub(crate) breaker: Option<Arc<Breaker>>,
     pub(crate) latency: Option<Arc<Samples>>,
+    /// The handler's first polls, a moving average in nanoseconds (wall
+    /// time: a handler that blocks the thread counts, paused clock or not).
+    pub(crate) first_poll_nanos: AtomicU64,
 }
 
-/// Tells the circuit breaker how a run went, on every path: a run that is
-/// cancelled reports nothing but still gives its probe slot back.
-struct BreakerVerdict<'a> {
-    breaker: Option<&'a Breaker>,
+/// How a run began, for the loop.
+pub(crate) enum Started<H, S> {
+    /// The handler finished on its first poll and the broker has its
+    /// settlement: nothing runs on.
+    Settled,
+    /// The handler finished; its settlement waits on the broker (a
+    /// republish's confirm, an ack flush): run this to the end.
+    Settling(S),
+    /// The handler still runs: run this to the end (it settles too).
+    Running(H),
+}
+
+/// The handler's future, panics caught.
+type Call = CatchUnwind<AssertUnwindSafe<BoxFuture<Outcome>>>;
+
+/// One handler run, from its start to its outcome. Dropped on every path
+/// (outcome reached, task cancelled), it stops counting the run as
+/// running, records its time, and tells the circuit breaker how it went:
+/// a run that is cancelled reports nothing but gives its probe slot back.
+struct Run {
+    dispatch: Arc<Dispatch>,
+    started: Instant,
     probe: bool,
     verdict: Verdict,
 }
 
-impl BreakerVerdict<'_> {
-    fn report(mut self, outcome: &Outcome) {
+impl Run {
+    fn begin(dispatch: Arc<Dispatch>, message: &Message, probe: bool) -> Self {
+        let started = Instant::now();
+        let queued_for = started.saturating_duration_since(message.received_at());
+        dispatch.metrics.handler_started(queued_for);
+        Self {
+            dispatch,
+            started,
+            probe,
+            verdict: Verdict::Neither,
+        }
+    }
+
+    /// The handler reached `outcome`.
+    fn end(mut self, outcome: &Outcome) {
+        if let Some(latency) = &self.dispatch.latency {
+            latency.record(self.started.elapsed());
+        }
         self.verdict = match outcome {
             Outcome::Ack | Outcome::Drop { .. } => Verdict::Success,
             // Retryable errors, timeouts and panics: the dependency's trouble.
@@ -52,86 +105,173 @@ impl BreakerVerdict<'_> {
     }
 }
 
-impl Drop for BreakerVerdict<'_> {
+impl Drop for Run {
     fn drop(&mut self) {
-        if let Some(breaker) = self.breaker {
+        let dispatch = &self.dispatch;
+        dispatch.metrics.handler_finished(self.started.elapsed());
+        if let Some(breaker) = &dispatch.breaker {
             breaker.record(self.probe, self.verdict);
         }
     }
 }
 
-/// Counts a running handler; on drop (every path, cancellation included)
-/// it records the handler time and stops counting.
-struct Running<'a> {
-    metrics: &'a Metrics,
-    started: Instant,
-}
-
-impl<'a> Running<'a> {
-    fn start(metrics: &'a Metrics, received_at: Instant) -> Self {
-        let started = Instant::now();
-        metrics.handler_started(started.saturating_duration_since(received_at));
-        Self { metrics, started }
-    }
-}
-
-impl Drop for Running<'_> {
-    fn drop(&mut self) {
-        self.metrics.handler_finished(self.started.elapsed());
-    }
-}
-
 impl Dispatch {
-    /// Runs the handler on `delivery` holding `permit`, then settles it.
-    /// A `probe` run is one the half-open circuit breaker let through.
-    pub(crate) async fn run(self: Arc<Self>, delivery: Delivery, permit: Permit, probe: bool) {
-        let message = delivery.shared_message();
-        let running = Running::start(&self.metrics, message.received_at());
-        let verdict = BreakerVerdict {
-            breaker: self.breaker.as_deref(),
-            probe,
-            verdict: Verdict::Neither,
+    /// Whether handlers are polled first on the loop: while their first
+    /// polls stay quick.
+    pub(crate) fn polls_inline(&self) -> bool {
+        self.first_poll_nanos.load(Relaxed) < INLINE_FIRST_POLL.as_nanos() as u64
+    }
+
+    /// Adds `count` first polls that took `took` in all to the average.
+    pub(crate) fn note_first_polls(&self, took: Duration, count: u32) {
+        let sample = u64::try_from((took / count.max(1)).as_nanos()).unwrap_or(u64::MAX);
+        let average = self.first_poll_nanos.load(Relaxed);
+        // An eighth of the way to each new sample: one slow poll among
+        // quick ones moves it little; a handler that turned slow moves it
+        // past the limit within a few runs.
+        let moved = if sample >= average {
+            average + (sample - average) / 8
+        } else {
+            average - (average - sample) / 8
         };
-        let outcome = self.invoke(Arc::clone(&message)).await;
-        if let Some(latency) = &self.latency {
-            latency.record(running.started.elapsed());
+        self.first_poll_nanos.store(moved, Relaxed);
+    }
+
+    /// Starts the handler on `delivery` holding `permit`. With `inline`, its
+    /// first poll happens here, and one that finishes is settled here too.
+    /// A `probe` run is one the half-open circuit breaker let through.
+    pub(crate) fn start(
+        self: &Arc<Self>,
+        delivery: Delivery,
+        permit: Permit,
+        probe: bool,
+        inline: bool,
+    ) -> Started<impl Future<Output = ()> + Send + 'static, impl Future<Output = ()> + Send + 'static>
+    {
+        let message = delivery.shared_message();
+        let run = Run::begin(Arc::clone(self), &message, probe);
+        if !inline {
+            return Started::Running(Arc::clone(self).run_on(delivery, permit, run, None));
         }
-        drop(running);
-        verdict.report(&outcome);
+        let mut call = match self.call(Arc::clone(&message)) {
+            Ok(call) => call,
+            Err(outcome) => return self.finish_inline(delivery, permit, run, outcome),
+        };
+        // Not polled by a task: a future that is pending registers a waker
+        // that does nothing, and the task it moves to polls it again at
+        // once, registering its own.
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        match call.poll_unpin(&mut context) {
+            Poll::Ready(result) => {
+                let outcome = self.caught(result);
+                self.finish_inline(delivery, permit, run, outcome)
+            }
+            Poll::Pending => {
+                Started::Running(Arc::clone(self).run_on(delivery, permit, run, Some(call)))
+            }
+        }
+    }
+
+    fn finish_inline<H>(
+        self: &Arc<Self>,
+        delivery: Delivery,
+        permit: Permit,
+        run: Run,
+        outcome: Outcome,
+    ) -> Started<H, impl Future<Output = ()> + Send + 'static> {
+        run.end(&outcome);
+        drop(permit);
+        let message = delivery.shared_message();
+        let (settlement, how) = self.decide(&message, outcome);
+        let mut settling = delivery.begin_settle(settlement);
+        match settling.take_done() {
+            Some(result) => {
+                settled(
+                    result,
+                    &message,
+                    &how,
+                    &self.metrics,
+                    self.on_settled.as_ref(),
+                );
+                Started::Settled
+            }
+            None => {
+                let dispatch = Arc::clone(self);
+                Started::Settling(async move {
+                    let result = settling.await;
+                    let on_settled = dispatch.on_settled.as_ref();
+                    settled(result, &message, &how, &dispatch.metrics, on_settled);
+                })
+            }
+        }
+    }
+
+    /// The rest of a run on a task of its own: the handler's first poll
+    /// (unless `call` was polled already), the rest of it under the
+    /// timeout, then its settlement.
+    async fn run_on(
+        self: Arc<Self>,
+        delivery: Delivery,
+        permit: Permit,
+        run: Run,
+        call: Option<Call>,
+    ) {
+        let message = delivery.shared_message();
+        let outcome = match call {
+            Some(call) => self.finish_call(call).await,
+            None => match self.call(Arc::clone(&message)) {
+                Err(outcome) => outcome,
+                Ok(mut call) => {
+                    let polled = std::time::Instant::now();
+                    let first = futures_util::poll!(&mut call);
+                    self.note_first_polls(polled.elapsed(), 1);
+                    match first {
+                        Poll::Ready(result) => self.caught(result),
+                        Poll::Pending => self.finish_call(call).await,
+                    }
+                }
+            },
+        };
+        run.end(&outcome);
         // The permit covers exactly the handler's run: settling does not hold it.
         drop(permit);
         let (settlement, how) = self.decide(&message, outcome);
-        settle(
-            delivery,
-            settlement,
-            how,
+        let result = delivery.settle(settlement).await;
+        settled(
+            result,
+            &message,
+            &how,
             &self.metrics,
             self.on_settled.as_ref(),
-        )
-        .await;
+        );
     }
 
-    async fn invoke(&self, message: Arc<Message>) -> Outcome {
-        // Extractors run when the handler is called: catch their panics too.
-        let call = match std::panic::catch_unwind(AssertUnwindSafe(|| (self.handler)(message))) {
-            Ok(future) => future,
-            Err(panic) => return self.panicked(&*panic),
-        };
-        // The handler's future is boxed already, so this wrapper is small.
-        let mut call = AssertUnwindSafe(call).catch_unwind();
-        // Most handlers that finish at once need no timer: poll once first,
-        // and only a handler still running pays for a (boxed) timeout.
-        let finished = match futures_util::poll!(&mut call) {
-            std::task::Poll::Ready(result) => Ok(result),
-            std::task::Poll::Pending => Box::pin(tokio::time::timeout(self.timeout, call)).await,
-        };
-        match finished {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(panic)) => self.panicked(&*panic),
+    /// Calls the handler; extractors run here, so their panics are caught
+    /// too.
+    fn call(&self, message: Arc<Message>) -> Result<Call, Outcome> {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| (self.handler)(message))) {
+            // The handler's future is boxed already, so this wrapper is small.
+            Ok(future) => Ok(AssertUnwindSafe(future).catch_unwind()),
+            Err(panic) => Err(self.panicked(&*panic)),
+        }
+    }
+
+    /// Awaits a handler that did not finish on its first poll, under the
+    /// timeout (boxed: only a handler still running pays for the timer).
+    async fn finish_call(&self, call: Call) -> Outcome {
+        match Box::pin(tokio::time::timeout(self.timeout, call)).await {
+            Ok(result) => self.caught(result),
             Err(_) => {
                 self.metrics.timed_out.fetch_add(1, Relaxed);
                 Outcome::retry(format!("handler timed out after {:?}", self.timeout))
             }
+        }
+    }
+
+    fn caught(&self, result: std::thread::Result<Outcome>) -> Outcome {
+        match result {
+            Ok(outcome) => outcome,
+            Err(panic) => self.panicked(&*panic),
         }
     }
 
@@ -203,9 +343,8 @@ fn dead_letter(reason: String) -> (Settlement, Settled) {
     (Settlement::DeadLetter { reason }, settled)
 }
 
-/// Settles a delivery and tells the observer. A broker that refuses is
-/// counted and logged (the observer hears nothing): the broker still has the
-/// message and redelivers it.
+/// Settles a delivery and tells the observer (a background settlement of
+/// the loop's own: overflow, shedding, the drain).
 pub(crate) async fn settle(
     delivery: Delivery,
     settlement: Settlement,
@@ -213,11 +352,25 @@ pub(crate) async fn settle(
     metrics: &Metrics,
     on_settled: Option<&OnSettled>,
 ) {
-    let message = on_settled.map(|_| delivery.shared_message());
-    match delivery.settle(settlement).await {
+    let message = delivery.shared_message();
+    let result = delivery.settle(settlement).await;
+    settled(result, &message, &how, metrics, on_settled);
+}
+
+/// The broker answered a settlement: tell the observer, or, when the broker
+/// refused, count and log it (the observer hears nothing): the broker still
+/// has the message and redelivers it.
+fn settled(
+    result: Result<(), SettleError>,
+    message: &Message,
+    how: &Settled,
+    metrics: &Metrics,
+    on_settled: Option<&OnSettled>,
+) {
+    match result {
         Ok(()) => {
-            if let (Some(observe), Some(message)) = (on_settled, message) {
-                observe(&message, &how);
+            if let Some(observe) = on_settled {
+                observe(message, how);
             }
         }
         Err(error) => {
@@ -234,5 +387,42 @@ fn panic_text(panic: &(dyn Any + Send)) -> &str {
         s
     } else {
         "non-string panic payload"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dispatch() -> Dispatch {
+        Dispatch {
+            handler: crate::handler::erase(|| async {}),
+            metrics: Arc::new(Metrics::new()),
+            on_settled: None,
+            retry: RetryPolicy::default(),
+            timeout: Duration::from_secs(1),
+            breaker: None,
+            latency: None,
+            first_poll_nanos: AtomicU64::new(0),
+        }
+    }
+
+    #[test]
+    fn a_slow_first_poll_stops_inline_polling_until_quick_ones_bring_it_back() {
+        let d = dispatch();
+        assert!(d.polls_inline(), "quick until shown otherwise");
+        d.note_first_polls(Duration::from_micros(2), 10);
+        assert!(d.polls_inline());
+        d.note_first_polls(Duration::from_millis(5), 1);
+        assert!(!d.polls_inline(), "one 5 ms poll is enough to stop");
+        let mut quick_ones = 0;
+        while !d.polls_inline() {
+            d.note_first_polls(Duration::from_micros(1), 1);
+            quick_ones += 1;
+        }
+        assert!(
+            (20..60).contains(&quick_ones),
+            "back to inline after {quick_ones} quick polls"
+        );
     }
 }

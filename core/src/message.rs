@@ -351,6 +351,14 @@ impl SettleFuture {
     pub fn pending(future: impl Future<Output = Result<(), SettleError>> + Send + 'static) -> Self {
         SettleFuture::Pending(Box::pin(future))
     }
+
+    /// The result of a settlement that finished at once, without polling.
+    pub(crate) fn take_done(&mut self) -> Option<Result<(), SettleError>> {
+        match self {
+            SettleFuture::Done(result) => Some(result.take().unwrap_or(Ok(()))),
+            SettleFuture::Pending(_) => None,
+        }
+    }
 }
 
 impl Future for SettleFuture {
@@ -429,11 +437,17 @@ impl Delivery {
     }
 
     /// Settles the delivery, consuming it.
-    pub async fn settle(mut self, settlement: Settlement) -> Result<(), SettleError> {
+    pub async fn settle(self, settlement: Settlement) -> Result<(), SettleError> {
+        self.begin_settle(settlement).await
+    }
+
+    /// Hands the settlement to the broker's handle: what is left to wait
+    /// for (nothing, for a settlement the handle finished at once).
+    pub(crate) fn begin_settle(mut self, settlement: Settlement) -> SettleFuture {
         match self.handle.take() {
-            Some(handle) => handle.settle(Arc::clone(&self.message), settlement).await,
+            Some(handle) => handle.settle(Arc::clone(&self.message), settlement),
             // Unreachable: the handle is only taken here and in Drop.
-            None => Ok(()),
+            None => SettleFuture::done(Ok(())),
         }
     }
 

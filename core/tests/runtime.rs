@@ -456,3 +456,36 @@ async fn invalid_config_refuses_to_start() {
     );
     assert_eq!(broker.stats(Q).delivered, 0);
 }
+
+/// Handlers that finish at once run on the worker's loop, with no task of
+/// their own; a handler that blocks its thread must not be run that way,
+/// or every handler would wait for it in turn. Real threads and a real
+/// clock: blocking is what is tested.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn blocking_handlers_still_run_in_parallel() {
+    let broker = MemoryBroker::new();
+    publish_n(&broker, 40).await;
+    broker.close(Q);
+    let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let most = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (now, peak) = (Arc::clone(&running), Arc::clone(&most));
+    let report = Worker::new(broker.source(Q), move || {
+        let at_once = now.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        peak.fetch_max(at_once, std::sync::atomic::Ordering::SeqCst);
+        // Blocks the thread it runs on (what `spawn_blocking` is for, but
+        // handlers like this exist).
+        std::thread::sleep(Duration::from_millis(5));
+        now.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        async {}
+    })
+    .config(config().prefetch(16).max_in_flight(4))
+    .run()
+    .await
+    .unwrap();
+    assert_eq!(report.metrics.acked, 40);
+    let most = most.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        most >= 2,
+        "blocking handlers ran one at a time (at most {most} at once): they were run on the loop"
+    );
+}

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use rdkafka::Message as _;
 use rdkafka::message::{BorrowedMessage, Header, Headers as _, OwnedHeaders};
 use sluicegate::message::header;
@@ -16,11 +16,22 @@ use sluicegate::{Headers, Message, Origin};
 /// record in a retry topic may be handled.
 pub const NOT_BEFORE: &str = "x-sluicegate-not-before";
 
+/// Payloads and keys up to this size are copied into a shared arena.
+const ARENA_COPY_MAX: usize = 4 * 1024;
+/// One arena's size: a few hundred small records.
+const ARENA_SIZE: usize = 64 * 1024;
+
 /// Makes fetched records owned, sharing one `Arc<str>` per topic name.
 pub(crate) struct Owner {
     topics: HashMap<String, Arc<str>>,
     /// Each consumed topic's priority (its lane), its retry topic's too.
     priorities: HashMap<String, u8>,
+    /// Small payloads and keys are copied here, each a slice of it: one
+    /// allocation for hundreds of records, freed when the last of them is
+    /// dropped. A copy each cost more than the rest of the handover: the
+    /// poll thread allocates and the runtime's threads free, and glibc's
+    /// free then waits for the poll thread's arena lock.
+    arena: BytesMut,
 }
 
 impl Owner {
@@ -38,6 +49,7 @@ impl Owner {
         Self {
             topics: HashMap::new(),
             priorities,
+            arena: BytesMut::new(),
         }
     }
 
@@ -48,6 +60,21 @@ impl Owner {
         let topic: Arc<str> = name.into();
         self.topics.insert(name.to_owned(), topic.clone());
         topic
+    }
+
+    /// An owned copy of a payload or key: a slice of the arena when small.
+    fn copy(&mut self, data: &[u8]) -> Bytes {
+        if data.is_empty() {
+            return Bytes::new();
+        }
+        if data.len() > ARENA_COPY_MAX {
+            return Bytes::copy_from_slice(data);
+        }
+        if self.arena.capacity() < data.len() {
+            self.arena = BytesMut::with_capacity(ARENA_SIZE);
+        }
+        self.arena.extend_from_slice(data);
+        self.arena.split().freeze()
     }
 
     /// The owned message, and its not-before time when it has one.
@@ -80,17 +107,16 @@ impl Owner {
             partition: Some(record.partition()),
             position: u64::try_from(record.offset()).unwrap_or_default(),
         };
-        let mut message = Message::new(
-            origin,
-            Bytes::copy_from_slice(record.payload().unwrap_or_default()),
-        )
-        .with_headers(headers)
-        .with_attempt(attempt);
+        let payload = self.copy(record.payload().unwrap_or_default());
+        let mut message = Message::new(origin, payload)
+            .with_headers(headers)
+            .with_attempt(attempt);
         if let Some(priority) = self.priorities.get(record.topic()) {
             message = message.with_priority(*priority);
         }
         if let Some(key) = record.key() {
-            message = message.with_key(Bytes::copy_from_slice(key));
+            let key = self.copy(key);
+            message = message.with_key(key);
         }
         if let Some(ms) = record
             .timestamp()

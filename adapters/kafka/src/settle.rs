@@ -19,9 +19,16 @@ use crate::state::{Shared, Slot};
 /// How long a republish may wait for room in the producer's queue.
 const QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub(crate) struct KafkaSettle {
+/// What every record's settle handle shares: one `Arc` to clone per
+/// record (kept apart from the state's lock, which the poll thread takes
+/// all the time: a reference count next to it bounced between the cores).
+pub(crate) struct Settler {
     pub(crate) shared: Arc<Shared>,
-    pub(crate) producer: Arc<FutureProducer<ClientCtx>>,
+    pub(crate) producer: FutureProducer<ClientCtx>,
+}
+
+pub(crate) struct KafkaSettle {
+    pub(crate) settler: Arc<Settler>,
     pub(crate) slot: Slot,
 }
 
@@ -29,12 +36,13 @@ impl Settle for KafkaSettle {
     fn settle(self: Box<Self>, message: Arc<Message>, settlement: Settlement) -> SettleFuture {
         match settlement {
             Settlement::Ack => {
-                self.shared.complete(&self.slot);
+                let KafkaSettle { settler, slot } = *self;
+                settler.shared.complete(slot);
                 SettleFuture::done(Ok(()))
             }
             Settlement::Requeue => {
-                let KafkaSettle { shared, slot, .. } = *self;
-                shared.requeue(Arc::unwrap_or_clone(message), slot);
+                let KafkaSettle { settler, slot } = *self;
+                settler.shared.requeue(Arc::unwrap_or_clone(message), slot);
                 SettleFuture::done(Ok(()))
             }
             Settlement::Delay {
@@ -56,7 +64,7 @@ impl Settle for KafkaSettle {
     }
 
     fn abandon(self: Box<Self>, message: &Message) {
-        self.shared.requeue(message.clone(), self.slot);
+        self.settler.shared.requeue(message.clone(), self.slot);
     }
 }
 
@@ -74,14 +82,14 @@ impl KafkaSettle {
         if let Some(key) = message.key() {
             record = record.key(key.as_ref());
         }
-        match self.producer.send(record, QUEUE_TIMEOUT).await {
+        match self.settler.producer.send(record, QUEUE_TIMEOUT).await {
             Ok(_) => {
                 let counter = match settlement {
-                    Settlement::DeadLetter { .. } => &self.shared.stats.dead_lettered,
-                    _ => &self.shared.stats.retried,
+                    Settlement::DeadLetter { .. } => &self.settler.shared.stats.dead_lettered,
+                    _ => &self.settler.shared.stats.retried,
                 };
                 counter.fetch_add(1, Relaxed);
-                self.shared.complete(&self.slot);
+                self.settler.shared.complete(self.slot);
                 Ok(())
             }
             Err((error, _)) => {
@@ -91,7 +99,8 @@ impl KafkaSettle {
                     reason: format!("producing to {topic}: {error}"),
                 };
                 // Not lost: offered again, its offset still open.
-                self.shared
+                self.settler
+                    .shared
                     .requeue(Arc::unwrap_or_clone(message), self.slot);
                 Err(failure)
             }

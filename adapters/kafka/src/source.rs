@@ -21,7 +21,7 @@ use tokio::sync::oneshot;
 use crate::config::{KafkaConfig, TopicSetup};
 use crate::context::{ClientCtx, ConsumerCtx};
 use crate::convert::Owner;
-use crate::settle::KafkaSettle;
+use crate::settle::{KafkaSettle, Settler};
 use crate::state::Shared;
 use crate::stats::KafkaStats;
 use crate::{Consumer, KafkaError};
@@ -52,8 +52,10 @@ const STORE_EVERY: Duration = Duration::from_millis(10);
 /// ```
 pub struct KafkaSource {
     shared: Arc<Shared>,
-    producer: Arc<FutureProducer<ClientCtx>>,
+    settler: Arc<Settler>,
     poller: Option<oneshot::Receiver<()>>,
+    /// Records taken from the schedule, on their way out as deliveries.
+    popped: Vec<crate::state::Pending>,
 }
 
 impl KafkaSource {
@@ -128,9 +130,13 @@ impl KafkaSource {
             .map_err(|e| KafkaError::Thread(e.to_string()))?;
         tracing::info!(brokers = %config.brokers, group = %config.group, topics = %topics.join(","), ordering = ?config.ordering, "Kafka consumer subscribed");
         Ok(Self {
+            settler: Arc::new(Settler {
+                shared: shared.clone(),
+                producer,
+            }),
             shared,
-            producer: Arc::new(producer),
             poller: Some(poller),
+            popped: Vec::new(),
         })
     }
 
@@ -138,17 +144,17 @@ impl KafkaSource {
     pub fn stats(&self) -> Arc<KafkaStats> {
         self.shared.stats.clone()
     }
+}
 
-    fn delivery(&self, pending: crate::state::Pending) -> Delivery {
-        Delivery::new(
-            pending.message,
-            KafkaSettle {
-                shared: self.shared.clone(),
-                producer: self.producer.clone(),
-                slot: pending.slot,
-            },
-        )
-    }
+/// A fetched record as the runtime's delivery.
+fn delivery(settler: &Arc<Settler>, pending: crate::state::Pending) -> Delivery {
+    Delivery::new(
+        pending.message,
+        KafkaSettle {
+            settler: settler.clone(),
+            slot: pending.slot,
+        },
+    )
 }
 
 #[async_trait]
@@ -160,28 +166,31 @@ impl Source for KafkaSource {
             let woken = self.shared.wake.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
-            match self.shared.pop() {
-                Err(failure) => return Err(SourceError::fatal(failure)),
-                Ok(Ok(pending)) => return Ok(Some(self.delivery(pending))),
-                Ok(Err(Some(due))) => {
+            let due = self
+                .shared
+                .pop_batch(1, &mut self.popped)
+                .map_err(SourceError::fatal)?;
+            if let Some(pending) = self.popped.pop() {
+                return Ok(Some(delivery(&self.settler, pending)));
+            }
+            match due {
+                Some(due) => {
                     tokio::select! {
                         () = woken => {}
                         () = tokio::time::sleep_until(due) => {}
                     }
                 }
-                Ok(Err(None)) => woken.await,
+                None => woken.await,
             }
         }
     }
 
     fn next_ready(&mut self, max: usize, out: &mut Vec<Delivery>) -> Result<(), SourceError> {
-        for _ in 0..max {
-            match self.shared.pop() {
-                Err(failure) => return Err(SourceError::fatal(failure)),
-                Ok(Ok(pending)) => out.push(self.delivery(pending)),
-                Ok(Err(_)) => break,
-            }
-        }
+        self.shared
+            .pop_batch(max, &mut self.popped)
+            .map_err(SourceError::fatal)?;
+        let settler = &self.settler;
+        out.extend(self.popped.drain(..).map(|p| delivery(settler, p)));
         Ok(())
     }
 
@@ -240,6 +249,7 @@ fn poll_loop(
     let mut batch = Vec::with_capacity(POLL_BATCH);
     let mut readable = Vec::new();
     let mut stored_at = Instant::now();
+    shared.poller.register();
     while !shared.stopping() {
         // The consumer's queue: events (rebalances, errors), and records of
         // a partition not (yet) given a queue of its own.

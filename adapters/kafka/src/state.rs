@@ -4,8 +4,10 @@
 //! offset store) only enqueue work and return.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::thread::Thread;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -74,7 +76,7 @@ struct PartitionState {
 
 struct State {
     consumer: Option<Arc<Consumer>>,
-    partitions: HashMap<PartitionId, PartitionState>,
+    partitions: HashMap<PartitionId, PartitionState, foldhash::fast::RandomState>,
     schedule: Schedule<ChainKey, Pending>,
     capacity: usize,
     generations: u64,
@@ -88,35 +90,33 @@ struct State {
     all_full: bool,
     failure: Option<String>,
     stopping: bool,
-    /// A revoke waits on `settled` for the runtime's in-flight records.
-    revoking: bool,
+    /// `Shared::finished`, swapped in to be taken in.
+    absorbing: Vec<Slot>,
 }
 
 /// Wakes the poll thread when it may have work: a queue got records (a
-/// librdkafka callback), or a full partition got room.
+/// librdkafka callback), or records finished (their partitions may have
+/// room again). An unpark costs an atomic swap unless the thread sleeps.
 #[derive(Default)]
 pub(crate) struct Poller {
-    woken: Mutex<bool>,
-    wake: Condvar,
+    thread: OnceLock<Thread>,
 }
 
 impl Poller {
-    pub(crate) fn notify(&self) {
-        *self.woken.lock().unwrap_or_else(PoisonError::into_inner) = true;
-        self.wake.notify_one();
+    /// Called on the poll thread before it first waits.
+    pub(crate) fn register(&self) {
+        let _ = self.thread.set(std::thread::current());
     }
 
-    /// Waits for a notification, at most `timeout`.
-    pub(crate) fn wait(&self, timeout: Duration) {
-        let mut woken = self.woken.lock().unwrap_or_else(PoisonError::into_inner);
-        if !*woken {
-            woken = self
-                .wake
-                .wait_timeout(woken, timeout)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+    pub(crate) fn notify(&self) {
+        if let Some(thread) = self.thread.get() {
+            thread.unpark();
         }
-        *woken = false;
+    }
+
+    /// Waits for a notification, at most `timeout` (on the poll thread).
+    pub(crate) fn wait(&self, timeout: Duration) {
+        std::thread::park_timeout(timeout);
     }
 }
 
@@ -126,6 +126,13 @@ pub(crate) type Readable = (Arc<PartitionQueue<ConsumerCtx>>, usize);
 /// The state shared by the poll thread, the source and the settle handles.
 pub(crate) struct Shared {
     state: Mutex<State>,
+    /// Records finished since the state last took them in. Settling takes
+    /// only this short lock, never the state's, which the poll thread holds
+    /// while it hands over a batch: the two sides no longer wait on each
+    /// other for every record.
+    finished: Mutex<Vec<Slot>>,
+    /// A revoke waits for the runtime's in-flight records.
+    revoking: AtomicBool,
     /// Wakes the poll thread.
     pub(crate) poller: Arc<Poller>,
     /// Wakes the source when a record becomes ready or the source fails.
@@ -146,7 +153,7 @@ impl Shared {
         Self {
             state: Mutex::new(State {
                 consumer: None,
-                partitions: HashMap::new(),
+                partitions: HashMap::default(),
                 schedule: Schedule::default(),
                 capacity: 64,
                 shares: true,
@@ -155,8 +162,10 @@ impl Shared {
                 held: 0,
                 failure: None,
                 stopping: false,
-                revoking: false,
+                absorbing: Vec::new(),
             }),
+            finished: Mutex::new(Vec::new()),
+            revoking: AtomicBool::new(false),
             wake: Notify::new(),
             poller: Arc::default(),
             settled: Condvar::new(),
@@ -259,7 +268,8 @@ impl Shared {
     /// The partitions with room, with their queues: the poll thread reads
     /// these (at most the room each has).
     pub(crate) fn readable(&self, out: &mut Vec<Readable>) {
-        let state = self.lock();
+        let mut state = self.lock();
+        self.absorb(&mut state);
         let room = if state.shares {
             usize::MAX
         } else if state.all_full {
@@ -290,33 +300,95 @@ impl Shared {
         drop(queues);
     }
 
-    /// The next record the runtime may have, or when one comes due.
-    pub(crate) fn pop(&self) -> Result<Result<Pending, Option<Instant>>, String> {
+    /// Up to `max` records the runtime may have now, appended to `out`;
+    /// when there are none, when the next one comes due (if one waits for
+    /// a time).
+    pub(crate) fn pop_batch(
+        &self,
+        max: usize,
+        out: &mut Vec<Pending>,
+    ) -> Result<Option<Instant>, String> {
         let mut state = self.lock();
         if let Some(failure) = &state.failure {
             return Err(failure.clone());
         }
-        match state.schedule.pop() {
-            Some(pending) => {
-                if let Some(p) = state.partitions.get_mut(&pending.slot.part) {
-                    p.out += 1;
-                }
-                Ok(Ok(pending))
+        // Finished records first: they may release the next of a chain.
+        let room_again = self.absorb(&mut state);
+        let before = out.len();
+        while out.len() - before < max {
+            let Some(pending) = state.schedule.pop() else {
+                break;
+            };
+            if let Some(p) = state.partitions.get_mut(&pending.slot.part) {
+                p.out += 1;
             }
-            None => Ok(Err(state.schedule.next_due())),
+            out.push(pending);
         }
+        let due = if out.len() == before {
+            state.schedule.next_due()
+        } else {
+            None
+        };
+        drop(state);
+        if room_again {
+            self.poller.notify();
+        }
+        Ok(due)
     }
 
     /// A record finished (acked, retried, dead-lettered or dropped): its
-    /// offset may be committed once everything before it is.
-    pub(crate) fn complete(&self, slot: &Slot) {
-        let mut state = self.lock();
+    /// offset may be committed once everything before it is. Recorded at
+    /// once; the state takes it in at its next look (a pop, the poll
+    /// thread's round, a revoke).
+    pub(crate) fn complete(&self, slot: Slot) {
+        let chained = slot.chain.is_some();
+        let first = {
+            let mut finished = self.finished.lock().unwrap_or_else(PoisonError::into_inner);
+            finished.push(slot);
+            finished.len() == 1
+        };
+        // Whoever may wait for it: the poll thread for room (once per
+        // batch taken in), a revoke for the in-flight count, the source for
+        // the next record of the chain.
+        if first {
+            self.poller.notify();
+        }
+        if self.revoking.load(SeqCst) {
+            let _guard = self.lock();
+            self.settled.notify_all();
+        }
+        if chained {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Takes in the records finished since the last look. Returns whether
+    /// a partition (or the whole) has room to be read again.
+    fn absorb(&self, state: &mut State) -> bool {
+        {
+            let mut finished = self.finished.lock().unwrap_or_else(PoisonError::into_inner);
+            if finished.is_empty() {
+                return false;
+            }
+            std::mem::swap(&mut *finished, &mut state.absorbing);
+        }
+        let mut slots = std::mem::take(&mut state.absorbing);
+        let mut room_again = false;
+        for slot in slots.drain(..) {
+            room_again |= self.absorb_one(state, &slot);
+        }
+        state.absorbing = slots;
+        room_again
+    }
+
+    fn absorb_one(&self, state: &mut State, slot: &Slot) -> bool {
+        let cap = state.partition_cap();
         let State {
             partitions,
             schedule,
             held,
             ..
-        } = &mut *state;
+        } = state;
         let Some(p) = partitions
             .get_mut(&slot.part)
             .filter(|p| p.generation == slot.generation)
@@ -324,7 +396,7 @@ impl Shared {
             // Revoked meanwhile: the new owner handles it again from the
             // last commit (a duplicate, never a loss).
             self.stats.late_settlements.fetch_add(1, Relaxed);
-            return;
+            return false;
         };
         p.out = p.out.saturating_sub(1);
         p.unsettled = p.unsettled.saturating_sub(1);
@@ -334,20 +406,16 @@ impl Shared {
             // call per record cost more than the rest of the settle).
             p.store_due = true;
         }
-        let released = slot
-            .chain
-            .as_ref()
-            .is_some_and(|chain| schedule.finished(chain));
-        let cap = state.partition_cap();
         let mut room_again = false;
-        if let Some(p) = state.partitions.get_mut(&slot.part) {
-            // Read again once a quarter of the share is free: one wake-up of
-            // the poll thread per batch, not per record.
-            if p.full && p.unsettled <= cap - cap / 4 {
-                p.full = false;
-                room_again = true;
-                self.stats.paused_partitions.fetch_sub(1, Relaxed);
-            }
+        // Read again once a quarter of the share is free: one wake-up of
+        // the poll thread per batch, not per record.
+        if p.full && p.unsettled <= cap - cap / 4 {
+            p.full = false;
+            room_again = true;
+            self.stats.paused_partitions.fetch_sub(1, Relaxed);
+        }
+        if let Some(chain) = &slot.chain {
+            schedule.finished(chain);
         }
         // Without shares: read again once a quarter of the whole is free.
         let whole = state.capacity;
@@ -355,19 +423,7 @@ impl Shared {
             state.all_full = false;
             room_again = true;
         }
-        let revoking = state.revoking;
-        drop(state);
-        if room_again {
-            self.poller.notify();
-        }
-        // Each of these costs a syscall or an atomic round; only when
-        // someone may be waiting for it.
-        if revoking {
-            self.settled.notify_all();
-        }
-        if released {
-            self.wake.notify_one();
-        }
+        room_again
     }
 
     /// A record handed back unfinished (requeue, abandoned, a republish
@@ -387,9 +443,8 @@ impl Shared {
         state
             .schedule
             .requeue(Pending { message, slot }, Instant::now() + REQUEUE_PAUSE);
-        let revoking = state.revoking;
         drop(state);
-        if revoking {
+        if self.revoking.load(SeqCst) {
             self.settled.notify_all();
         }
         // The source may sleep until a later due time: let it look again.
@@ -472,8 +527,9 @@ impl Shared {
         );
         state.held = state.held.saturating_sub(dropped.len());
         drop(dropped);
-        state.revoking = true;
+        self.revoking.store(true, SeqCst);
         loop {
+            self.absorb(&mut state);
             let out: usize = parts
                 .iter()
                 .filter_map(|part| state.partitions.get(part))
@@ -492,7 +548,7 @@ impl Shared {
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
-        state.revoking = false;
+        self.revoking.store(false, SeqCst);
         let mut released = Vec::new();
         for part in &parts {
             if let Some(p) = state.partitions.remove(part) {
@@ -524,6 +580,7 @@ impl Shared {
     pub(crate) fn store_due(&self, consumer: &Consumer) {
         let store = {
             let mut state = self.lock();
+            self.absorb(&mut state);
             commit_points(state.partitions.iter_mut().filter_map(|(part, p)| {
                 std::mem::take(&mut p.store_due).then_some((part, &p.offsets))
             }))
@@ -539,7 +596,8 @@ impl Shared {
     /// shutdown).
     pub(crate) fn commit_now(&self, consumer: &Consumer) {
         let commit = {
-            let state = self.lock();
+            let mut state = self.lock();
+            self.absorb(&mut state);
             commit_points(state.partitions.iter().map(|(part, p)| (part, &p.offsets)))
         };
         if commit.count() > 0 {

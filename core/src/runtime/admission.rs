@@ -3,7 +3,6 @@
 //! priority all have a say; the adaptive limit moves the permits (and the
 //! prefetch) with the handlers' latency.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
@@ -12,6 +11,7 @@ use tokio::time::Instant;
 use super::Flow;
 use crate::breaker::Admission;
 use crate::config::Config;
+use crate::dispatch::Started;
 use crate::gate::Permit;
 use crate::lanes::Popped;
 use crate::message::Delivery;
@@ -26,7 +26,17 @@ impl<S: Source> Flow<S> {
     pub(super) fn start_ready(&mut self) {
         self.expire_stale();
         self.dispatch_at = None;
+        self.more_ready = false;
+        let inline = self.dispatch.polls_inline();
+        let pass = inline.then(std::time::Instant::now);
+        let mut started = 0;
         while !self.lanes.is_empty() && self.gate.available() > 0 {
+            if started == STARTS_PER_PASS {
+                // The loop looks at the broker, the clock and shutdown, then
+                // comes back here.
+                self.more_ready = true;
+                break;
+            }
             let probe = match self.breaker.as_ref().map(|b| b.admit()) {
                 None => false,
                 Some(Admission::Run { probe }) => probe,
@@ -100,7 +110,11 @@ impl<S: Source> Flow<S> {
             if below_top && reserved > 0.0 {
                 self.gate.mark_below_top(&mut permit);
             }
-            self.start(delivery, permit, probe);
+            self.start(delivery, permit, probe, inline);
+            started += 1;
+        }
+        if let (Some(pass), 1..) = (pass, started) {
+            self.dispatch.note_first_polls(pass.elapsed(), started);
         }
     }
 
@@ -113,7 +127,9 @@ impl<S: Source> Flow<S> {
         self.dispatch_at = Some(at);
     }
 
-    fn start(&mut self, delivery: Delivery, permit: Permit, probe: bool) {
+    /// Starts a handler run: its first poll here on the loop when `inline`,
+    /// the rest (if any) in a task.
+    fn start(&mut self, delivery: Delivery, permit: Permit, probe: bool, inline: bool) {
         self.token_in_hand = false;
         if let Some(limits) = &mut self.lane_limits {
             let priority = delivery.message().priority();
@@ -121,9 +137,11 @@ impl<S: Source> Flow<S> {
                 limits.spend(rank);
             }
         }
-        let dispatch = Arc::clone(&self.dispatch);
-        self.tasks
-            .spawn(Kind::Handler, dispatch.run(delivery, permit, probe));
+        match self.dispatch.start(delivery, permit, probe, inline) {
+            Started::Settled => self.finished(),
+            Started::Settling(settling) => self.tasks.spawn(Kind::Settle, settling),
+            Started::Running(running) => self.tasks.spawn(Kind::Handler, running),
+        }
     }
 
     /// Moves the adaptive limit by the handler times since the last tick,
@@ -153,6 +171,10 @@ impl<S: Source> Flow<S> {
         }
     }
 }
+
+/// Most handler runs one pass of the loop starts: between passes it
+/// takes what the broker delivered, and looks at the clock and shutdown.
+const STARTS_PER_PASS: u32 = 256;
 
 /// How often the adaptive limit moves.
 pub(super) const ADAPT_EVERY: Duration = Duration::from_millis(100);

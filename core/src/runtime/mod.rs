@@ -14,6 +14,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
@@ -71,6 +72,8 @@ pub(crate) struct Flow<S> {
     adaptive_at: Option<Instant>,
     /// The prefetch now: the configured one, or one following the limit.
     prefetch_now: usize,
+    /// The last pass stopped starting handlers with more ready to start.
+    more_ready: bool,
 }
 
 impl<S: Source> Flow<S> {
@@ -96,6 +99,7 @@ impl<S: Source> Flow<S> {
             timeout: config.handler_timeout_duration(),
             breaker: breaker.clone(),
             latency: adaptive.as_ref().map(|(_, samples)| Arc::clone(samples)),
+            first_poll_nanos: AtomicU64::new(0),
         });
         let freed = Arc::new(tokio::sync::Notify::new());
         let limiter = config.rate_limit_policy().map(Limiter::new);
@@ -140,6 +144,7 @@ impl<S: Source> Flow<S> {
             adaptive,
             adaptive_at: None,
             prefetch_now,
+            more_ready: false,
         }
     }
 
@@ -197,6 +202,11 @@ impl<S: Source> Flow<S> {
                 self.adaptive_at = Some(Instant::now() + ADAPT_EVERY);
             }
             let adaptive_at = self.adaptive_at;
+            let more_ready = self.more_ready;
+            // Handlers finished on the loop leave no task to yield for:
+            // give the thread back now and then, as a task awaiting a
+            // channel would.
+            tokio::task::consume_budget().await;
             tokio::select! {
                 biased;
                 () = &mut shutdown => break StopReason::Shutdown,
@@ -221,6 +231,7 @@ impl<S: Source> Flow<S> {
                         break StopReason::SourceFailed;
                     }
                 },
+                () = std::future::ready(()), if more_ready => {}
             }
         };
         let drain = if stopped_by == StopReason::SourceFinished {
