@@ -16,6 +16,8 @@ use sluicegate::{Headers, Message, Origin};
 /// record in a retry topic may be handled.
 pub const NOT_BEFORE: &str = "x-sluicegate-not-before";
 
+/// Records that share one copy of their topic's name.
+const NAME_SHARED_BY: u32 = 256;
 /// Payloads and keys up to this size are copied into a shared arena.
 const ARENA_COPY_MAX: usize = 4 * 1024;
 /// One arena's size: a few hundred small records.
@@ -23,7 +25,7 @@ const ARENA_SIZE: usize = 64 * 1024;
 
 /// Makes fetched records owned, sharing one `Arc<str>` per topic name.
 pub(crate) struct Owner {
-    topics: HashMap<String, Arc<str>>,
+    topics: HashMap<String, (Arc<str>, u32)>,
     /// Each consumed topic's priority (its lane), its retry topic's too.
     priorities: HashMap<String, u8>,
     /// Small payloads and keys are copied here, each a slice of it: one
@@ -53,12 +55,21 @@ impl Owner {
         }
     }
 
+    /// The topic's name, shared. A fresh copy every [`NAME_SHARED_BY`]
+    /// records: one count shared by every record in flight was counted up
+    /// here and down on the runtime's threads, its cache line bouncing
+    /// between the cores for every record.
     pub(crate) fn topic(&mut self, name: &str) -> Arc<str> {
-        if let Some(topic) = self.topics.get(name) {
+        if let Some((topic, uses)) = self.topics.get_mut(name) {
+            *uses += 1;
+            if *uses == NAME_SHARED_BY {
+                *uses = 0;
+                *topic = name.into();
+            }
             return topic.clone();
         }
         let topic: Arc<str> = name.into();
-        self.topics.insert(name.to_owned(), topic.clone());
+        self.topics.insert(name.to_owned(), (topic.clone(), 0));
         topic
     }
 

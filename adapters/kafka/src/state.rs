@@ -31,10 +31,52 @@ const MIN_PARTITION_CAP: usize = 4;
 /// offered again: long enough that a saturated worker does not spin.
 const REQUEUE_PAUSE: Duration = Duration::from_millis(50);
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// A topic's number in the worker's table of topic names ([`Topics`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct TopicId(u32);
+
+/// A partition, its topic by number: copied and hashed for every record,
+/// so it holds no name (a shared name's reference count, counted up on the
+/// poll thread and down on the runtime's, bounced between the cores).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct PartitionId {
-    pub(crate) topic: Arc<str>,
-    pub(crate) partition: i32,
+    topic: TopicId,
+    partition: i32,
+}
+
+/// The topic names this worker has seen, numbered in order.
+#[derive(Default)]
+struct Topics {
+    names: Vec<Arc<str>>,
+    ids: HashMap<Arc<str>, TopicId, foldhash::fast::RandomState>,
+}
+
+impl Topics {
+    fn id(&mut self, name: &str) -> TopicId {
+        if let Some(id) = self.ids.get(name) {
+            return *id;
+        }
+        let id = TopicId(u32::try_from(self.names.len()).unwrap_or(u32::MAX));
+        let name: Arc<str> = name.into();
+        self.names.push(name.clone());
+        self.ids.insert(name, id);
+        id
+    }
+
+    fn part(&mut self, topic: &str, partition: i32) -> PartitionId {
+        PartitionId {
+            topic: self.id(topic),
+            partition,
+        }
+    }
+
+    fn name(&self, id: TopicId) -> &str {
+        self.names.get(id.0 as usize).map_or("", |name| name)
+    }
+
+    fn is_retry(&self, id: TopicId) -> bool {
+        self.name(id).ends_with(RETRY_SUFFIX)
+    }
 }
 
 /// What must finish before the next record of a chain may run.
@@ -77,6 +119,7 @@ struct PartitionState {
 struct State {
     consumer: Option<Arc<Consumer>>,
     partitions: HashMap<PartitionId, PartitionState, foldhash::fast::RandomState>,
+    topics: Topics,
     schedule: Schedule<ChainKey, Pending>,
     capacity: usize,
     generations: u64,
@@ -154,6 +197,7 @@ impl Shared {
             state: Mutex::new(State {
                 consumer: None,
                 partitions: HashMap::default(),
+                topics: Topics::default(),
                 schedule: Schedule::default(),
                 capacity: 64,
                 shares: true,
@@ -188,8 +232,24 @@ impl Shared {
     /// Records fetched by the poll thread, taken under one lock.
     pub(crate) fn accept(&self, batch: &mut Vec<(Message, i64, Option<SystemTime>)>) {
         let mut state = self.lock();
+        // Records of one batch mostly share a topic: look its number up once.
+        let mut last: Option<(*const str, TopicId)> = None;
         for (message, offset, not_before) in batch.drain(..) {
-            self.accept_one(&mut state, message, offset, not_before);
+            let origin = message.origin();
+            let name = Arc::as_ptr(&origin.source);
+            let topic = match last {
+                Some((seen, id)) if std::ptr::eq(seen, name) => id,
+                _ => {
+                    let id = state.topics.id(&origin.source);
+                    last = Some((name, id));
+                    id
+                }
+            };
+            let part = PartitionId {
+                topic,
+                partition: origin.partition.unwrap_or_default(),
+            };
+            self.accept_one(&mut state, part, message, offset, not_before);
         }
         drop(state);
         self.wake.notify_one();
@@ -198,16 +258,12 @@ impl Shared {
     fn accept_one(
         &self,
         state: &mut State,
+        part: PartitionId,
         message: Message,
         offset: i64,
         not_before: Option<SystemTime>,
     ) {
-        let origin = message.origin();
-        let part = PartitionId {
-            topic: origin.source.clone(),
-            partition: origin.partition.unwrap_or_default(),
-        };
-        let retry_topic = part.topic.ends_with(RETRY_SUFFIX);
+        let retry_topic = state.topics.is_retry(part.topic);
         let Some(p) = state.partitions.get_mut(&part) else {
             // Not assigned (any more): whoever owns it fetches it again.
             self.stats.skipped.fetch_add(1, Relaxed);
@@ -226,12 +282,9 @@ impl Shared {
         let generation = p.generation;
         let chain = match (self.ordering, retry_topic) {
             (_, true) | (Ordering::Unordered, _) => None,
-            (Ordering::Partition, false) => Some(ChainKey {
-                part: part.clone(),
-                key: None,
-            }),
+            (Ordering::Partition, false) => Some(ChainKey { part, key: None }),
             (Ordering::Key, false) => message.key().map(|key| ChainKey {
-                part: part.clone(),
+                part,
                 key: Some(key.clone()),
             }),
         };
@@ -240,7 +293,7 @@ impl Shared {
             Some(Instant::now() + wait)
         });
         let slot = Slot {
-            part: part.clone(),
+            part,
             offset,
             generation,
             chain,
@@ -457,11 +510,8 @@ impl Shared {
         let mut names = Vec::new();
         for elem in tpl.elements() {
             state.generations += 1;
-            let part = PartitionId {
-                topic: elem.topic().into(),
-                partition: elem.partition(),
-            };
-            names.push(format!("{}[{}]", part.topic, part.partition));
+            let part = state.topics.part(elem.topic(), elem.partition());
+            names.push(format!("{}[{}]", elem.topic(), elem.partition()));
             let generation = state.generations;
             state.partitions.insert(
                 part,
@@ -483,10 +533,7 @@ impl Shared {
         let consumer = state.consumer.clone();
         if let Some(consumer) = consumer {
             for elem in tpl.elements() {
-                let part = PartitionId {
-                    topic: elem.topic().into(),
-                    partition: elem.partition(),
-                };
+                let part = state.topics.part(elem.topic(), elem.partition());
                 match consumer.split_partition_queue(elem.topic(), elem.partition()) {
                     Some(mut queue) => {
                         let poller = self.poller.clone();
@@ -496,7 +543,11 @@ impl Shared {
                         }
                     }
                     None => {
-                        tracing::warn!(topic = %part.topic, partition = part.partition, "no queue of its own for this partition; its records come through the consumer's queue")
+                        tracing::warn!(
+                            topic = elem.topic(),
+                            partition = elem.partition(),
+                            "no queue of its own for this partition; its records come through the consumer's queue"
+                        )
                     }
                 }
             }
@@ -511,16 +562,13 @@ impl Shared {
     /// them go): forget what the runtime has not taken yet, wait up to the
     /// revoke timeout for what it has, then commit what is done.
     pub(crate) fn revoke(&self, consumer: &Consumer, tpl: &TopicPartitionList) {
+        let deadline = std::time::Instant::now() + self.revoke_timeout;
+        let mut state = self.lock();
         let parts: Vec<PartitionId> = tpl
             .elements()
             .iter()
-            .map(|e| PartitionId {
-                topic: e.topic().into(),
-                partition: e.partition(),
-            })
+            .map(|e| state.topics.part(e.topic(), e.partition()))
             .collect();
-        let deadline = std::time::Instant::now() + self.revoke_timeout;
-        let mut state = self.lock();
         let dropped = state.schedule.remove(
             |pending| parts.contains(&pending.slot.part),
             |chain| parts.contains(&chain.part),
@@ -559,7 +607,7 @@ impl Shared {
                 released.push((part, p.offsets));
             }
         }
-        let commit = commit_points(released.iter().map(|(part, o)| (*part, o)));
+        let commit = commit_points(&state.topics, released.iter().map(|(part, o)| (*part, o)));
         drop(state);
         self.settled.notify_all();
         self.stats.rebalances.fetch_add(1, Relaxed);
@@ -581,9 +629,15 @@ impl Shared {
         let store = {
             let mut state = self.lock();
             self.absorb(&mut state);
-            commit_points(state.partitions.iter_mut().filter_map(|(part, p)| {
-                std::mem::take(&mut p.store_due).then_some((part, &p.offsets))
-            }))
+            let State {
+                partitions, topics, ..
+            } = &mut *state;
+            commit_points(
+                topics,
+                partitions.iter_mut().filter_map(|(part, p)| {
+                    std::mem::take(&mut p.store_due).then_some((part, &p.offsets))
+                }),
+            )
         };
         if store.count() > 0 {
             if let Err(error) = consumer.store_offsets(&store) {
@@ -598,7 +652,10 @@ impl Shared {
         let commit = {
             let mut state = self.lock();
             self.absorb(&mut state);
-            commit_points(state.partitions.iter().map(|(part, p)| (part, &p.offsets)))
+            commit_points(
+                &state.topics,
+                state.partitions.iter().map(|(part, p)| (part, &p.offsets)),
+            )
         };
         if commit.count() > 0 {
             store_and_commit(consumer, &commit, "final offsets");
@@ -657,6 +714,7 @@ fn store_and_commit(consumer: &Consumer, offsets: &TopicPartitionList, what: &st
 /// The commit points of the given partitions, as librdkafka takes them.
 /// Partitions that fetched nothing yet have none and are left out.
 fn commit_points<'a>(
+    topics: &Topics,
     partitions: impl Iterator<Item = (&'a PartitionId, &'a PartitionOffsets)>,
 ) -> TopicPartitionList {
     let mut tpl = TopicPartitionList::new();
@@ -664,7 +722,8 @@ fn commit_points<'a>(
         if let Some(next) = offsets.commit_point() {
             // Infallible for a valid partition; a failure only leaves this
             // partition out of this store or commit.
-            let _ = tpl.add_partition_offset(&part.topic, part.partition, Offset::Offset(next));
+            let topic = topics.name(part.topic);
+            let _ = tpl.add_partition_offset(topic, part.partition, Offset::Offset(next));
         }
     }
     tpl
@@ -681,7 +740,7 @@ impl State {
         let main = self
             .partitions
             .keys()
-            .filter(|p| !p.topic.ends_with(RETRY_SUFFIX))
+            .filter(|p| !self.topics.is_retry(p.topic))
             .count();
         (self.capacity / main.max(1)).max(MIN_PARTITION_CAP)
     }
