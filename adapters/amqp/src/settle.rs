@@ -203,6 +203,15 @@ impl AmqpSettle {
 
 impl Settle for AmqpSettle {
     fn settle(self: Box<Self>, message: Arc<Message>, settlement: Settlement) -> SettleFuture {
+        if settlement == Settlement::Ack {
+            let tag = self.delivery.delivery_tag;
+            return SettleFuture::done(
+                self.topology
+                    .acks
+                    .ack_later(tag)
+                    .map_err(|e| failed(&message, &settlement, e)),
+            );
+        }
         SettleFuture::pending(self.run(message, settlement))
     }
 
