@@ -9,12 +9,17 @@
 //!   of the prefetch, sluicegate's batch), sent in order by one task;
 //! - `no-ack`: the broker's ceiling, consuming with no_ack (nothing acked).
 //!
+//! Every consumer's clock runs from its first delivery to its last ack
+//! (sluicegate's: the last ack handed to its coalescer, which flushes it
+//! within 1 ms): connecting, declaring and draining are left out of all.
+//!
 //! ```text
 //! cargo bench -p sluicegate-amqp --bench throughput                       # 20k messages, 3 rounds
 //! AMQP_BENCH_MESSAGES=5000 AMQP_BENCH_ROUNDS=1 cargo bench -p sluicegate-amqp --bench throughput
 //! AMQP_BENCH_ONLY=1000 cargo bench -p sluicegate-amqp --bench throughput    # sluicegate alone, for a profiler
 //! ```
 
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -111,7 +116,7 @@ async fn raw(queue: &str, n: usize, prefetch: u16, mode: RawAck) -> Duration {
         )
         .await
         .expect("consume");
-    let started = Instant::now();
+    let mut started = None;
     let mut acks = Vec::with_capacity(if no_ack { 0 } else { n });
     // Multiple acks must reach the broker in tag order: one task sends them.
     let (in_order, mut to_send) =
@@ -127,6 +132,7 @@ async fn raw(queue: &str, n: usize, prefetch: u16, mode: RawAck) -> Duration {
             .await
             .expect("a delivery")
             .expect("no error");
+        started.get_or_insert_with(Instant::now);
         match mode {
             RawAck::Each => acks.push(tokio::spawn(async move {
                 delivery.ack(BasicAckOptions::default()).await
@@ -142,7 +148,7 @@ async fn raw(queue: &str, n: usize, prefetch: u16, mode: RawAck) -> Duration {
     for ack in acks {
         let _ = ack.await;
     }
-    started.elapsed()
+    started.map_or(Duration::ZERO, |s| s.elapsed())
 }
 
 async fn sluicegate(queue: &str, n: usize, prefetch: u16) -> Duration {
@@ -150,20 +156,31 @@ async fn sluicegate(queue: &str, n: usize, prefetch: u16) -> Duration {
         .await
         .expect("connect");
     let config = Config::default().prefetch(prefetch).max_in_flight(prefetch);
-    let worker = Worker::new(source, || async {}).config(config);
+    let first: Arc<OnceLock<Instant>> = Arc::default();
+    let seen = Arc::clone(&first);
+    let worker = Worker::new(source, move || {
+        seen.get_or_init(Instant::now);
+        async {}
+    })
+    .config(config);
     let metrics = worker.metrics();
-    let started = Instant::now();
+    let done: Arc<OnceLock<Instant>> = Arc::default();
+    let end = Arc::clone(&done);
+    // The clock stops when the last ack is due, not after the drain.
     let report = tokio::spawn(worker.run_until(async move {
         while metrics.snapshot().acked < n as u64 {
             tokio::time::sleep(Duration::from_micros(200)).await;
         }
+        let _ = end.set(Instant::now());
     }))
     .await
     .expect("the worker task")
     .expect("the worker ran");
-    let elapsed = started.elapsed();
     assert_eq!(report.metrics.acked, n as u64);
-    elapsed
+    match (first.get(), done.get()) {
+        (Some(first), Some(done)) => *done - *first,
+        _ => Duration::ZERO,
+    }
 }
 
 fn median(v: &mut [f64]) -> f64 {
