@@ -180,28 +180,40 @@ impl Dispatch {
         outcome: Outcome,
     ) -> Started<H, impl Future<Output = ()> + Send + 'static> {
         run.end(&outcome);
-        drop(permit);
+        permit.release_on_loop();
         let message = delivery.shared_message();
         let (settlement, how) = self.decide(&message, outcome);
-        let mut settling = delivery.begin_settle(settlement);
-        match settling.take_done() {
-            Some(result) => {
-                settled(
-                    result,
-                    &message,
-                    &how,
-                    &self.metrics,
-                    self.on_settled.as_ref(),
-                );
-                Started::Settled
+        // The adapter's settle and the user's observer run here on the
+        // loop: a panic in either must not take the loop down with it.
+        let begun = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let mut settling = delivery.begin_settle(settlement);
+            match settling.take_done() {
+                Some(result) => {
+                    let on_settled = self.on_settled.as_ref();
+                    settled(result, &message, &how, &self.metrics, on_settled);
+                    None
+                }
+                None => Some(settling),
             }
-            None => {
+        }));
+        match begun {
+            Ok(None) => Started::Settled,
+            Ok(Some(settling)) => {
                 let dispatch = Arc::clone(self);
                 Started::Settling(async move {
                     let result = settling.await;
                     let on_settled = dispatch.on_settled.as_ref();
                     settled(result, &message, &how, &dispatch.metrics, on_settled);
                 })
+            }
+            Err(panic) => {
+                self.metrics.settle_errors.fetch_add(1, Relaxed);
+                tracing::error!(
+                    origin = %message.origin(),
+                    panic = panic_text(&*panic),
+                    "settling panicked (in the adapter or the on_settled observer)"
+                );
+                Started::Settled
             }
         }
     }

@@ -489,3 +489,27 @@ async fn blocking_handlers_still_run_in_parallel() {
         "blocking handlers ran one at a time (at most {most} at once): they were run on the loop"
     );
 }
+
+/// Settling (the adapter's handle, the user's observer) can run on the
+/// worker's loop: a panic there is counted and logged, and the loop goes on.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_observer_does_not_stop_the_worker() {
+    let broker = MemoryBroker::new();
+    publish_n(&broker, 20).await;
+    broker.close(Q);
+    let observed = Arc::new(Mutex::new(0));
+    let seen = Arc::clone(&observed);
+    let report = Worker::new(broker.source(Q), |_: String| async {})
+        .on_settled(move |message, _| {
+            assert_ne!(message.payload().as_ref(), b"7", "the observer chokes on 7");
+            *seen.lock().unwrap() += 1;
+        })
+        .config(config())
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(report.metrics.acked, 20);
+    assert_eq!(report.metrics.settle_errors, 1);
+    assert_eq!(*observed.lock().unwrap(), 19);
+    assert_accounted(&broker.stats(Q));
+}

@@ -23,13 +23,15 @@ impl<S: Source> Flow<S> {
     /// circuit breaker lets them and the rate limit has tokens. When one of
     /// those holds them back, `dispatch_at` says when to look again (a
     /// breaker's probe result or a freed permit wake the loop sooner).
-    pub(super) fn start_ready(&mut self) {
+    /// Returns how many runs finished (and were settled) on the loop.
+    pub(super) fn start_ready(&mut self) -> usize {
         self.expire_stale();
         self.dispatch_at = None;
         self.more_ready = false;
         let inline = self.dispatch.polls_inline();
         let pass = inline.then(std::time::Instant::now);
         let mut started = 0;
+        let mut finished = 0;
         while !self.lanes.is_empty() && self.gate.available() > 0 {
             if started == STARTS_PER_PASS {
                 // The loop looks at the broker, the clock and shutdown, then
@@ -110,12 +112,13 @@ impl<S: Source> Flow<S> {
             if below_top && reserved > 0.0 {
                 self.gate.mark_below_top(&mut permit);
             }
-            self.start(delivery, permit, probe, inline);
+            finished += usize::from(self.start(delivery, permit, probe, inline));
             started += 1;
         }
         if let (Some(pass), 1..) = (pass, started) {
             self.dispatch.note_first_polls(pass.elapsed(), started);
         }
+        finished
     }
 
     /// A rate limit holds the lanes until `at`.
@@ -129,7 +132,8 @@ impl<S: Source> Flow<S> {
 
     /// Starts a handler run: its first poll here on the loop when `inline`,
     /// the rest (if any) in a task.
-    fn start(&mut self, delivery: Delivery, permit: Permit, probe: bool, inline: bool) {
+    /// Returns whether it finished (and was settled) there.
+    fn start(&mut self, delivery: Delivery, permit: Permit, probe: bool, inline: bool) -> bool {
         self.token_in_hand = false;
         if let Some(limits) = &mut self.lane_limits {
             let priority = delivery.message().priority();
@@ -138,10 +142,14 @@ impl<S: Source> Flow<S> {
             }
         }
         match self.dispatch.start(delivery, permit, probe, inline) {
-            Started::Settled => self.finished(),
+            Started::Settled => {
+                self.finished();
+                return true;
+            }
             Started::Settling(settling) => self.tasks.spawn(Kind::Settle, settling),
             Started::Running(running) => self.tasks.spawn(Kind::Handler, running),
         }
+        false
     }
 
     /// Moves the adaptive limit by the handler times since the last tick,

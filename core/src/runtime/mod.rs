@@ -42,6 +42,9 @@ use admission::{ADAPT_EVERY, follow_prefetch};
 use worker::Classify;
 pub use worker::{DrainReport, Error, Report, StopReason, Worker};
 
+/// Most rounds of taking and starting the loop makes before it waits.
+const ROUNDS_BEFORE_WAITING: usize = 16;
+
 /// One running worker: its source, lanes, gate and counters.
 pub(crate) struct Flow<S> {
     source: S,
@@ -179,17 +182,25 @@ impl<S: Source> Flow<S> {
         tokio::pin!(shutdown);
         let mut failure = None;
         let mut ready = Vec::new();
-        let stopped_by = loop {
-            if let Err(error) = self.take_ready(&mut ready) {
-                if error.is_retryable() {
-                    self.source_failed(&error);
-                } else {
-                    tracing::error!(%error, "source failed for good; draining");
-                    failure = Some(error);
-                    break StopReason::SourceFailed;
+        let stopped_by = 'run: loop {
+            // Take what is ready and start it; while runs finish on the loop
+            // (and free their room at once), take and start again before
+            // waiting on anything: a few rounds, then shutdown and the clock
+            // get their look.
+            for _ in 0..ROUNDS_BEFORE_WAITING {
+                if let Err(error) = self.take_ready(&mut ready) {
+                    if error.is_retryable() {
+                        self.source_failed(&error);
+                    } else {
+                        tracing::error!(%error, "source failed for good; draining");
+                        failure = Some(error);
+                        break 'run StopReason::SourceFailed;
+                    }
+                }
+                if self.start_ready() == 0 {
+                    break;
                 }
             }
-            self.start_ready();
             self.steer_source().await;
             self.metrics.set_held(self.held(), self.lanes.len());
             if self.source_done && self.held() == 0 {
