@@ -304,6 +304,12 @@ pub struct SettleError {
 /// Implemented by each adapter (and by the in-memory broker). `settle` and
 /// `abandon` take `self: Box<Self>`, so each handle is used exactly once.
 ///
+/// `settle` is called on the worker's loop for a handler that finished on
+/// its first poll: it must return at once, without blocking. Settle what
+/// needs no round trip right there ([`SettleFuture::done`]: no task is
+/// spawned for it), and put any round trip in the returned future
+/// ([`SettleFuture::pending`]), which runs on a task of its own.
+///
 /// ```
 /// use std::sync::Arc;
 /// use sluicegate::{Message, Settle, SettleFuture, Settlement};
