@@ -159,6 +159,21 @@ pub struct Message {
 impl Message {
     /// A message received now, first attempt, priority 0.
     pub fn new(origin: Origin, payload: impl Into<Bytes>) -> Self {
+        Self::received(origin, payload, Instant::now())
+    }
+
+    /// A message received at `at`: an adapter that takes a batch of
+    /// records at once reads the clock once for all of them.
+    ///
+    /// ```
+    /// use sluicegate::{Message, Origin};
+    /// let now = tokio::time::Instant::now();
+    /// let batch: Vec<Message> = (0..3)
+    ///     .map(|n| Message::received(Origin::new("jobs", n), "x", now))
+    ///     .collect();
+    /// assert!(batch.iter().all(|m| m.received_at() == now));
+    /// ```
+    pub fn received(origin: Origin, payload: impl Into<Bytes>, at: Instant) -> Self {
         Self {
             payload: payload.into(),
             headers: Headers::new(),
@@ -166,7 +181,7 @@ impl Message {
             priority: 0,
             attempt: 1,
             redelivered: false,
-            received_at: Instant::now(),
+            received_at: at,
             broker_timestamp: None,
             origin,
         }

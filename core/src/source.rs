@@ -65,8 +65,10 @@ pub trait Source: Send + 'static {
     /// Deliveries that are ready now, without waiting: up to `max` of them,
     /// appended to `out`. The runtime calls this before waiting on `next`,
     /// so a source that can hand over a batch under one lock (or drain a
-    /// channel with `try_recv`) saves a wake-up per message. The default
-    /// hands over nothing.
+    /// channel with `try_recv`) saves a wake-up per message. Handing over
+    /// fewer than `max` says there is no more ready now: the runtime does
+    /// not ask again before it waits on `next`. The default hands over
+    /// nothing.
     fn next_ready(&mut self, max: usize, out: &mut Vec<Delivery>) -> Result<(), SourceError> {
         let _ = (max, out);
         Ok(())

@@ -11,6 +11,7 @@ use rdkafka::Message as _;
 use rdkafka::message::{BorrowedMessage, Header, Headers as _, OwnedHeaders};
 use sluicegate::message::header;
 use sluicegate::{Headers, Message, Origin};
+use tokio::time::Instant;
 
 /// Header with the earliest time (milliseconds since the Unix epoch) a
 /// record in a retry topic may be handled.
@@ -25,7 +26,7 @@ const ARENA_SIZE: usize = 64 * 1024;
 
 /// Makes fetched records owned, sharing one `Arc<str>` per topic name.
 pub(crate) struct Owner {
-    topics: HashMap<String, (Arc<str>, u32)>,
+    topics: HashMap<String, Arc<str>>,
     /// Each consumed topic's priority (its lane), its retry topic's too.
     priorities: HashMap<String, u8>,
     /// Small payloads and keys are copied here, each a slice of it: one
@@ -34,6 +35,8 @@ pub(crate) struct Owner {
     /// poll thread allocates and the runtime's threads free, and glibc's
     /// free then waits for the poll thread's arena lock.
     arena: BytesMut,
+    /// The last topic named, its shared name, and its uses since.
+    last_topic: Option<(Box<str>, Arc<str>, u32)>,
 }
 
 impl Owner {
@@ -52,24 +55,35 @@ impl Owner {
             topics: HashMap::new(),
             priorities,
             arena: BytesMut::new(),
+            last_topic: None,
         }
     }
 
-    /// The topic's name, shared. A fresh copy every [`NAME_SHARED_BY`]
-    /// records: one count shared by every record in flight was counted up
-    /// here and down on the runtime's threads, its cache line bouncing
-    /// between the cores for every record.
+    /// The topic's name, shared. Records come in runs of one partition, so
+    /// the last name is looked at first. A fresh copy every
+    /// [`NAME_SHARED_BY`] records: one count shared by every record in
+    /// flight was counted up here and down on the runtime's threads, its
+    /// cache line bouncing between the cores for every record.
     pub(crate) fn topic(&mut self, name: &str) -> Arc<str> {
-        if let Some((topic, uses)) = self.topics.get_mut(name) {
-            *uses += 1;
-            if *uses == NAME_SHARED_BY {
-                *uses = 0;
-                *topic = name.into();
+        if let Some((last, topic, uses)) = &mut self.last_topic {
+            if **last == *name {
+                *uses += 1;
+                if *uses == NAME_SHARED_BY {
+                    *uses = 0;
+                    *topic = name.into();
+                }
+                return topic.clone();
             }
-            return topic.clone();
         }
-        let topic: Arc<str> = name.into();
-        self.topics.insert(name.to_owned(), (topic.clone(), 0));
+        let topic = match self.topics.get(name) {
+            Some(topic) => topic.clone(),
+            None => {
+                let topic: Arc<str> = name.into();
+                self.topics.insert(name.to_owned(), topic.clone());
+                topic
+            }
+        };
+        self.last_topic = Some((name.into(), topic.clone(), 0));
         topic
     }
 
@@ -92,6 +106,7 @@ impl Owner {
     pub(crate) fn message(
         &mut self,
         record: &BorrowedMessage<'_>,
+        received_at: Instant,
     ) -> (Message, Option<SystemTime>) {
         let mut headers = Headers::new();
         let mut attempt = 1;
@@ -119,7 +134,7 @@ impl Owner {
             position: u64::try_from(record.offset()).unwrap_or_default(),
         };
         let payload = self.copy(record.payload().unwrap_or_default());
-        let mut message = Message::new(origin, payload)
+        let mut message = Message::received(origin, payload, received_at)
             .with_headers(headers)
             .with_attempt(attempt);
         if let Some(priority) = self.priorities.get(record.topic()) {

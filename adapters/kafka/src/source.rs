@@ -251,13 +251,16 @@ fn poll_loop(
     let mut stored_at = Instant::now();
     shared.poller.register();
     while !shared.stopping() {
+        // One clock read a round, for every record taken in it.
+        let now = Instant::now();
+        let received_at = tokio::time::Instant::from_std(now);
         // The consumer's queue: events (rebalances, errors), and records of
         // a partition not (yet) given a queue of its own.
         while batch.len() < POLL_BATCH {
             match consumer.poll(Duration::ZERO) {
                 None => break,
                 Some(Ok(record)) => {
-                    let (message, not_before) = owner.message(&record);
+                    let (message, not_before) = owner.message(&record, received_at);
                     batch.push((message, rdkafka::Message::offset(&record), not_before));
                 }
                 Some(Err(error)) => errors.note(&error),
@@ -274,7 +277,7 @@ fn poll_loop(
                 match queue.poll(Duration::ZERO) {
                     None => break,
                     Some(Ok(record)) => {
-                        let (message, not_before) = owner.message(&record);
+                        let (message, not_before) = owner.message(&record, received_at);
                         batch.push((message, rdkafka::Message::offset(&record), not_before));
                     }
                     Some(Err(error)) => errors.note(&error),
@@ -285,9 +288,9 @@ fn poll_loop(
                 shared.accept(&mut batch);
             }
         }
-        if stored_at.elapsed() >= STORE_EVERY {
+        if now.duration_since(stored_at) >= STORE_EVERY {
             shared.store_due(&consumer);
-            stored_at = Instant::now();
+            stored_at = now;
         }
         if let Some((code, reason)) = consumer.client().fatal_error() {
             tracing::error!(?code, %reason, "Kafka consumer failed for good");

@@ -122,6 +122,10 @@ struct State {
     topics: Topics,
     schedule: Schedule<ChainKey, Pending>,
     capacity: usize,
+    /// Each partition's share of `capacity` (see `State::partition_cap`),
+    /// kept up to date as partitions and the capacity change: it was
+    /// worked out for every record.
+    cap: usize,
     generations: u64,
     held: usize,
     /// Each partition stops at its share of `capacity` (the runtime blocks
@@ -200,6 +204,7 @@ impl Shared {
                 topics: Topics::default(),
                 schedule: Schedule::default(),
                 capacity: 64,
+                cap: 64,
                 shares: true,
                 all_full: false,
                 generations: 0,
@@ -308,7 +313,7 @@ impl Shared {
         }
         self.stats.fetched.fetch_add(1, Relaxed);
         self.stats.note_held(state.held);
-        let cap = state.partition_cap();
+        let cap = state.cap;
         if let Some(p) = state.partitions.get_mut(&part) {
             if p.unsettled >= cap && !p.full {
                 p.full = true;
@@ -330,7 +335,7 @@ impl Shared {
         } else {
             state.capacity.saturating_sub(state.held).max(1)
         };
-        let cap = state.partition_cap();
+        let cap = state.cap;
         for p in state.partitions.values() {
             if let (Some(queue), false) = (&p.queue, p.full) {
                 out.push((
@@ -435,7 +440,7 @@ impl Shared {
     }
 
     fn absorb_one(&self, state: &mut State, slot: &Slot) -> bool {
-        let cap = state.partition_cap();
+        let cap = state.cap;
         let State {
             partitions,
             schedule,
@@ -552,6 +557,7 @@ impl Shared {
                 }
             }
         }
+        state.cap = state.partition_cap();
         drop(state);
         self.poller.notify();
         self.stats.rebalances.fetch_add(1, Relaxed);
@@ -607,6 +613,7 @@ impl Shared {
                 released.push((part, p.offsets));
             }
         }
+        state.cap = state.partition_cap();
         let commit = commit_points(&state.topics, released.iter().map(|(part, o)| (*part, o)));
         drop(state);
         self.settled.notify_all();
@@ -667,6 +674,7 @@ impl Shared {
     pub(crate) fn set_shares(&self, shares: bool) {
         let mut state = self.lock();
         state.shares = shares;
+        state.cap = state.partition_cap();
         state.all_full = !shares && state.held >= state.capacity;
         drop(state);
         self.poller.notify();
@@ -676,6 +684,7 @@ impl Shared {
     pub(crate) fn set_capacity(&self, capacity: usize) {
         let mut state = self.lock();
         state.capacity = capacity.max(1);
+        state.cap = state.partition_cap();
         state.all_full = !state.shares && state.held >= state.capacity;
         drop(state);
         self.poller.notify();

@@ -276,12 +276,18 @@ impl<S: Source> Flow<S> {
             }
             let room = self.prefetch() - self.held();
             self.source.next_ready(room, ready)?;
+            let all_there_was = ready.len() < room;
             if ready.is_empty() {
                 return Ok(());
             }
             self.source_failures = 0;
             for delivery in ready.drain(..) {
                 self.intake(delivery);
+            }
+            // Fewer than asked for: the source has nothing more ready now
+            // (asking again would only take its lock for nothing).
+            if all_there_was {
+                return Ok(());
             }
         }
     }
