@@ -237,90 +237,91 @@ impl Shared {
     /// Records fetched by the poll thread, taken under one lock.
     pub(crate) fn accept(&self, batch: &mut Vec<(Message, i64, Option<SystemTime>)>) {
         let mut state = self.lock();
+        let mut accepted = 0;
         // Records of one batch mostly share a topic: look its number up once.
-        let mut last: Option<(*const str, TopicId)> = None;
+        let mut last: Option<(*const str, TopicId, bool)> = None;
         for (message, offset, not_before) in batch.drain(..) {
             let origin = message.origin();
             let name = Arc::as_ptr(&origin.source);
-            let topic = match last {
-                Some((seen, id)) if std::ptr::eq(seen, name) => id,
+            let (topic, retry) = match last {
+                Some((seen, id, retry)) if std::ptr::eq(seen, name) => (id, retry),
                 _ => {
                     let id = state.topics.id(&origin.source);
-                    last = Some((name, id));
-                    id
+                    let retry = state.topics.is_retry(id);
+                    last = Some((name, id, retry));
+                    (id, retry)
                 }
             };
             let part = PartitionId {
                 topic,
                 partition: origin.partition.unwrap_or_default(),
             };
-            self.accept_one(&mut state, part, message, offset, not_before);
+            let chain = match (self.ordering, retry) {
+                (_, true) | (Ordering::Unordered, _) => None,
+                (Ordering::Partition, false) => Some(ChainKey { part, key: None }),
+                (Ordering::Key, false) => message.key().map(|key| ChainKey {
+                    part,
+                    key: Some(key.clone()),
+                }),
+            };
+            let not_before = not_before.and_then(|at| {
+                let wait = at.duration_since(SystemTime::now()).ok()?;
+                Some(Instant::now() + wait)
+            });
+            let record = Pending {
+                message,
+                slot: Slot {
+                    part,
+                    offset,
+                    generation: 0,
+                    chain,
+                },
+            };
+            accepted += usize::from(self.accept_one(&mut state, record, not_before));
         }
+        let held = state.held;
         drop(state);
+        self.stats.fetched.fetch_add(accepted as u64, Relaxed);
+        self.stats.note_held(held);
         self.wake.notify_one();
     }
 
+    /// Takes in one fetched record; `false` when it is skipped.
     fn accept_one(
         &self,
         state: &mut State,
-        part: PartitionId,
-        message: Message,
-        offset: i64,
-        not_before: Option<SystemTime>,
-    ) {
-        let retry_topic = state.topics.is_retry(part.topic);
-        let Some(p) = state.partitions.get_mut(&part) else {
+        mut record: Pending,
+        not_before: Option<Instant>,
+    ) -> bool {
+        let cap = state.cap;
+        let Some(p) = state.partitions.get_mut(&record.slot.part) else {
             // Not assigned (any more): whoever owns it fetches it again.
             self.stats.skipped.fetch_add(1, Relaxed);
-            return;
+            return false;
         };
         // Every record poll returned is kept, even past the partition's
         // share: librdkafka resumes from the position after the last record
         // it handed out, so one let go here would be skipped for good (and
         // a later commit would pass it). A batch can overshoot the share by
         // at most its size.
-        if !p.offsets.fetched(offset) {
+        if !p.offsets.fetched(record.slot.offset) {
             self.stats.skipped.fetch_add(1, Relaxed);
-            return;
+            return false;
         }
         p.unsettled += 1;
-        let generation = p.generation;
-        let chain = match (self.ordering, retry_topic) {
-            (_, true) | (Ordering::Unordered, _) => None,
-            (Ordering::Partition, false) => Some(ChainKey { part, key: None }),
-            (Ordering::Key, false) => message.key().map(|key| ChainKey {
-                part,
-                key: Some(key.clone()),
-            }),
-        };
-        let not_before = not_before.and_then(|at| {
-            let wait = at.duration_since(SystemTime::now()).ok()?;
-            Some(Instant::now() + wait)
-        });
-        let slot = Slot {
-            part,
-            offset,
-            generation,
-            chain,
-        };
-        let chain = slot.chain.clone();
-        state
-            .schedule
-            .admit(Pending { message, slot }, chain.as_ref(), not_before);
+        if p.unsettled >= cap && !p.full {
+            p.full = true;
+            self.stats.pauses.fetch_add(1, Relaxed);
+            self.stats.paused_partitions.fetch_add(1, Relaxed);
+        }
+        record.slot.generation = p.generation;
+        let chain = record.slot.chain.clone();
+        state.schedule.admit(record, chain.as_ref(), not_before);
         state.held += 1;
         if !state.shares && state.held >= state.capacity {
             state.all_full = true;
         }
-        self.stats.fetched.fetch_add(1, Relaxed);
-        self.stats.note_held(state.held);
-        let cap = state.cap;
-        if let Some(p) = state.partitions.get_mut(&part) {
-            if p.unsettled >= cap && !p.full {
-                p.full = true;
-                self.stats.pauses.fetch_add(1, Relaxed);
-                self.stats.paused_partitions.fetch_add(1, Relaxed);
-            }
-        }
+        true
     }
 
     /// The partitions with room, with their queues: the poll thread reads
