@@ -1,7 +1,8 @@
 //! Consume + commit throughput against a real Kafka broker: sluicegate
-//! (no-op handler) beside two raw rdkafka at-least-once consumers (offsets
+//! (no-op handler) beside raw rdkafka at-least-once consumers (offsets
 //! stored after processing, auto-commit on): a `BaseConsumer` poll loop,
-//! and rust-rdkafka's `at_least_once` idiom on a `StreamConsumer`. Same
+//! the same loop making each record owned (`detach`), and rust-rdkafka's
+//! `at_least_once` idiom on a `StreamConsumer`. Same
 //! broker, same topic, same run, 256 B records, alternating rounds, medians
 //! compared.
 //! Each run is a new consumer group reading the topic from the start; the
@@ -65,6 +66,27 @@ fn raw(topic: &str, n: usize) -> f64 {
         let record = record.unwrap();
         start.get_or_insert_with(Instant::now);
         std::hint::black_box(record.payload());
+        consumer.store_offset_from_message(&record).unwrap();
+        seen += 1;
+    }
+    n as f64 / start.unwrap().elapsed().as_secs_f64()
+}
+
+/// The poll loop again, each record made owned first (`detach`: payload,
+/// key and headers copied), as sluicegate must: what owning costs before
+/// any runtime is involved.
+fn raw_owned(topic: &str, n: usize) -> f64 {
+    let consumer: BaseConsumer = raw_config("bench-raw-owned").create().unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut start = None;
+    let mut seen = 0;
+    while seen < n {
+        let Some(record) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let record = record.unwrap();
+        start.get_or_insert_with(Instant::now);
+        std::hint::black_box(record.detach());
         consumer.store_offset_from_message(&record).unwrap();
         seen += 1;
     }
@@ -164,15 +186,16 @@ fn main() {
     println!(
         "Kafka consume+commit, {n} records of 256 B over {PARTITIONS} partitions, {rounds} rounds (msg/s)"
     );
-    let (mut raws, mut asyncs, mut parts, mut unordered) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut raws, mut owned, mut asyncs, mut parts, mut unordered) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds {
         let r = raw(&topic, n);
+        let o = raw_owned(&topic, n);
         let a = rt.block_on(raw_async(&topic, n));
         let p = rt.block_on(sluicegate(&topic, n, Ordering::Partition));
         let u = rt.block_on(sluicegate(&topic, n, Ordering::Unordered));
         println!(
-            "round {round}: raw poll loop {r:>9.0}   raw at-least-once (StreamConsumer) {a:>9.0}   \
+            "round {round}: raw poll loop {r:>9.0}   owned {o:>9.0}   raw at-least-once (StreamConsumer) {a:>9.0}   \
              sluicegate per-partition {p:>9.0} ({:.2}x async, {:.2}x poll)   unordered {u:>9.0} ({:.2}x async, {:.2}x poll)",
             p / a,
             p / r,
@@ -180,18 +203,22 @@ fn main() {
             u / r
         );
         raws.push(r);
+        owned.push(o);
         asyncs.push(a);
         parts.push(p);
         unordered.push(u);
     }
     let r = median(&mut raws);
+    let o = median(&mut owned);
     let a = median(&mut asyncs);
     let p = median(&mut parts);
     let u = median(&mut unordered);
     println!(
-        "median: raw poll loop {r:.0}/s; raw at-least-once (StreamConsumer) {a:.0}/s; \
+        "median: raw poll loop {r:.0}/s; raw poll loop with owned records {o:.0}/s ({:.2}x); \
+         raw at-least-once (StreamConsumer) {a:.0}/s; \
          sluicegate per-partition {p:.0}/s = {:.2}x at-least-once, {:.2}x poll loop; \
          unordered {u:.0}/s = {:.2}x at-least-once, {:.2}x poll loop",
+        o / r,
         p / a,
         p / r,
         u / a,
