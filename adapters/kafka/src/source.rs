@@ -26,6 +26,12 @@ use crate::state::Shared;
 use crate::stats::KafkaStats;
 use crate::{Consumer, KafkaError};
 
+/// How long `close` waits for the final commit. librdkafka's own wait, with
+/// the broker unreachable, was 45 s in the fault test.
+const COMMIT_WAIT: Duration = Duration::from_secs(30);
+/// How long `close` then waits for librdkafka to close the consumer (with
+/// the broker unreachable it never does).
+const CLOSE_WAIT: Duration = Duration::from_secs(15);
 /// How long the poll thread sleeps when no queue has anything for it.
 const POLL_WAIT: Duration = Duration::from_millis(100);
 /// Most records handed over under one lock.
@@ -53,7 +59,9 @@ const STORE_EVERY: Duration = Duration::from_millis(10);
 pub struct KafkaSource {
     shared: Arc<Shared>,
     settler: Arc<Settler>,
-    poller: Option<oneshot::Receiver<()>>,
+    /// The poll thread's word that the final commit was made, then that the
+    /// consumer closed.
+    poller: Option<Closing>,
     /// Records taken from the schedule, on their way out as deliveries.
     popped: Vec<crate::state::Pending>,
 }
@@ -122,11 +130,14 @@ impl KafkaSource {
         shared.set_consumer(Some(consumer.clone()));
 
         let owner = Owner::new(&config.topics);
-        let (done, poller) = oneshot::channel();
+        let (committed_tx, committed) = oneshot::channel();
+        let (closed_tx, closed) = oneshot::channel();
         let thread_shared = shared.clone();
         thread::Builder::new()
             .name("sluicegate-kafka-poll".into())
-            .spawn(move || poll_loop(&thread_shared, consumer, owner, done))
+            .spawn(move || {
+                poll_loop(&thread_shared, consumer, owner, committed_tx, closed_tx);
+            })
             .map_err(|e| KafkaError::Thread(e.to_string()))?;
         tracing::info!(brokers = %config.brokers, group = %config.group, topics = %topics.join(","), ordering = ?config.ordering, "Kafka consumer subscribed");
         Ok(Self {
@@ -135,7 +146,7 @@ impl KafkaSource {
                 producer,
             }),
             shared,
-            poller: Some(poller),
+            poller: Some(Closing { committed, closed }),
             popped: Vec::new(),
         })
     }
@@ -217,14 +228,38 @@ impl Source for KafkaSource {
         self.shared.set_shares(overflow == Overflow::Block);
     }
 
+    /// Commits what is done and closes the consumer (leaving the group),
+    /// each step bounded. With the broker unreachable, librdkafka's commit
+    /// waited 45 s for the coordinator and its close never returned (the
+    /// fault test): the worker then stops anyway, after at most 45 s here,
+    /// logging what did not happen; the group drops this member after
+    /// `session.timeout.ms`, and the next owner starts at the last commit
+    /// that landed.
     async fn close(&mut self) -> Result<(), SourceError> {
         self.shared.stop();
-        if let Some(poller) = self.poller.take() {
-            poller.await.map_err(|_| {
-                SourceError::fatal("the Kafka poll thread ended without closing the consumer")
-            })?;
+        let Some(Closing { committed, closed }) = self.poller.take() else {
+            return Ok(());
+        };
+        let gone =
+            || SourceError::fatal("the Kafka poll thread ended without closing the consumer");
+        let landed = match tokio::time::timeout(COMMIT_WAIT, committed).await {
+            Ok(result) => result.map_err(|_| gone())?,
+            Err(_) => {
+                // The poll thread is still in librdkafka's commit (a broker
+                // unreachable, say); it is left to it.
+                tracing::error!(wait = ?COMMIT_WAIT, "the final Kafka commit did not finish in time; the next owner starts at the last commit that landed");
+                return Err(SourceError::fatal(format!(
+                    "the final Kafka commit did not finish within {COMMIT_WAIT:?}"
+                )));
+            }
+        };
+        match tokio::time::timeout(CLOSE_WAIT, closed).await {
+            Ok(result) => result.map_err(|_| gone()),
+            Err(_) => {
+                tracing::warn!(wait = ?CLOSE_WAIT, final_commit_landed = landed, "the Kafka consumer did not close in time (librdkafka's close waits for the group coordinator); the group drops this member after session.timeout.ms");
+                Ok(())
+            }
         }
-        Ok(())
     }
 }
 
@@ -243,7 +278,8 @@ fn poll_loop(
     shared: &Shared,
     consumer: Arc<Consumer>,
     mut owner: Owner,
-    done: oneshot::Sender<()>,
+    committed: oneshot::Sender<bool>,
+    closed: oneshot::Sender<()>,
 ) {
     let mut errors = ErrorLog::default();
     let mut batch = Vec::with_capacity(POLL_BATCH);
@@ -305,12 +341,18 @@ fn poll_loop(
             shared.poller.wait(POLL_WAIT);
         }
     }
-    shared.commit_now(&consumer);
+    let _ = committed.send(shared.commit_now(&consumer));
     shared.drop_queues();
     shared.set_consumer(None);
     drop(consumer);
     tracing::info!("Kafka consumer closed");
-    let _ = done.send(());
+    let _ = closed.send(());
+}
+
+/// The poll thread's two signals at shutdown.
+struct Closing {
+    committed: oneshot::Receiver<bool>,
+    closed: oneshot::Receiver<()>,
 }
 
 /// Logs consumer errors, once per distinct error in a row.

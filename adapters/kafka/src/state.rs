@@ -628,7 +628,7 @@ impl Shared {
             );
             return;
         }
-        store_and_commit(consumer, &commit, "revoked partitions");
+        let _ = store_and_commit(consumer, &commit, "revoked partitions");
     }
 
     /// Stores the offsets whose commit point moved, for librdkafka's next
@@ -656,7 +656,8 @@ impl Shared {
 
     /// Commits what is done now, synchronously (on the poll thread, at
     /// shutdown).
-    pub(crate) fn commit_now(&self, consumer: &Consumer) {
+    /// Returns whether it landed (or there was nothing to commit).
+    pub(crate) fn commit_now(&self, consumer: &Consumer) -> bool {
         let commit = {
             let mut state = self.lock();
             self.absorb(&mut state);
@@ -665,9 +666,7 @@ impl Shared {
                 state.partitions.iter().map(|(part, p)| (part, &p.offsets)),
             )
         };
-        if commit.count() > 0 {
-            store_and_commit(consumer, &commit, "final offsets");
-        }
+        commit.count() == 0 || store_and_commit(consumer, &commit, "final offsets")
     }
 
     /// Whether each partition stops at its share of the capacity (the
@@ -698,6 +697,8 @@ impl Shared {
 
     pub(crate) fn stop(&self) {
         self.lock().stopping = true;
+        // The poll thread may be parked: it closes now, not at its next look.
+        self.poller.notify();
     }
 
     pub(crate) fn stopping(&self) -> bool {
@@ -709,14 +710,19 @@ impl Shared {
 /// too: librdkafka commits the stored offsets once more as it unassigns,
 /// and a store older than this commit (the poll thread stores every 10 ms)
 /// would move the group's offset back. The group test caught that.
-fn store_and_commit(consumer: &Consumer, offsets: &TopicPartitionList, what: &str) {
+/// Returns whether the commit landed.
+fn store_and_commit(consumer: &Consumer, offsets: &TopicPartitionList, what: &str) -> bool {
     if let Err(error) = consumer.store_offsets(offsets) {
         tracing::warn!(%error, what, "could not store offsets before committing them");
     }
     match consumer.commit(offsets, rdkafka::consumer::CommitMode::Sync) {
-        Ok(()) => tracing::info!(partitions = offsets.count(), what, "committed"),
+        Ok(()) => {
+            tracing::info!(partitions = offsets.count(), what, "committed");
+            true
+        }
         Err(error) => {
-            tracing::warn!(%error, what, "commit failed; the next owner starts at the previous commit")
+            tracing::warn!(%error, what, "commit failed; the next owner starts at the previous commit");
+            false
         }
     }
 }

@@ -214,3 +214,46 @@ async fn failed_commits_and_fetches_are_retried_and_the_final_commit_lands() {
         vec![i64::from(RECORDS) / i64::from(PARTITIONS); PARTITIONS as usize]
     );
 }
+
+/// A worker told to stop while its broker is down still stops, in bounded
+/// time: librdkafka's final commit waits for the coordinator (45 s here)
+/// and its close never returns while the broker is away, so the source's
+/// close bounds both. Nothing it did not handle is committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stopping_while_its_broker_is_down_still_stops() {
+    let topic = "faults-stop-down";
+    let group = "faults-stop-down-g";
+    let cluster = cluster_with_records(topic).await;
+    let bootstrap = cluster.bootstrap_servers();
+    let run = Run::start(bootstrap.clone(), topic, group, true).await;
+    run.wait_for("a third handled", RECORDS as usize / 3).await;
+    cluster.broker_down(1).unwrap();
+    run.stop.stop();
+    let stopping = std::time::Instant::now();
+    let report = finished(run.run, Duration::from_secs(90)).await;
+    let took = stopping.elapsed();
+    let handled: BTreeSet<u32> = run.handled.lock().unwrap().iter().copied().collect();
+    cluster.broker_up(1).unwrap();
+    let committed = tokio::task::spawn_blocking(move || committed(&bootstrap, group, topic))
+        .await
+        .unwrap();
+    println!(
+        "mock cluster, broker down as the worker stops: stopped after {took:?} ({} source error), \
+         {} of {RECORDS} handled, committed {committed:?}",
+        report.metrics.source_errors,
+        handled.len()
+    );
+    assert!(
+        took < Duration::from_secs(50),
+        "the close is bounded (30 s for the commit, 15 s for the close): {took:?}"
+    );
+    for (partition, end) in committed.iter().enumerate() {
+        for offset in 0..*end {
+            let id = offset as u32 * PARTITIONS as u32 + partition as u32;
+            assert!(
+                handled.contains(&id),
+                "committed past record {id} (partition {partition}, offset {offset}), never handled"
+            );
+        }
+    }
+}
