@@ -248,14 +248,14 @@ impl Dispatch {
         // The permit covers exactly the handler's run: settling does not hold it.
         drop(permit);
         let (settlement, how) = self.decide(&message, outcome);
-        let result = delivery.settle(settlement).await;
-        settled(
-            result,
-            &message,
-            &how,
+        settle(
+            delivery,
+            settlement,
+            how,
             &self.metrics,
             self.on_settled.as_ref(),
-        );
+        )
+        .await;
     }
 
     /// Calls the handler; extractors run here, so their panics are caught
