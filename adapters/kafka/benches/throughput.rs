@@ -52,9 +52,18 @@ fn raw_config(group: &str) -> ClientConfig {
     config
 }
 
-/// The ceiling: a `BaseConsumer` poll loop that stores each offset after
-/// processing it, no async runtime in the way.
-fn raw(topic: &str, n: usize) -> f64 {
+/// What a raw poll loop does with each record before storing its offset.
+#[derive(Clone, Copy)]
+enum Raw {
+    /// Reads the payload in place: the ceiling, no async runtime in the way.
+    Borrowed,
+    /// Makes the record owned first (`detach`: payload, key and headers
+    /// copied), as sluicegate must: what owning costs before any runtime.
+    Owned,
+}
+
+/// A `BaseConsumer` poll loop that stores each offset after processing it.
+fn raw(topic: &str, n: usize, mode: Raw) -> f64 {
     let consumer: BaseConsumer = raw_config("bench-raw").create().unwrap();
     consumer.subscribe(&[topic]).unwrap();
     let mut start = None;
@@ -65,28 +74,14 @@ fn raw(topic: &str, n: usize) -> f64 {
         };
         let record = record.unwrap();
         start.get_or_insert_with(Instant::now);
-        std::hint::black_box(record.payload());
-        consumer.store_offset_from_message(&record).unwrap();
-        seen += 1;
-    }
-    n as f64 / start.unwrap().elapsed().as_secs_f64()
-}
-
-/// The poll loop again, each record made owned first (`detach`: payload,
-/// key and headers copied), as sluicegate must: what owning costs before
-/// any runtime is involved.
-fn raw_owned(topic: &str, n: usize) -> f64 {
-    let consumer: BaseConsumer = raw_config("bench-raw-owned").create().unwrap();
-    consumer.subscribe(&[topic]).unwrap();
-    let mut start = None;
-    let mut seen = 0;
-    while seen < n {
-        let Some(record) = consumer.poll(Duration::from_millis(100)) else {
-            continue;
-        };
-        let record = record.unwrap();
-        start.get_or_insert_with(Instant::now);
-        std::hint::black_box(record.detach());
+        match mode {
+            Raw::Borrowed => {
+                std::hint::black_box(record.payload());
+            }
+            Raw::Owned => {
+                std::hint::black_box(record.detach());
+            }
+        }
         consumer.store_offset_from_message(&record).unwrap();
         seen += 1;
     }
@@ -189,8 +184,8 @@ fn main() {
     let (mut raws, mut owned, mut asyncs, mut parts, mut unordered) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds {
-        let r = raw(&topic, n);
-        let o = raw_owned(&topic, n);
+        let r = raw(&topic, n, Raw::Borrowed);
+        let o = raw(&topic, n, Raw::Owned);
         let a = rt.block_on(raw_async(&topic, n));
         let p = rt.block_on(sluicegate(&topic, n, Ordering::Partition));
         let u = rt.block_on(sluicegate(&topic, n, Ordering::Unordered));
