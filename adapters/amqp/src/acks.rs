@@ -71,6 +71,8 @@ struct State {
     /// (to arm its timer) and at a batch, not at every one.
     due: u64,
     closed: bool,
+    /// Told once the flusher sent every ack due and stopped (`finish`).
+    finishing: Option<oneshot::Sender<()>>,
 }
 
 /// The coalescer of one channel; its flusher task runs until `close`.
@@ -91,6 +93,7 @@ impl Acks {
                 resolved: BTreeMap::new(),
                 due: 0,
                 closed: false,
+                finishing: None,
             }),
             wake: Notify::new(),
             batch: AtomicU64::new(1),
@@ -152,6 +155,27 @@ impl Acks {
     pub(crate) fn settled(&self, tag: u64) {
         self.lock().resolved.insert(tag, Resolved::Settled);
         self.wake.notify_one();
+    }
+
+    /// Sends every ack due now, completed prefix and stragglers alike, then
+    /// stops the flusher: at the end of a run, so no finished message is
+    /// handed back to the broker for want of its ack. Waits at most `limit`.
+    pub(crate) async fn finish(&self, limit: Duration) {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut state = self.lock();
+            if state.closed {
+                return;
+            }
+            state.finishing = Some(tx);
+        }
+        self.wake.notify_one();
+        if tokio::time::timeout(limit, rx).await.is_err() {
+            tracing::warn!(
+                ?limit,
+                "the last acks were not sent in time; the broker redelivers those messages"
+            );
+        }
     }
 
     /// Stops the flusher; acks not yet sent fail (their messages come back).
@@ -231,10 +255,16 @@ fn stragglers(state: &mut State, now: Instant, mut flush: Flush) -> Flush {
 
 async fn flush_loop(acks: Arc<Acks>, channel: Channel) {
     loop {
-        let (flush, closed) = {
+        let (flush, closed, finishing) = {
             let mut state = acks.lock();
             let batch = acks.batch.load(Relaxed);
-            (plan(&mut state, Instant::now(), batch), state.closed)
+            let finishing = state.finishing.take();
+            // Finishing: every ack is due now, whatever it waits for.
+            let now = match finishing {
+                Some(_) => Instant::now() + STRAGGLER_WAIT + FLUSH_WAIT,
+                None => Instant::now(),
+            };
+            (plan(&mut state, now, batch), state.closed, finishing)
         };
         if closed {
             fail_pending(&acks);
@@ -257,6 +287,12 @@ async fn flush_loop(acks: Arc<Acks>, channel: Channel) {
             if let Some(done) = done {
                 let _ = done.send(sent);
             }
+        }
+        if let Some(finished) = finishing {
+            acks.lock().closed = true;
+            fail_pending(&acks);
+            let _ = finished.send(());
+            return;
         }
         match flush.next_check {
             Some(at) => {
@@ -309,6 +345,7 @@ mod tests {
             resolved: BTreeMap::new(),
             due: 0,
             closed: false,
+            finishing: None,
         }
     }
 

@@ -51,6 +51,10 @@ struct Lane {
 }
 
 /// One connection's worth of state.
+/// How long closing waits for the last acks, and then for the broker's
+/// close-ok.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 struct Link {
     connection: Connection,
     channel: Channel,
@@ -358,6 +362,36 @@ impl Source for AmqpSource {
             Some(channel) => set_qos(channel, prefetch).await.map_err(SourceError::from),
             // Applied when the connection is back.
             None => Ok(()),
+        }
+    }
+
+    /// Sends the acks still in the coalescer, then closes the connection
+    /// cleanly: RabbitMQ answers the close only after every frame before
+    /// it, acks included, so no finished message comes back for want of
+    /// its ack. Each step waits at most a few seconds.
+    async fn close(&mut self) -> Result<(), SourceError> {
+        let Some(link) = self.link.take() else {
+            return Ok(());
+        };
+        link.acks.finish(CLOSE_WAIT).await;
+        if !link.alive() {
+            // Nothing to close cleanly: the broker redelivers what the dead
+            // channel held.
+            return Ok(());
+        }
+        let closing = link
+            .connection
+            .close(200, ShortString::from("sluicegate worker stopped"));
+        match tokio::time::timeout(CLOSE_WAIT, closing).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(SourceError::retryable(format!(
+                "closing the AMQP connection to {}: {error}",
+                self.label
+            ))),
+            Err(_) => Err(SourceError::retryable(format!(
+                "closing the AMQP connection to {}: no answer within {CLOSE_WAIT:?}",
+                self.label
+            ))),
         }
     }
 }

@@ -1020,3 +1020,48 @@ async fn under_overload_low_priority_is_shed_to_its_dead_letter_queue_and_high_p
     )
     .await;
 }
+
+/// A worker that stops right after its last handler finished leaves
+/// nothing behind: the acks still in the coalescer are sent, and the
+/// connection closed cleanly, before the run returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_right_after_the_last_handler_leaves_no_message_behind() {
+    let _serial = SERIAL.lock().await;
+    let queue = unique("last-acks");
+    let (_conn, ch) = channel().await;
+    let source = AmqpSource::connect(AmqpConfig::new(url(), &queue))
+        .await
+        .unwrap();
+    let payloads: Vec<Vec<u8>> = (0..300).map(|i| format!("{i}").into_bytes()).collect();
+    publish_all(&ch, &queue, &payloads).await;
+    let handled = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let all_done = Arc::new(tokio::sync::Notify::new());
+    let (count, done) = (Arc::clone(&handled), Arc::clone(&all_done));
+    // The last handler stops the worker at once: its ack (and a batch's
+    // worth before it) is still waiting in the coalescer.
+    let handler = move |_: String| {
+        if count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == 300 {
+            done.notify_one();
+        }
+        async {}
+    };
+    let stop = Arc::clone(&all_done);
+    let report = Worker::new(source, handler)
+        .config(Config::default().prefetch(1000).max_in_flight(64))
+        .run_until(async move { stop.notified().await })
+        .await
+        .unwrap();
+    assert_eq!(report.metrics.acked, 300);
+    wait_until(
+        "the broker to settle what the worker held",
+        Duration::from_secs(10),
+        || broker_unacked(&queue) == 0,
+    )
+    .await;
+    assert_eq!(
+        ready(&ch, &queue).await,
+        0,
+        "finished messages came back to the queue: their acks were never sent"
+    );
+    delete(&ch, &[queue.clone(), format!("{queue}.dlq")]).await;
+}
