@@ -134,15 +134,29 @@ impl Run {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broker_down_mid_run_holds_the_worker_and_nothing_is_lost_or_skipped() {
-    let topic = "faults-down";
-    let group = "faults-down-g";
+/// A cluster, a worker over it with small fetches, and the broker taken
+/// down once a third of the records were handled.
+async fn broker_down_after_a_third(
+    topic: &str,
+    group: &str,
+) -> (
+    MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    String,
+    Run,
+) {
     let cluster = cluster_with_records(topic).await;
     let bootstrap = cluster.bootstrap_servers();
     let run = Run::start(bootstrap.clone(), topic, group, true).await;
     run.wait_for("a third handled", RECORDS as usize / 3).await;
     cluster.broker_down(1).unwrap();
+    (cluster, bootstrap, run)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_down_mid_run_holds_the_worker_and_nothing_is_lost_or_skipped() {
+    let topic = "faults-down";
+    let group = "faults-down-g";
+    let (cluster, bootstrap, run) = broker_down_after_a_third(topic, group).await;
     let during = run.distinct();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after_outage = run.distinct();
@@ -223,11 +237,7 @@ async fn failed_commits_and_fetches_are_retried_and_the_final_commit_lands() {
 async fn a_worker_stopping_while_its_broker_is_down_still_stops() {
     let topic = "faults-stop-down";
     let group = "faults-stop-down-g";
-    let cluster = cluster_with_records(topic).await;
-    let bootstrap = cluster.bootstrap_servers();
-    let run = Run::start(bootstrap.clone(), topic, group, true).await;
-    run.wait_for("a third handled", RECORDS as usize / 3).await;
-    cluster.broker_down(1).unwrap();
+    let (cluster, bootstrap, run) = broker_down_after_a_third(topic, group).await;
     run.stop.stop();
     let stopping = std::time::Instant::now();
     let report = finished(run.run, Duration::from_secs(90)).await;
