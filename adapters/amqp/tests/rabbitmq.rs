@@ -190,6 +190,7 @@ async fn take_unsettled(source: &mut AmqpSource, n: usize, held: &mut Vec<sluice
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_broker_never_has_more_unacked_than_the_prefetch() {
+    sluicegate_test_support::logs();
     let _serial = SERIAL.lock().await;
     let queue = unique("prefetch");
     let (_conn, ch) = channel().await;
@@ -245,6 +246,7 @@ struct Job {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_with_5pc_failing_and_1pc_malformed_end_exactly_where_they_should() {
+    sluicegate_test_support::logs();
     let _serial = SERIAL.lock().await;
     let queue = unique("outcomes");
     let dlq = format!("{queue}.dlq");
@@ -375,6 +377,7 @@ async fn ten_thousand_with_5pc_failing_and_1pc_malformed_end_exactly_where_they_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prefetch_change_at_runtime_is_what_the_broker_applies() {
+    sluicegate_test_support::logs();
     let _serial = SERIAL.lock().await;
     let queue = unique("qos");
     let (_conn, ch) = channel().await;
@@ -424,6 +427,7 @@ async fn a_prefetch_change_at_runtime_is_what_the_broker_applies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_broker_is_a_clear_error() {
+    sluicegate_test_support::logs();
     let _serial = SERIAL.lock().await;
     let err = AmqpSource::connect(AmqpConfig::new("amqp://guest:secret@127.0.0.1:1/%2f", "q"))
         .await
@@ -438,6 +442,7 @@ async fn an_unreachable_broker_is_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forced_connection_close_mid_run_loses_nothing() {
+    sluicegate_test_support::logs();
     let _serial = SERIAL.lock().await;
     let queue = unique("reconnect");
     let source = AmqpSource::connect(AmqpConfig::new(url(), &queue))
@@ -520,6 +525,7 @@ impl Drop for AlarmGuard {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_the_broker_blocks_publishers_dead_letters_wait_and_nothing_is_lost() {
+    sluicegate_test_support::logs();
     let _serial = SERIAL.lock().await;
     let queue = unique("blocked");
     let dlq = format!("{queue}.dlq");
@@ -566,6 +572,7 @@ async fn while_the_broker_blocks_publishers_dead_letters_wait_and_nothing_is_los
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_queues_are_consumed_as_priority_lanes() {
+    sluicegate_test_support::logs();
     let _serial = SERIAL.lock().await;
     let high = unique("lane-high");
     let low = unique("lane-low");
@@ -642,6 +649,7 @@ async fn several_queues_are_consumed_as_priority_lanes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amqps_with_a_private_ca_consumes_and_tls_errors_name_what_failed() {
+    sluicegate_test_support::logs();
     let _serial = SERIAL.lock().await;
     let ca = std::env::var("AMQP_TLS_CA")
         .expect("AMQP_TLS_CA: the test CA of RabbitMQ's TLS listener (scripts/test sets it up)");
@@ -719,6 +727,7 @@ impl Drop for ConsumerTimeoutGuard {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_outliving_the_consumer_timeout_costs_a_reconnect_not_a_message() {
+    sluicegate_test_support::logs();
     let _serial = SERIAL.lock().await;
     let queue = unique("consumer-timeout");
     // Channels opened from now on time out unacked deliveries after 1 s,
@@ -791,6 +800,7 @@ async fn a_handler_outliving_the_consumer_timeout_costs_a_reconnect_not_a_messag
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_breaker_holds_intake_while_the_dependency_is_down_and_loses_nothing() {
+    sluicegate_test_support::logs();
     let _serial = SERIAL.lock().await;
     let queue = unique("breaker");
     let source = AmqpSource::connect(AmqpConfig::new(url(), &queue))
@@ -862,6 +872,7 @@ async fn the_breaker_holds_intake_while_the_dependency_is_down_and_loses_nothing
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_adaptive_limit_re_tunes_the_prefetch_the_broker_applies() {
+    sluicegate_test_support::logs();
     let _serial = SERIAL.lock().await;
     let queue = unique("adaptive");
     let source = AmqpSource::connect(AmqpConfig::new(url(), &queue))
@@ -931,6 +942,7 @@ async fn the_adaptive_limit_re_tunes_the_prefetch_the_broker_applies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_overload_low_priority_is_shed_to_its_dead_letter_queue_and_high_priority_all_runs() {
+    sluicegate_test_support::logs();
     let _serial = SERIAL.lock().await;
     let high = unique("shed-high");
     let low = unique("shed-low");
@@ -1026,6 +1038,7 @@ async fn under_overload_low_priority_is_shed_to_its_dead_letter_queue_and_high_p
 /// connection closed cleanly, before the run returns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_right_after_the_last_handler_leaves_no_message_behind() {
+    sluicegate_test_support::logs();
     let _serial = SERIAL.lock().await;
     let queue = unique("last-acks");
     let (_conn, ch) = channel().await;

@@ -154,6 +154,7 @@ async fn broker_down_after_a_third(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_down_mid_run_holds_the_worker_and_nothing_is_lost_or_skipped() {
+    sluicegate_test_support::logs();
     let topic = "faults-down";
     let group = "faults-down-g";
     let (cluster, bootstrap, run) = broker_down_after_a_third(topic, group).await;
@@ -191,6 +192,7 @@ async fn a_broker_down_mid_run_holds_the_worker_and_nothing_is_lost_or_skipped()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_commits_and_fetches_are_retried_and_the_final_commit_lands() {
+    sluicegate_test_support::logs();
     let topic = "faults-requests";
     let group = "faults-requests-g";
     let cluster = cluster_with_records(topic).await;
@@ -235,6 +237,7 @@ async fn failed_commits_and_fetches_are_retried_and_the_final_commit_lands() {
 /// close bounds both. Nothing it did not handle is committed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_stopping_while_its_broker_is_down_still_stops() {
+    sluicegate_test_support::logs();
     let topic = "faults-stop-down";
     let group = "faults-stop-down-g";
     let (cluster, bootstrap, run) = broker_down_after_a_third(topic, group).await;

@@ -36,6 +36,7 @@ fn job(id: u32, work_ms: u64, fail: bool) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_thousand_over_six_partitions_end_exactly_where_they_should() {
+    sluicegate_test_support::logs();
     let _serial = SERIAL.lock().await;
     let topic = unique("outcomes");
     let group = unique("outcomes-group");
@@ -176,6 +177,7 @@ async fn twenty_thousand_over_six_partitions_end_exactly_where_they_should() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_brokers_and_missing_topics_are_named() {
+    sluicegate_test_support::logs();
     let _serial = SERIAL.lock().await;
     let config =
         KafkaConfig::new("127.0.0.1:1", "g", ["orders"]).connect_timeout(Duration::from_secs(2));
@@ -230,6 +232,7 @@ fn group_member(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_and_a_third_joining_lose_nothing_and_never_commit_past_unprocessed() {
+    sluicegate_test_support::logs();
     let _serial = SERIAL.lock().await;
     let topic = unique("group");
     let group = unique("group-g");
@@ -383,6 +386,7 @@ async fn key_run(topic: &str, ordering: Ordering) -> (Duration, usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_key_order_holds_and_costs_little_against_unordered() {
+    sluicegate_test_support::logs();
     let _serial = SERIAL.lock().await;
     let topic = unique("keys");
     create_topic(&topic, 1).await;
@@ -412,6 +416,7 @@ async fn per_key_order_holds_and_costs_little_against_unordered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_stays_bounded_under_a_handler_100x_slower_than_the_producer_and_nothing_is_lost() {
+    sluicegate_test_support::logs();
     let _serial = SERIAL.lock().await;
     let topic = unique("memory");
     let group = unique("memory-g");
@@ -511,6 +516,7 @@ async fn memory_stays_bounded_under_a_handler_100x_slower_than_the_producer_and_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_slower_than_max_poll_interval_keeps_the_worker_in_the_group() {
+    sluicegate_test_support::logs();
     let _serial = SERIAL.lock().await;
     let topic = unique("slowpoll");
     let group = unique("slowpoll-g");
@@ -552,6 +558,7 @@ async fn a_handler_slower_than_max_poll_interval_keeps_the_worker_in_the_group()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_scram_sasl_works_from_env_properties_and_a_wrong_password_fails_by_name() {
+    sluicegate_test_support::logs();
     let _serial = SERIAL.lock().await;
     let ca = std::env::var("KAFKA_TLS_CA").expect(
         "KAFKA_TLS_CA: the broker's CA certificate (scripts/test starts the broker and sets it)",
@@ -618,6 +625,7 @@ async fn tls_with_scram_sasl_works_from_env_properties_and_a_wrong_password_fail
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_breaker_holds_intake_while_the_dependency_is_down_and_commits_everything_after() {
+    sluicegate_test_support::logs();
     let _serial = SERIAL.lock().await;
     let topic = unique("breaker");
     let group = unique("breaker-g");
@@ -706,6 +714,7 @@ fn jobs(from: u32, n: u32, work_ms: u64) -> Vec<Out> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_topics_are_lanes_and_the_first_runs_first() {
+    sluicegate_test_support::logs();
     let _serial = SERIAL.lock().await;
     let (high, low, group) = lane_topics("lanes").await;
     // The backlog: 2,000 low-priority jobs first, then 200 high-priority.
@@ -751,6 +760,7 @@ async fn several_topics_are_lanes_and_the_first_runs_first() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_overload_low_priority_is_deferred_through_its_retry_topic_and_all_of_it_runs_later()
 {
+    sluicegate_test_support::logs();
     let _serial = SERIAL.lock().await;
     let (high, low, group) = lane_topics("shed").await;
     produce(&low, jobs(0, 1000, 5)).await;

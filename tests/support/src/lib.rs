@@ -62,6 +62,22 @@ pub async fn finished(run: Run, limit: Duration) -> Report {
         .expect("the worker ran without error")
 }
 
+/// Sends the test's logs (warnings and errors by default, `RUST_LOG` to
+/// choose) to libtest's captured output, so a failed test shows what the
+/// worker and the adapter said: a revoke that timed out, a commit that
+/// failed, a close that did not finish. A passing test prints nothing.
+/// Call it first in each test; later calls do nothing.
+pub fn logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // Already set by an earlier test in this binary: keep that one.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .with_ansi(false)
+        .try_init();
+}
+
 /// Waits until `done` holds, checking every 50 ms.
 ///
 /// # Panics
