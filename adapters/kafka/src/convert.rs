@@ -13,6 +13,8 @@ use sluicegate::message::header;
 use sluicegate::{Headers, Message, Origin};
 use tokio::time::Instant;
 
+use crate::state::{Fetched, PartitionId};
+
 /// Header with the earliest time (milliseconds since the Unix epoch) a
 /// record in a retry topic may be handled.
 pub const NOT_BEFORE: &str = "x-sluicegate-not-before";
@@ -100,6 +102,22 @@ impl Owner {
         }
         self.arena.extend_from_slice(data);
         self.arena.split().freeze()
+    }
+
+    /// A fetched record, owned, for the shared state's inbox.
+    pub(crate) fn fetched(
+        &mut self,
+        record: &BorrowedMessage<'_>,
+        located: Option<(PartitionId, bool)>,
+        received_at: Instant,
+    ) -> Fetched {
+        let (message, not_before) = self.message(record, received_at);
+        Fetched {
+            message,
+            offset: record.offset(),
+            located,
+            not_before,
+        }
     }
 
     /// The owned message, and its not-before time when it has one.

@@ -47,6 +47,7 @@ mod config;
 mod context;
 mod convert;
 mod offsets;
+mod reader;
 mod schedule;
 mod settle;
 mod source;

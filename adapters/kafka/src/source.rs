@@ -21,6 +21,7 @@ use tokio::sync::oneshot;
 use crate::config::{KafkaConfig, TopicSetup};
 use crate::context::{ClientCtx, ConsumerCtx};
 use crate::convert::Owner;
+use crate::reader::Readable;
 use crate::settle::{KafkaSettle, Settler};
 use crate::state::Shared;
 use crate::stats::KafkaStats;
@@ -296,32 +297,37 @@ fn poll_loop(
             match consumer.poll(Duration::ZERO) {
                 None => break,
                 Some(Ok(record)) => {
-                    let (message, not_before) = owner.message(&record, received_at);
-                    batch.push((message, rdkafka::Message::offset(&record), not_before));
+                    batch.push(owner.fetched(&record, None, received_at));
                 }
                 Some(Err(error)) => errors.note(&error),
             }
         }
         let mut taken = batch.len();
         if !batch.is_empty() {
-            shared.accept(&mut batch);
+            shared.deliver(&mut batch);
         }
         // Each partition's own queue, as far as it has room.
         shared.readable(&mut readable);
-        for (queue, room) in readable.drain(..) {
+        for Readable {
+            part,
+            queue,
+            room,
+            retry,
+        } in readable.drain(..)
+        {
             for _ in 0..room.min(POLL_BATCH) {
                 match queue.poll(Duration::ZERO) {
                     None => break,
                     Some(Ok(record)) => {
-                        let (message, not_before) = owner.message(&record, received_at);
-                        batch.push((message, rdkafka::Message::offset(&record), not_before));
+                        batch.push(owner.fetched(&record, Some((part, retry)), received_at));
                     }
                     Some(Err(error)) => errors.note(&error),
                 }
             }
-            taken += batch.len();
             if !batch.is_empty() {
-                shared.accept(&mut batch);
+                taken += batch.len();
+                shared.took(part, batch.len());
+                shared.deliver(&mut batch);
             }
         }
         if now.duration_since(stored_at) >= STORE_EVERY {
@@ -338,7 +344,12 @@ fn poll_loop(
         if taken == 0 {
             // Woken by a queue that got records, or a partition with room
             // again; the timeout keeps storing offsets and serving events.
-            shared.poller.wait(POLL_WAIT);
+            let wait = if shared.store_pending() {
+                STORE_EVERY
+            } else {
+                POLL_WAIT
+            };
+            shared.poller.wait(wait);
         }
     }
     let _ = committed.send(shared.commit_now(&consumer));

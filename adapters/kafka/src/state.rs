@@ -1,32 +1,31 @@
 //! What the poll thread, the runtime's source and the settle handles share:
-//! per-partition offsets, shares and queues, and the schedule of fetched
-//! records. One lock; librdkafka calls made under it (partition queues,
-//! offset store) only enqueue work and return.
+//! per-partition offsets and the schedule of fetched records, under one
+//! lock the runtime's side takes; the poll thread hands records over
+//! through an inbox and takes that lock only for rebalances, offset
+//! stores, and a look while reading is held back. librdkafka calls made
+//! under it (partition queues, offset store) only enqueue work and return.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicBool;
-use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::Ordering::{Relaxed, Release, SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread::Thread;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use rdkafka::consumer::Consumer as _;
-use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::{Offset, TopicPartitionList};
 use sluicegate::Message;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::config::Ordering;
-use crate::context::ConsumerCtx;
 use crate::offsets::PartitionOffsets;
+use crate::reader::{Readable, Reader};
 use crate::schedule::Schedule;
 use crate::stats::KafkaStats;
 use crate::{Consumer, config::RETRY_SUFFIX};
 
-/// Fewest unsettled records a partition may hold before reading it stops.
-const MIN_PARTITION_CAP: usize = 4;
 /// How long a record handed back (requeued, abandoned) waits before it is
 /// offered again: long enough that a saturated worker does not spin.
 const REQUEUE_PAUSE: Duration = Duration::from_millis(50);
@@ -35,6 +34,13 @@ const REQUEUE_PAUSE: Duration = Duration::from_millis(50);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct TopicId(u32);
 
+#[cfg(test)]
+impl TopicId {
+    pub(crate) fn new(n: u32) -> Self {
+        Self(n)
+    }
+}
+
 /// A partition, its topic by number: copied and hashed for every record,
 /// so it holds no name (a shared name's reference count, counted up on the
 /// poll thread and down on the runtime's, bounced between the cores).
@@ -42,6 +48,17 @@ pub(crate) struct TopicId(u32);
 pub(crate) struct PartitionId {
     topic: TopicId,
     partition: i32,
+}
+
+#[cfg(test)]
+impl PartitionId {
+    pub(crate) fn new(topic: TopicId, partition: i32) -> Self {
+        Self { topic, partition }
+    }
+
+    pub(crate) fn partition(&self) -> i32 {
+        self.partition
+    }
 }
 
 /// The topic names this worker has seen, numbered in order.
@@ -100,6 +117,16 @@ pub(crate) struct Pending {
     pub(crate) slot: Slot,
 }
 
+/// A record the poll thread took, on its way into the schedule.
+pub(crate) struct Fetched {
+    pub(crate) message: Message,
+    pub(crate) offset: i64,
+    /// Its partition, and whether it is a retry topic's, when it was read
+    /// from the partition's own queue (otherwise looked up on intake).
+    pub(crate) located: Option<(PartitionId, bool)>,
+    pub(crate) not_before: Option<SystemTime>,
+}
+
 struct PartitionState {
     offsets: PartitionOffsets,
     generation: u64,
@@ -107,11 +134,9 @@ struct PartitionState {
     unsettled: usize,
     /// Handed to the runtime and not yet settled or handed back.
     out: usize,
-    /// Reading stopped: the partition holds its share of the prefetch.
-    full: bool,
-    /// The partition's own queue in librdkafka, read only while it has room
-    /// (librdkafka stops fetching a partition whose queue is full).
-    queue: Option<Arc<PartitionQueue<ConsumerCtx>>>,
+    /// Records finished or skipped, for the poll thread's count of what
+    /// the partition holds ([`Reader`]).
+    released: Arc<AtomicUsize>,
     /// The commit point moved since offsets were last stored.
     store_due: bool,
 }
@@ -121,24 +146,13 @@ struct State {
     partitions: HashMap<PartitionId, PartitionState, foldhash::fast::RandomState>,
     topics: Topics,
     schedule: Schedule<ChainKey, Pending>,
-    capacity: usize,
-    /// Each partition's share of `capacity` (see `State::partition_cap`),
-    /// kept up to date as partitions and the capacity change: it was
-    /// worked out for every record.
-    cap: usize,
     generations: u64,
     held: usize,
-    /// Each partition stops at its share of `capacity` (the runtime blocks
-    /// when full); otherwise partitions read up to `capacity` as a whole
-    /// (the runtime sheds, drops or defers what is past its limit).
-    shares: bool,
-    /// Without shares: the whole capacity is held; nothing is read until a
-    /// quarter of it is free again.
-    all_full: bool,
     failure: Option<String>,
-    stopping: bool,
     /// `Shared::finished`, swapped in to be taken in.
     absorbing: Vec<Slot>,
+    /// `Shared::inbox`, swapped in to be taken in.
+    intake: Vec<Fetched>,
 }
 
 /// Wakes the poll thread when it may have work: a queue got records (a
@@ -167,19 +181,33 @@ impl Poller {
     }
 }
 
-/// A partition's own queue, and how many records it may take now.
-pub(crate) type Readable = (Arc<PartitionQueue<ConsumerCtx>>, usize);
-
 /// The state shared by the poll thread, the source and the settle handles.
 pub(crate) struct Shared {
     state: Mutex<State>,
+    /// Records the poll thread took, not yet in the schedule: it hands a
+    /// batch over with a swap or an append under this short lock, and the
+    /// runtime's side takes them in under the state's lock. When the poll
+    /// thread put them in the schedule itself, the two threads queued for
+    /// the state's lock, and each handover cost both a futex call.
+    inbox: Mutex<Vec<Fetched>>,
     /// Records finished since the state last took them in. Settling takes
-    /// only this short lock, never the state's, which the poll thread holds
-    /// while it hands over a batch: the two sides no longer wait on each
-    /// other for every record.
+    /// only this short lock, never the state's.
     finished: Mutex<Vec<Slot>>,
+    /// The partitions' queues and shares: the poll thread's alone.
+    reader: Mutex<Reader>,
     /// A revoke waits for the runtime's in-flight records.
     revoking: AtomicBool,
+    /// Reading is held back: a partition holds its share, or the worker
+    /// the whole capacity. Only then does a finished record wake the poll
+    /// thread, which then takes the finished records in itself.
+    held_back: AtomicBool,
+    stopping: AtomicBool,
+    /// The most unsettled records the worker may hold.
+    capacity: AtomicUsize,
+    /// Each partition stops at its share of `capacity` (the runtime blocks
+    /// when full); otherwise partitions read up to `capacity` as a whole
+    /// (the runtime sheds, drops or defers what is past its limit).
+    shares: AtomicBool,
     /// Wakes the poll thread.
     pub(crate) poller: Arc<Poller>,
     /// Wakes the source when a record becomes ready or the source fails.
@@ -203,18 +231,20 @@ impl Shared {
                 partitions: HashMap::default(),
                 topics: Topics::default(),
                 schedule: Schedule::default(),
-                capacity: 64,
-                cap: 64,
-                shares: true,
-                all_full: false,
                 generations: 0,
                 held: 0,
                 failure: None,
-                stopping: false,
                 absorbing: Vec::new(),
+                intake: Vec::new(),
             }),
+            inbox: Mutex::new(Vec::new()),
             finished: Mutex::new(Vec::new()),
+            reader: Mutex::new(Reader::default()),
             revoking: AtomicBool::new(false),
+            held_back: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            capacity: AtomicUsize::new(64),
+            shares: AtomicBool::new(true),
             wake: Notify::new(),
             poller: Arc::default(),
             settled: Condvar::new(),
@@ -234,129 +264,52 @@ impl Shared {
         self.lock().consumer = consumer;
     }
 
-    /// Records fetched by the poll thread, taken under one lock.
-    pub(crate) fn accept(&self, batch: &mut Vec<(Message, i64, Option<SystemTime>)>) {
-        let mut state = self.lock();
-        let mut accepted = 0;
-        // Records of one batch mostly share a topic: look its number up once.
-        let mut last: Option<(*const str, TopicId, bool)> = None;
-        for (message, offset, not_before) in batch.drain(..) {
-            let origin = message.origin();
-            let name = Arc::as_ptr(&origin.source);
-            let (topic, retry) = match last {
-                Some((seen, id, retry)) if std::ptr::eq(seen, name) => (id, retry),
-                _ => {
-                    let id = state.topics.id(&origin.source);
-                    let retry = state.topics.is_retry(id);
-                    last = Some((name, id, retry));
-                    (id, retry)
-                }
-            };
-            let part = PartitionId {
-                topic,
-                partition: origin.partition.unwrap_or_default(),
-            };
-            let chain = match (self.ordering, retry) {
-                (_, true) | (Ordering::Unordered, _) => None,
-                (Ordering::Partition, false) => Some(ChainKey { part, key: None }),
-                (Ordering::Key, false) => message.key().map(|key| ChainKey {
-                    part,
-                    key: Some(key.clone()),
-                }),
-            };
-            let not_before = not_before.and_then(|at| {
-                let wait = at.duration_since(SystemTime::now()).ok()?;
-                Some(Instant::now() + wait)
-            });
-            let record = Pending {
-                message,
-                slot: Slot {
-                    part,
-                    offset,
-                    generation: 0,
-                    chain,
-                },
-            };
-            accepted += usize::from(self.accept_one(&mut state, record, not_before));
+    fn reader(&self) -> MutexGuard<'_, Reader> {
+        self.reader.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records taken by the poll thread, handed over at once (the runtime's
+    /// side puts them in the schedule at its next look).
+    pub(crate) fn deliver(&self, batch: &mut Vec<Fetched>) {
+        {
+            let mut inbox = self.inbox.lock().unwrap_or_else(PoisonError::into_inner);
+            if inbox.is_empty() {
+                std::mem::swap(&mut *inbox, batch);
+            } else {
+                inbox.append(batch);
+            }
         }
-        let held = state.held;
-        drop(state);
-        self.stats.fetched.fetch_add(accepted as u64, Relaxed);
-        self.stats.note_held(held);
         self.wake.notify_one();
     }
 
-    /// Takes in one fetched record; `false` when it is skipped.
-    fn accept_one(
-        &self,
-        state: &mut State,
-        mut record: Pending,
-        not_before: Option<Instant>,
-    ) -> bool {
-        let cap = state.cap;
-        let Some(p) = state.partitions.get_mut(&record.slot.part) else {
-            // Not assigned (any more): whoever owns it fetches it again.
-            self.stats.skipped.fetch_add(1, Relaxed);
-            return false;
-        };
-        // Every record poll returned is kept, even past the partition's
-        // share: librdkafka resumes from the position after the last record
-        // it handed out, so one let go here would be skipped for good (and
-        // a later commit would pass it). A batch can overshoot the share by
-        // at most its size.
-        if !p.offsets.fetched(record.slot.offset) {
-            self.stats.skipped.fetch_add(1, Relaxed);
-            return false;
-        }
-        p.unsettled += 1;
-        if p.unsettled >= cap && !p.full {
-            p.full = true;
-            self.stats.pauses.fetch_add(1, Relaxed);
-            self.stats.paused_partitions.fetch_add(1, Relaxed);
-        }
-        record.slot.generation = p.generation;
-        let chain = record.slot.chain.clone();
-        state.schedule.admit(record, chain.as_ref(), not_before);
-        state.held += 1;
-        if !state.shares && state.held >= state.capacity {
-            state.all_full = true;
-        }
-        true
+    /// `count` records were taken from `part`'s own queue (on the poll
+    /// thread, before they are delivered).
+    pub(crate) fn took(&self, part: PartitionId, count: usize) {
+        self.reader().took(part, count);
     }
 
     /// The partitions with room, with their queues: the poll thread reads
     /// these (at most the room each has).
     pub(crate) fn readable(&self, out: &mut Vec<Readable>) {
-        let mut state = self.lock();
-        self.absorb(&mut state);
-        let room = if state.shares {
-            usize::MAX
-        } else if state.all_full {
-            return;
-        } else {
-            state.capacity.saturating_sub(state.held).max(1)
-        };
-        let cap = state.cap;
-        for p in state.partitions.values() {
-            if let (Some(queue), false) = (&p.queue, p.full) {
-                out.push((
-                    queue.clone(),
-                    cap.saturating_sub(p.unsettled).clamp(1, room),
-                ));
-            }
+        if self.held_back.load(SeqCst) {
+            // Records finished on the runtime's tasks wait in `finished`
+            // until someone takes them in; room shows only after that.
+            let mut state = self.lock();
+            self.absorb(&mut state);
         }
+        let held_back = self.reader().readable(
+            self.capacity.load(Relaxed),
+            self.shares.load(Relaxed),
+            &self.stats,
+            out,
+        );
+        self.held_back.store(held_back, SeqCst);
     }
 
     /// Lets go of every partition queue (they hold the consumer), before
     /// the consumer closes.
     pub(crate) fn drop_queues(&self) {
-        let queues: Vec<_> = self
-            .lock()
-            .partitions
-            .values_mut()
-            .filter_map(|p| p.queue.take())
-            .collect();
-        drop(queues);
+        self.reader().remove(|_| true, &self.stats);
     }
 
     /// Up to `max` records the runtime may have now, appended to `out`;
@@ -372,7 +325,8 @@ impl Shared {
             return Err(failure.clone());
         }
         // Finished records first: they may release the next of a chain.
-        let room_again = self.absorb(&mut state);
+        let released = self.absorb(&mut state);
+        self.take_inbox(&mut state);
         let before = out.len();
         while out.len() - before < max {
             let Some(pending) = state.schedule.pop() else {
@@ -389,16 +343,99 @@ impl Shared {
             None
         };
         drop(state);
-        if room_again {
+        if released && self.held_back.load(SeqCst) {
             self.poller.notify();
         }
         Ok(due)
     }
 
+    /// Puts the records the poll thread delivered into the schedule.
+    fn take_inbox(&self, state: &mut State) {
+        {
+            let mut inbox = self.inbox.lock().unwrap_or_else(PoisonError::into_inner);
+            if inbox.is_empty() {
+                return;
+            }
+            std::mem::swap(&mut *inbox, &mut state.intake);
+        }
+        let mut intake = std::mem::take(&mut state.intake);
+        let mut accepted = 0;
+        for fetched in intake.drain(..) {
+            accepted += usize::from(self.accept_one(state, fetched));
+        }
+        state.intake = intake;
+        self.stats.fetched.fetch_add(accepted as u64, Relaxed);
+        self.stats.note_held(state.held);
+    }
+
+    /// Takes in one fetched record; `false` when it is skipped.
+    fn accept_one(&self, state: &mut State, fetched: Fetched) -> bool {
+        let Fetched {
+            message,
+            offset,
+            located,
+            not_before,
+        } = fetched;
+        let (part, retry) = located.unwrap_or_else(|| {
+            let origin = message.origin();
+            let topic = state.topics.id(&origin.source);
+            let part = PartitionId {
+                topic,
+                partition: origin.partition.unwrap_or_default(),
+            };
+            (part, state.topics.is_retry(topic))
+        });
+        let State {
+            partitions,
+            schedule,
+            held,
+            ..
+        } = state;
+        let Some(p) = partitions.get_mut(&part) else {
+            // Not assigned (any more): whoever owns it fetches it again.
+            self.stats.skipped.fetch_add(1, Relaxed);
+            return false;
+        };
+        // Every record poll returned is kept, even past the partition's
+        // share: librdkafka resumes from the position after the last record
+        // it handed out, so one let go here would be skipped for good (and
+        // a later commit would pass it).
+        if !p.offsets.fetched(offset) {
+            self.stats.skipped.fetch_add(1, Relaxed);
+            p.released.fetch_add(1, Release);
+            return false;
+        }
+        p.unsettled += 1;
+        let chain = match (self.ordering, retry) {
+            (_, true) | (Ordering::Unordered, _) => None,
+            (Ordering::Partition, false) => Some(ChainKey { part, key: None }),
+            (Ordering::Key, false) => message.key().map(|key| ChainKey {
+                part,
+                key: Some(key.clone()),
+            }),
+        };
+        let not_before = not_before.and_then(|at| {
+            let wait = at.duration_since(SystemTime::now()).ok()?;
+            Some(Instant::now() + wait)
+        });
+        let record = Pending {
+            message,
+            slot: Slot {
+                part,
+                offset,
+                generation: p.generation,
+                chain: chain.clone(),
+            },
+        };
+        schedule.admit(record, chain.as_ref(), not_before);
+        *held += 1;
+        true
+    }
+
     /// A record finished (acked, retried, dead-lettered or dropped): its
     /// offset may be committed once everything before it is. Recorded at
     /// once; the state takes it in at its next look (a pop, the poll
-    /// thread's round, a revoke).
+    /// thread's look while reading is held back, a store, a revoke).
     pub(crate) fn complete(&self, slot: Slot) {
         let chained = slot.chain.is_some();
         let first = {
@@ -407,9 +444,10 @@ impl Shared {
             finished.len() == 1
         };
         // Whoever may wait for it: the poll thread for room (once per
-        // batch taken in), a revoke for the in-flight count, the source for
-        // the next record of the chain.
-        if first {
+        // batch taken in, and only while reading is held back), a revoke
+        // for the in-flight count, the source for the next record of the
+        // chain.
+        if first && self.held_back.load(SeqCst) {
             self.poller.notify();
         }
         if self.revoking.load(SeqCst) {
@@ -422,7 +460,7 @@ impl Shared {
     }
 
     /// Takes in the records finished since the last look. Returns whether
-    /// a partition (or the whole) has room to be read again.
+    /// any was.
     fn absorb(&self, state: &mut State) -> bool {
         {
             let mut finished = self.finished.lock().unwrap_or_else(PoisonError::into_inner);
@@ -432,16 +470,14 @@ impl Shared {
             std::mem::swap(&mut *finished, &mut state.absorbing);
         }
         let mut slots = std::mem::take(&mut state.absorbing);
-        let mut room_again = false;
         for slot in slots.drain(..) {
-            room_again |= self.absorb_one(state, &slot);
+            self.absorb_one(state, &slot);
         }
         state.absorbing = slots;
-        room_again
+        true
     }
 
-    fn absorb_one(&self, state: &mut State, slot: &Slot) -> bool {
-        let cap = state.cap;
+    fn absorb_one(&self, state: &mut State, slot: &Slot) {
         let State {
             partitions,
             schedule,
@@ -455,34 +491,20 @@ impl Shared {
             // Revoked meanwhile: the new owner handles it again from the
             // last commit (a duplicate, never a loss).
             self.stats.late_settlements.fetch_add(1, Relaxed);
-            return false;
+            return;
         };
         p.out = p.out.saturating_sub(1);
         p.unsettled = p.unsettled.saturating_sub(1);
+        p.released.fetch_add(1, Release);
         *held = held.saturating_sub(1);
         if p.offsets.done(slot.offset).is_some() {
             // Stored by the poll thread, a batch at a time (a librdkafka
             // call per record cost more than the rest of the settle).
             p.store_due = true;
         }
-        let mut room_again = false;
-        // Read again once a quarter of the share is free: one wake-up of
-        // the poll thread per batch, not per record.
-        if p.full && p.unsettled <= cap - cap / 4 {
-            p.full = false;
-            room_again = true;
-            self.stats.paused_partitions.fetch_sub(1, Relaxed);
-        }
         if let Some(chain) = &slot.chain {
             schedule.finished(chain);
         }
-        // Without shares: read again once a quarter of the whole is free.
-        let whole = state.capacity;
-        if state.all_full && state.held <= whole - whole / 4 {
-            state.all_full = false;
-            room_again = true;
-        }
-        room_again
     }
 
     /// A record handed back unfinished (requeue, abandoned, a republish
@@ -526,8 +548,7 @@ impl Shared {
                     generation,
                     unsettled: 0,
                     out: 0,
-                    full: false,
-                    queue: None,
+                    released: Arc::default(),
                     store_due: false,
                 },
             );
@@ -538,15 +559,18 @@ impl Shared {
         // fetched: fetching starts only once the committed offset is known.
         let consumer = state.consumer.clone();
         if let Some(consumer) = consumer {
+            let mut reader = self.reader();
             for elem in tpl.elements() {
                 let part = state.topics.part(elem.topic(), elem.partition());
+                let retry = state.topics.is_retry(part.topic);
+                let Some(released) = state.partitions.get(&part).map(|p| p.released.clone()) else {
+                    continue;
+                };
                 match consumer.split_partition_queue(elem.topic(), elem.partition()) {
                     Some(mut queue) => {
                         let poller = self.poller.clone();
                         queue.set_nonempty_callback(move || poller.notify());
-                        if let Some(p) = state.partitions.get_mut(&part) {
-                            p.queue = Some(Arc::new(queue));
-                        }
+                        reader.add(part, Arc::new(queue), retry, released);
                     }
                     None => {
                         tracing::warn!(
@@ -558,7 +582,6 @@ impl Shared {
                 }
             }
         }
-        state.cap = state.partition_cap();
         drop(state);
         self.poller.notify();
         self.stats.rebalances.fetch_add(1, Relaxed);
@@ -571,6 +594,9 @@ impl Shared {
     pub(crate) fn revoke(&self, consumer: &Consumer, tpl: &TopicPartitionList) {
         let deadline = std::time::Instant::now() + self.revoke_timeout;
         let mut state = self.lock();
+        // Everything the poll thread took so far (the revoke runs on it, so
+        // nothing more is on its way).
+        self.take_inbox(&mut state);
         let parts: Vec<PartitionId> = tpl
             .elements()
             .iter()
@@ -580,7 +606,7 @@ impl Shared {
             |pending| parts.contains(&pending.slot.part),
             |chain| parts.contains(&chain.part),
         );
-        state.held = state.held.saturating_sub(dropped.len());
+        // Counted out of `held` with their partitions' unsettled records.
         drop(dropped);
         self.revoking.store(true, SeqCst);
         loop {
@@ -608,15 +634,13 @@ impl Shared {
         for part in &parts {
             if let Some(p) = state.partitions.remove(part) {
                 state.held = state.held.saturating_sub(p.unsettled);
-                if p.full {
-                    self.stats.paused_partitions.fetch_sub(1, Relaxed);
-                }
                 released.push((part, p.offsets));
             }
         }
-        state.cap = state.partition_cap();
         let commit = commit_points(&state.topics, released.iter().map(|(part, o)| (*part, o)));
         drop(state);
+        self.reader()
+            .remove(|part| parts.contains(part), &self.stats);
         self.settled.notify_all();
         self.stats.rebalances.fetch_add(1, Relaxed);
         if commit.count() == 0 {
@@ -654,6 +678,18 @@ impl Shared {
         }
     }
 
+    /// Whether finished records wait to have their offsets stored: the
+    /// poll thread then sleeps no longer than until the next store (a
+    /// finished record wakes it only while reading is held back).
+    pub(crate) fn store_pending(&self) -> bool {
+        let finished = !self
+            .finished
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty();
+        finished || self.lock().partitions.values().any(|p| p.store_due)
+    }
+
     /// Commits what is done now, synchronously (on the poll thread, at
     /// shutdown).
     /// Returns whether it landed (or there was nothing to commit).
@@ -672,21 +708,13 @@ impl Shared {
     /// Whether each partition stops at its share of the capacity (the
     /// default), or all read up to the capacity as a whole.
     pub(crate) fn set_shares(&self, shares: bool) {
-        let mut state = self.lock();
-        state.shares = shares;
-        state.cap = state.partition_cap();
-        state.all_full = !shares && state.held >= state.capacity;
-        drop(state);
+        self.shares.store(shares, Relaxed);
         self.poller.notify();
     }
 
     /// The most unsettled records the worker may hold.
     pub(crate) fn set_capacity(&self, capacity: usize) {
-        let mut state = self.lock();
-        state.capacity = capacity.max(1);
-        state.cap = state.partition_cap();
-        state.all_full = !state.shares && state.held >= state.capacity;
-        drop(state);
+        self.capacity.store(capacity.max(1), Relaxed);
         self.poller.notify();
     }
 
@@ -696,13 +724,13 @@ impl Shared {
     }
 
     pub(crate) fn stop(&self) {
-        self.lock().stopping = true;
+        self.stopping.store(true, SeqCst);
         // The poll thread may be parked: it closes now, not at its next look.
         self.poller.notify();
     }
 
     pub(crate) fn stopping(&self) -> bool {
-        self.lock().stopping
+        self.stopping.load(SeqCst)
     }
 }
 
@@ -743,21 +771,4 @@ fn commit_points<'a>(
         }
     }
     tpl
-}
-
-impl State {
-    /// Each partition's share of the prefetch. Retry topics' partitions
-    /// are not counted: they are usually empty.
-    fn partition_cap(&self) -> usize {
-        if !self.shares {
-            // Read up to the capacity as a whole (`readable` checks it).
-            return self.capacity;
-        }
-        let main = self
-            .partitions
-            .keys()
-            .filter(|p| !self.topics.is_retry(p.topic))
-            .count();
-        (self.capacity / main.max(1)).max(MIN_PARTITION_CAP)
-    }
 }
