@@ -6,7 +6,10 @@
 //! broker, same topic, same run, 256 B records, alternating rounds, medians
 //! compared.
 //! Each run is a new consumer group reading the topic from the start; the
-//! clock runs from the first record to the last one stored.
+//! clock runs from the first record to the last one stored. Each run also
+//! prints the CPU time the whole process spent per record over that span
+//! (every thread: librdkafka's, the poll thread, the runtime's): on a
+//! machine shared with the broker, the steadier of the two measures.
 //!
 //! ```text
 //! cargo bench -p sluicegate-kafka --bench throughput     # 200k records, 3 rounds
@@ -28,6 +31,35 @@ use sluicegate::{Config, Worker};
 use sluicegate_kafka::{KafkaConfig, KafkaSource, Ordering};
 
 const PARTITIONS: i32 = 3;
+
+/// CPU time every thread of this process has run, in nanoseconds
+/// (`/proc/self/task/*/schedstat`, Linux).
+fn cpu_ns() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// A run's rate and its CPU time per record.
+#[derive(Clone, Copy)]
+struct Run {
+    rate: f64,
+    cpu_us: f64,
+}
+
+impl Run {
+    fn new(n: usize, (at, cpu): (Instant, u64), (end, end_cpu): (Instant, u64)) -> Self {
+        Self {
+            rate: n as f64 / (end - at).as_secs_f64(),
+            cpu_us: end_cpu.saturating_sub(cpu) as f64 / 1000.0 / n as f64,
+        }
+    }
+}
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -63,7 +95,7 @@ enum Raw {
 }
 
 /// A `BaseConsumer` poll loop that stores each offset after processing it.
-fn raw(topic: &str, n: usize, mode: Raw) -> f64 {
+fn raw(topic: &str, n: usize, mode: Raw) -> Run {
     let consumer: BaseConsumer = raw_config("bench-raw").create().unwrap();
     consumer.subscribe(&[topic]).unwrap();
     let mut start = None;
@@ -73,7 +105,7 @@ fn raw(topic: &str, n: usize, mode: Raw) -> f64 {
             continue;
         };
         let record = record.unwrap();
-        start.get_or_insert_with(Instant::now);
+        start.get_or_insert_with(|| (Instant::now(), cpu_ns()));
         match mode {
             Raw::Borrowed => {
                 std::hint::black_box(record.payload());
@@ -85,13 +117,13 @@ fn raw(topic: &str, n: usize, mode: Raw) -> f64 {
         consumer.store_offset_from_message(&record).unwrap();
         seen += 1;
     }
-    n as f64 / start.unwrap().elapsed().as_secs_f64()
+    Run::new(n, start.unwrap(), (Instant::now(), cpu_ns()))
 }
 
 /// rust-rdkafka's `at_least_once` example, the idiom most async Rust
 /// consumers follow: a `StreamConsumer` on tokio, each record awaited
 /// through the (no-op) handler, then its offset stored.
-async fn raw_async(topic: &str, n: usize) -> f64 {
+async fn raw_async(topic: &str, n: usize) -> Run {
     let consumer: StreamConsumer = raw_config("bench-raw-async").create().unwrap();
     consumer.subscribe(&[topic]).unwrap();
     let handler = |payload: Option<&[u8]>| {
@@ -101,23 +133,23 @@ async fn raw_async(topic: &str, n: usize) -> f64 {
     let mut start = None;
     for _ in 0..n {
         let record = consumer.recv().await.unwrap();
-        start.get_or_insert_with(Instant::now);
+        start.get_or_insert_with(|| (Instant::now(), cpu_ns()));
         handler(record.payload()).await;
         consumer.store_offset_from_message(&record).unwrap();
     }
-    n as f64 / start.unwrap().elapsed().as_secs_f64()
+    Run::new(n, start.unwrap(), (Instant::now(), cpu_ns()))
 }
 
-async fn sluicegate(topic: &str, n: usize, ordering: Ordering) -> f64 {
+async fn sluicegate(topic: &str, n: usize, ordering: Ordering) -> Run {
     let config =
         KafkaConfig::new(common::brokers(), common::unique("bench-sg"), [topic]).ordering(ordering);
     let source = KafkaSource::connect(config).await.unwrap();
     let stats = source.stats();
-    let first: Arc<OnceLock<Instant>> = Arc::default();
+    let first: Arc<OnceLock<(Instant, u64)>> = Arc::default();
     let handled = Arc::new(AtomicU64::new(0));
     let (f, h) = (first.clone(), handled.clone());
     let worker = Worker::new(source, move || {
-        f.get_or_init(Instant::now);
+        f.get_or_init(|| (Instant::now(), cpu_ns()));
         h.fetch_add(1, Relaxed);
         async {}
     })
@@ -129,16 +161,16 @@ async fn sluicegate(topic: &str, n: usize, ordering: Ordering) -> f64 {
         while metrics.snapshot().acked < n as u64 {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        let _ = end.set(Instant::now());
+        let _ = end.set((Instant::now(), cpu_ns()));
     }));
     run.await.unwrap().unwrap();
-    let elapsed = *done.get().unwrap() - *first.get().unwrap();
+    let run = Run::new(n, *first.get().unwrap(), *done.get().unwrap());
     println!(
         "  sluicegate {ordering:?}: {} partition pauses, {} refetched records skipped",
         stats.pauses.load(Relaxed),
         stats.skipped.load(Relaxed)
     );
-    n as f64 / elapsed.as_secs_f64()
+    run
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -173,60 +205,68 @@ fn main() {
             _ => Ordering::Unordered,
         };
         for round in 1..=rounds {
-            let rate = rt.block_on(sluicegate(&topic, n, ordering));
-            println!("round {round}: sluicegate {ordering:?} {rate:.0} msg/s");
+            let run = rt.block_on(sluicegate(&topic, n, ordering));
+            println!(
+                "round {round}: sluicegate {ordering:?} {:.0} msg/s, {:.2} us CPU/record",
+                run.rate, run.cpu_us
+            );
         }
         return;
     }
     println!(
-        "Kafka consume+commit, {n} records of 256 B over {PARTITIONS} partitions, {rounds} rounds (msg/s)"
+        "Kafka consume+commit, {n} records of 256 B over {PARTITIONS} partitions, {rounds} rounds (msg/s; CPU time of the whole process per record)"
     );
-    let (mut raws, mut owned, mut asyncs, mut parts, mut unordered) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let names = [
+        "raw poll loop",
+        "raw poll loop, owned records",
+        "raw at-least-once (StreamConsumer)",
+        "sluicegate per-partition",
+        "sluicegate unordered",
+    ];
+    let mut runs: Vec<Vec<Run>> = vec![Vec::new(); names.len()];
     for round in 1..=rounds {
-        let r = raw(&topic, n, Raw::Borrowed);
-        let o = raw(&topic, n, Raw::Owned);
-        let a = rt.block_on(raw_async(&topic, n));
-        let p = rt.block_on(sluicegate(&topic, n, Ordering::Partition));
-        let u = rt.block_on(sluicegate(&topic, n, Ordering::Unordered));
-        println!(
-            "round {round}: raw poll loop {r:>9.0}   owned {o:>9.0}   raw at-least-once (StreamConsumer) {a:>9.0}   \
-             sluicegate per-partition {p:>9.0} ({:.2}x async, {:.2}x poll)   unordered {u:>9.0} ({:.2}x async, {:.2}x poll)",
-            p / a,
-            p / r,
-            u / a,
-            u / r
-        );
-        raws.push(r);
-        owned.push(o);
-        asyncs.push(a);
-        parts.push(p);
-        unordered.push(u);
+        let round_runs = [
+            raw(&topic, n, Raw::Borrowed),
+            raw(&topic, n, Raw::Owned),
+            rt.block_on(raw_async(&topic, n)),
+            rt.block_on(sluicegate(&topic, n, Ordering::Partition)),
+            rt.block_on(sluicegate(&topic, n, Ordering::Unordered)),
+        ];
+        let (raw_r, async_r) = (round_runs[0], round_runs[2]);
+        println!("round {round}:");
+        for (i, run) in round_runs.iter().enumerate() {
+            println!(
+                "  {:<36} {:>9.0} msg/s ({:.2}x poll loop, {:.2}x at-least-once)  {:.2} us CPU/record",
+                names[i],
+                run.rate,
+                run.rate / raw_r.rate,
+                run.rate / async_r.rate,
+                run.cpu_us
+            );
+            runs[i].push(*run);
+        }
     }
     // Each ratio is taken within its round (the machine's load moves
     // between rounds), then the median of those.
-    let ratio = |ours: &[f64], base: &[f64]| {
-        let mut each: Vec<f64> = ours.iter().zip(base).map(|(o, b)| o / b).collect();
+    let ratio = |i: usize, base: usize, of: fn(&Run) -> f64| {
+        let mut each: Vec<f64> = runs[i]
+            .iter()
+            .zip(&runs[base])
+            .map(|(o, b)| of(o) / of(b))
+            .collect();
         median(&mut each)
     };
-    let (owned_r, part_a, part_r) = (
-        ratio(&owned, &raws),
-        ratio(&parts, &asyncs),
-        ratio(&parts, &raws),
-    );
-    let (un_a, un_r) = (ratio(&unordered, &asyncs), ratio(&unordered, &raws));
-    let r = median(&mut raws);
-    let o = median(&mut owned);
-    let a = median(&mut asyncs);
-    let p = median(&mut parts);
-    let u = median(&mut unordered);
-    println!(
-        "median rates: raw poll loop {r:.0}/s; raw poll loop with owned records {o:.0}/s; \
-         raw at-least-once (StreamConsumer) {a:.0}/s; sluicegate per-partition {p:.0}/s; unordered {u:.0}/s"
-    );
-    println!(
-        "median ratios (each round's own): owned/raw {owned_r:.2}x; \
-         sluicegate per-partition {part_a:.2}x at-least-once, {part_r:.2}x poll loop; \
-         unordered {un_a:.2}x at-least-once, {un_r:.2}x poll loop"
-    );
+    println!("medians over {rounds} rounds (ratios taken within each round):");
+    for (i, name) in names.iter().enumerate() {
+        let mut rates: Vec<f64> = runs[i].iter().map(|r| r.rate).collect();
+        let mut cpus: Vec<f64> = runs[i].iter().map(|r| r.cpu_us).collect();
+        println!(
+            "  {name:<36} {:>9.0} msg/s  {:.2}x poll loop  {:.2}x at-least-once  {:.2} us CPU/record ({:.2}x the poll loop's)",
+            median(&mut rates),
+            ratio(i, 0, |r| r.rate),
+            ratio(i, 2, |r| r.rate),
+            median(&mut cpus),
+            ratio(i, 0, |r| r.cpu_us),
+        );
+    }
 }
