@@ -11,6 +11,8 @@
 //! so they run in parallel and the loop keeps serving the broker.
 
 use std::any::Any;
+use std::mem::ManuallyDrop;
+use std::ops::Deref;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -24,7 +26,7 @@ use tokio::time::Instant;
 
 use crate::adaptive::Samples;
 use crate::breaker::{Breaker, Verdict};
-use crate::gate::Permit;
+use crate::gate::{Admitted, Gate, Permit};
 use crate::handler::{BoxFuture, ErasedHandler};
 use crate::message::{Delivery, Message, SettleError, Settlement};
 use crate::metrics::Metrics;
@@ -70,15 +72,19 @@ type Call = CatchUnwind<AssertUnwindSafe<BoxFuture<Outcome>>>;
 /// (outcome reached, task cancelled), it stops counting the run as
 /// running, records its time, and tells the circuit breaker how it went:
 /// a run that is cancelled reports nothing but gives its probe slot back.
-struct Run {
-    dispatch: Arc<Dispatch>,
+///
+/// A run on the loop borrows the dispatch; one that moves to a task takes
+/// a share of it ([`Run::into_task`]): no reference count is touched for
+/// the runs that finish where they started.
+struct Run<D: Deref<Target = Dispatch>> {
+    dispatch: D,
     started: Instant,
     probe: bool,
     verdict: Verdict,
 }
 
-impl Run {
-    fn begin(dispatch: Arc<Dispatch>, message: &Message, probe: bool) -> Self {
+impl<'a> Run<&'a Dispatch> {
+    fn begin(dispatch: &'a Dispatch, message: &Message, probe: bool) -> Self {
         let started = Instant::now();
         let queued_for = started.saturating_duration_since(message.received_at());
         dispatch.metrics.handler_started(queued_for);
@@ -90,6 +96,19 @@ impl Run {
         }
     }
 
+    /// The same run, going on in a task.
+    fn into_task(self, dispatch: Arc<Dispatch>) -> Run<Arc<Dispatch>> {
+        let run = ManuallyDrop::new(self);
+        Run {
+            dispatch,
+            started: run.started,
+            probe: run.probe,
+            verdict: run.verdict,
+        }
+    }
+}
+
+impl<D: Deref<Target = Dispatch>> Run<D> {
     /// The handler reached `outcome`.
     fn end(mut self, outcome: &Outcome) {
         if let Some(latency) = &self.dispatch.latency {
@@ -105,7 +124,7 @@ impl Run {
     }
 }
 
-impl Drop for Run {
+impl<D: Deref<Target = Dispatch>> Drop for Run<D> {
     fn drop(&mut self) {
         let dispatch = &self.dispatch;
         dispatch.metrics.handler_finished(self.started.elapsed());
@@ -143,19 +162,20 @@ impl Dispatch {
     pub(crate) fn start(
         self: &Arc<Self>,
         delivery: Delivery,
-        permit: Permit,
+        admitted: Admitted,
+        gate: &Gate,
         probe: bool,
         inline: bool,
     ) -> Started<impl Future<Output = ()> + Send + 'static, impl Future<Output = ()> + Send + 'static>
     {
-        let message = delivery.shared_message();
-        let run = Run::begin(Arc::clone(self), &message, probe);
+        let run = Run::begin(self, delivery.message(), probe);
         if !inline {
+            let (run, permit) = (run.into_task(Arc::clone(self)), gate.hold(admitted));
             return Started::Running(Arc::clone(self).run_on(delivery, permit, run, None));
         }
-        let mut call = match self.call(Arc::clone(&message)) {
+        let mut call = match self.call(delivery.shared_message()) {
             Ok(call) => call,
-            Err(outcome) => return self.finish_inline(delivery, permit, run, outcome),
+            Err(outcome) => return self.finish_inline(delivery, run, outcome),
         };
         // Not polled by a task: a future that is pending registers a waker
         // that does nothing, and the task it moves to polls it again at
@@ -164,9 +184,10 @@ impl Dispatch {
         match call.poll_unpin(&mut context) {
             Poll::Ready(result) => {
                 let outcome = self.caught(result);
-                self.finish_inline(delivery, permit, run, outcome)
+                self.finish_inline(delivery, run, outcome)
             }
             Poll::Pending => {
+                let (run, permit) = (run.into_task(Arc::clone(self)), gate.hold(admitted));
                 Started::Running(Arc::clone(self).run_on(delivery, permit, run, Some(call)))
             }
         }
@@ -175,14 +196,14 @@ impl Dispatch {
     fn finish_inline<H>(
         self: &Arc<Self>,
         delivery: Delivery,
-        permit: Permit,
-        run: Run,
+        run: Run<&Dispatch>,
         outcome: Outcome,
     ) -> Started<H, impl Future<Output = ()> + Send + 'static> {
+        // Its slot was never counted (`Gate::hold`): free as it ends.
         run.end(&outcome);
-        permit.release_on_loop();
-        let message = delivery.shared_message();
-        let (settlement, how) = self.decide(&message, outcome);
+        let (settlement, how) = self.decide(delivery.message(), outcome);
+        // Kept past the settlement only for an observer.
+        let message = self.on_settled.as_ref().map(|_| delivery.shared_message());
         // The adapter's settle and the user's observer run here on the
         // loop: a panic in either must not take the loop down with it.
         let begun = std::panic::catch_unwind(AssertUnwindSafe(|| {
@@ -190,7 +211,7 @@ impl Dispatch {
             match settling.take_done() {
                 Some(result) => {
                     let on_settled = self.on_settled.as_ref();
-                    settled(result, &message, &how, &self.metrics, on_settled);
+                    settled(result, message.as_deref(), &how, &self.metrics, on_settled);
                     None
                 }
                 None => Some(settling),
@@ -203,13 +224,14 @@ impl Dispatch {
                 Started::Settling(async move {
                     let result = settling.await;
                     let on_settled = dispatch.on_settled.as_ref();
-                    settled(result, &message, &how, &dispatch.metrics, on_settled);
+                    let message = message.as_deref();
+                    settled(result, message, &how, &dispatch.metrics, on_settled);
                 })
             }
             Err(panic) => {
                 self.metrics.settle_errors.fetch_add(1, Relaxed);
                 tracing::error!(
-                    origin = %message.origin(),
+                    origin = %message.as_ref().map_or_else(|| "unknown (no observer kept the message)".into(), |m| m.origin().to_string()),
                     panic = panic_text(&*panic),
                     "settling panicked (in the adapter or the on_settled observer)"
                 );
@@ -225,7 +247,7 @@ impl Dispatch {
         self: Arc<Self>,
         delivery: Delivery,
         permit: Permit,
-        run: Run,
+        run: Run<Arc<Dispatch>>,
         call: Option<Call>,
     ) {
         let message = delivery.shared_message();
@@ -364,24 +386,25 @@ pub(crate) async fn settle(
     metrics: &Metrics,
     on_settled: Option<&OnSettled>,
 ) {
-    let message = delivery.shared_message();
+    let message = on_settled.map(|_| delivery.shared_message());
     let result = delivery.settle(settlement).await;
-    settled(result, &message, &how, metrics, on_settled);
+    settled(result, message.as_deref(), &how, metrics, on_settled);
 }
 
 /// The broker answered a settlement: tell the observer, or, when the broker
 /// refused, count and log it (the observer hears nothing): the broker still
 /// has the message and redelivers it.
+/// `message` is there when `on_settled` is.
 fn settled(
     result: Result<(), SettleError>,
-    message: &Message,
+    message: Option<&Message>,
     how: &Settled,
     metrics: &Metrics,
     on_settled: Option<&OnSettled>,
 ) {
     match result {
         Ok(()) => {
-            if let Some(observe) = on_settled {
+            if let (Some(observe), Some(message)) = (on_settled, message) {
                 observe(message, how);
             }
         }

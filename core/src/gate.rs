@@ -6,7 +6,10 @@
 //! A count, not a semaphore: only the worker's loop admits (and never
 //! waits to), so a permit is an increment and its release a decrement, with
 //! no lock. (tokio's semaphore took its waiters' lock on every release:
-//! a tenth of the loop's time at a million messages a second.)
+//! a tenth of the loop's time at a million messages a second.) A run the
+//! loop admits is counted only once it moves to a task ([`Gate::hold`]):
+//! one that finishes on the loop, before anything else is admitted, never
+//! needs its slot counted.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
@@ -31,22 +34,23 @@ pub(crate) struct Gate {
     limit: usize,
 }
 
-/// A handler's right to run. Dropping it frees the slot and wakes the loop.
+/// A run the loop admitted, its slot not counted yet: dropping it (the run
+/// finished on the loop) frees nothing, as nothing was taken; a run that
+/// goes on in a task turns it into a [`Permit`] with [`Gate::hold`].
+#[derive(Debug)]
+#[must_use]
+pub(crate) struct Admitted {
+    /// The run is below the top priority.
+    below_top: bool,
+}
+
+/// A handler task's right to run. Dropping it frees the slot and wakes the
+/// loop.
 #[derive(Debug)]
 pub(crate) struct Permit {
     slots: Arc<Slots>,
     /// Counts runs below the top priority, while it lives.
     below_top: bool,
-    /// Wake the loop when dropped (not for a run the loop itself finished).
-    wake: bool,
-}
-
-impl Permit {
-    /// Frees the slot without waking the loop: for a run that finished on
-    /// the loop, which looks for the next one anyway.
-    pub(crate) fn release_on_loop(mut self) {
-        self.wake = false;
-    }
 }
 
 impl Drop for Permit {
@@ -56,9 +60,7 @@ impl Drop for Permit {
             self.slots.below_top.fetch_sub(1, Relaxed);
         }
         self.slots.in_use.fetch_sub(1, AcqRel);
-        if self.wake {
-            self.slots.freed.notify_one();
-        }
+        self.slots.freed.notify_one();
     }
 }
 
@@ -88,19 +90,24 @@ impl Gate {
         self.limit.saturating_sub(self.slots.in_use.load(Acquire))
     }
 
-    /// A permit, if a run may start now.
-    pub(crate) fn try_admit(&self) -> Option<Permit> {
-        if self.available() == 0 {
-            return None;
+    /// A run may start now, if a slot is free.
+    pub(crate) fn try_admit(&self) -> Option<Admitted> {
+        (self.available() > 0).then_some(Admitted { below_top: false })
+    }
+
+    /// Counts an admitted run that goes on in a task, until its permit is
+    /// dropped. Only the loop admits and holds, so the count cannot pass
+    /// the limit between the look and the increment (releases only lower
+    /// it).
+    pub(crate) fn hold(&self, admitted: Admitted) -> Permit {
+        if admitted.below_top {
+            self.slots.below_top.fetch_add(1, Relaxed);
         }
-        // Only the loop admits, so the count cannot pass the limit between
-        // the look and the increment (releases only lower it).
         self.slots.in_use.fetch_add(1, AcqRel);
-        Some(Permit {
+        Permit {
             slots: Arc::clone(&self.slots),
-            below_top: false,
-            wake: true,
-        })
+            below_top: admitted.below_top,
+        }
     }
 
     /// Runs below the top priority now.
@@ -115,12 +122,10 @@ impl Gate {
         self.limit.saturating_sub(reserved)
     }
 
-    /// Counts `permit`'s run as below the top priority, while it lives.
-    pub(crate) fn mark_below_top(&self, permit: &mut Permit) {
-        if !permit.below_top {
-            self.slots.below_top.fetch_add(1, Relaxed);
-            permit.below_top = true;
-        }
+    /// Counts `admitted`'s run as below the top priority, while it holds a
+    /// slot.
+    pub(crate) fn mark_below_top(&self, admitted: &mut Admitted) {
+        admitted.below_top = true;
     }
 }
 
@@ -133,16 +138,24 @@ mod tests {
         let freed = Arc::new(Notify::new());
         let mut gate = Gate::new(4, Arc::clone(&freed));
         gate.set_limit(2);
-        let a = gate.try_admit().expect("first");
+        let a = gate.hold(gate.try_admit().expect("first"));
         let mut b = gate.try_admit().expect("second");
-        assert!(gate.try_admit().is_none(), "the limit is 2");
         gate.mark_below_top(&mut b);
+        assert_eq!(gate.below_top(), 0, "counted only once held");
+        let b = gate.hold(b);
+        assert!(gate.try_admit().is_none(), "the limit is 2");
         assert_eq!(gate.below_top(), 1);
         drop(b);
         assert_eq!((gate.available(), gate.below_top()), (1, 0));
         gate.set_limit(10);
         assert_eq!(gate.available(), 3, "the limit is at most the size");
-        a.release_on_loop();
+        drop(a);
         assert_eq!(gate.available(), 4);
+        drop(gate.try_admit().expect("admitted"));
+        assert_eq!(
+            gate.available(),
+            4,
+            "a run finished on the loop took no slot"
+        );
     }
 }

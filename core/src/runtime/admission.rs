@@ -12,7 +12,7 @@ use super::Flow;
 use crate::breaker::Admission;
 use crate::config::Config;
 use crate::dispatch::Started;
-use crate::gate::Permit;
+use crate::gate::Admitted;
 use crate::lanes::Popped;
 use crate::message::Delivery;
 use crate::source::Source;
@@ -105,14 +105,14 @@ impl<S: Source> Flow<S> {
                 .lanes
                 .top_priority()
                 .is_some_and(|top| delivery.message().priority() < top);
-            let Some(mut permit) = self.gate.try_admit() else {
+            let Some(mut admitted) = self.gate.try_admit() else {
                 self.lanes.unpop(delivery);
                 break;
             };
             if below_top && reserved > 0.0 {
-                self.gate.mark_below_top(&mut permit);
+                self.gate.mark_below_top(&mut admitted);
             }
-            finished += usize::from(self.start(delivery, permit, probe, inline));
+            finished += usize::from(self.start(delivery, admitted, probe, inline));
             started += 1;
         }
         if let (Some(pass), 1..) = (pass, started) {
@@ -133,7 +133,7 @@ impl<S: Source> Flow<S> {
     /// Starts a handler run: its first poll here on the loop when `inline`,
     /// the rest (if any) in a task.
     /// Returns whether it finished (and was settled) there.
-    fn start(&mut self, delivery: Delivery, permit: Permit, probe: bool, inline: bool) -> bool {
+    fn start(&mut self, delivery: Delivery, admitted: Admitted, probe: bool, inline: bool) -> bool {
         self.token_in_hand = false;
         if let Some(limits) = &mut self.lane_limits {
             let priority = delivery.message().priority();
@@ -141,7 +141,10 @@ impl<S: Source> Flow<S> {
                 limits.spend(rank);
             }
         }
-        match self.dispatch.start(delivery, permit, probe, inline) {
+        match self
+            .dispatch
+            .start(delivery, admitted, &self.gate, probe, inline)
+        {
             Started::Settled => {
                 self.finished();
                 return true;
