@@ -79,18 +79,33 @@ type Call = CatchUnwind<AssertUnwindSafe<BoxFuture<Outcome>>>;
 struct Run<D: Deref<Target = Dispatch>> {
     dispatch: D,
     started: Instant,
+    /// When it reached its outcome (`None`: cancelled, or not yet).
+    ended: Option<Instant>,
     probe: bool,
     verdict: Verdict,
 }
 
+/// The loop's clock for a pass of starts: a run that finished on the loop
+/// ended when the next one starts, so a chain of them reads the clock once
+/// a run, not twice (a read was a twentieth of a no-op run's cost).
+/// Anything else reads it afresh.
+#[derive(Debug, Default)]
+pub(crate) struct PassClock(Option<Instant>);
+
+impl PassClock {
+    fn now(&mut self) -> Instant {
+        self.0.take().unwrap_or_else(Instant::now)
+    }
+}
+
 impl<'a> Run<&'a Dispatch> {
-    fn begin(dispatch: &'a Dispatch, message: &Message, probe: bool) -> Self {
-        let started = Instant::now();
-        let queued_for = started.saturating_duration_since(message.received_at());
+    fn begin(dispatch: &'a Dispatch, message: &Message, probe: bool, at: Instant) -> Self {
+        let queued_for = at.saturating_duration_since(message.received_at());
         dispatch.metrics.handler_started(queued_for);
         Self {
             dispatch,
-            started,
+            started: at,
+            ended: None,
             probe,
             verdict: Verdict::Neither,
         }
@@ -102,6 +117,7 @@ impl<'a> Run<&'a Dispatch> {
         Run {
             dispatch,
             started: run.started,
+            ended: run.ended,
             probe: run.probe,
             verdict: run.verdict,
         }
@@ -109,10 +125,11 @@ impl<'a> Run<&'a Dispatch> {
 }
 
 impl<D: Deref<Target = Dispatch>> Run<D> {
-    /// The handler reached `outcome`.
-    fn end(mut self, outcome: &Outcome) {
+    /// The handler reached `outcome` at `at`.
+    fn end(mut self, outcome: &Outcome, at: Instant) {
+        self.ended = Some(at);
         if let Some(latency) = &self.dispatch.latency {
-            latency.record(self.started.elapsed());
+            latency.record(at.saturating_duration_since(self.started));
         }
         self.verdict = match outcome {
             Outcome::Ack | Outcome::Drop { .. } => Verdict::Success,
@@ -127,7 +144,10 @@ impl<D: Deref<Target = Dispatch>> Run<D> {
 impl<D: Deref<Target = Dispatch>> Drop for Run<D> {
     fn drop(&mut self) {
         let dispatch = &self.dispatch;
-        dispatch.metrics.handler_finished(self.started.elapsed());
+        let ended = self.ended.unwrap_or_else(Instant::now);
+        dispatch
+            .metrics
+            .handler_finished(ended.saturating_duration_since(self.started));
         if let Some(breaker) = &dispatch.breaker {
             breaker.record(self.probe, self.verdict);
         }
@@ -164,18 +184,19 @@ impl Dispatch {
         delivery: Delivery,
         admitted: Admitted,
         gate: &Gate,
+        clock: &mut PassClock,
         probe: bool,
         inline: bool,
     ) -> Started<impl Future<Output = ()> + Send + 'static, impl Future<Output = ()> + Send + 'static>
     {
-        let run = Run::begin(self, delivery.message(), probe);
+        let run = Run::begin(self, delivery.message(), probe, clock.now());
         if !inline {
             let (run, permit) = (run.into_task(Arc::clone(self)), gate.hold(admitted));
             return Started::Running(Arc::clone(self).run_on(delivery, permit, run, None));
         }
         let mut call = match self.call(delivery.shared_message()) {
             Ok(call) => call,
-            Err(outcome) => return self.finish_inline(delivery, run, outcome),
+            Err(outcome) => return self.finish_inline(delivery, run, outcome, clock),
         };
         // Not polled by a task: a future that is pending registers a waker
         // that does nothing, and the task it moves to polls it again at
@@ -184,7 +205,7 @@ impl Dispatch {
         match call.poll_unpin(&mut context) {
             Poll::Ready(result) => {
                 let outcome = self.caught(result);
-                self.finish_inline(delivery, run, outcome)
+                self.finish_inline(delivery, run, outcome, clock)
             }
             Poll::Pending => {
                 let (run, permit) = (run.into_task(Arc::clone(self)), gate.hold(admitted));
@@ -198,9 +219,12 @@ impl Dispatch {
         delivery: Delivery,
         run: Run<&Dispatch>,
         outcome: Outcome,
+        clock: &mut PassClock,
     ) -> Started<H, impl Future<Output = ()> + Send + 'static> {
         // Its slot was never counted (`Gate::hold`): free as it ends.
-        run.end(&outcome);
+        let ended = Instant::now();
+        run.end(&outcome, ended);
+        clock.0 = Some(ended);
         let (settlement, how) = self.decide(delivery.message(), outcome);
         // Kept past the settlement only for an observer.
         let message = self.on_settled.as_ref().map(|_| delivery.shared_message());
@@ -266,7 +290,7 @@ impl Dispatch {
                 }
             },
         };
-        run.end(&outcome);
+        run.end(&outcome, Instant::now());
         // The permit covers exactly the handler's run: settling does not hold it.
         drop(permit);
         let (settlement, how) = self.decide(&message, outcome);

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use super::Flow;
 use crate::breaker::Admission;
 use crate::config::Config;
-use crate::dispatch::Started;
+use crate::dispatch::{PassClock, Started};
 use crate::gate::Admitted;
 use crate::lanes::Popped;
 use crate::message::Delivery;
@@ -32,6 +32,7 @@ impl<S: Source> Flow<S> {
         let pass = inline.then(std::time::Instant::now);
         let mut started = 0;
         let mut finished = 0;
+        let mut clock = PassClock::default();
         while !self.lanes.is_empty() && self.gate.available() > 0 {
             if started == STARTS_PER_PASS {
                 // The loop looks at the broker, the clock and shutdown, then
@@ -112,7 +113,7 @@ impl<S: Source> Flow<S> {
             if below_top && reserved > 0.0 {
                 self.gate.mark_below_top(&mut admitted);
             }
-            finished += usize::from(self.start(delivery, admitted, probe, inline));
+            finished += usize::from(self.start(delivery, admitted, &mut clock, probe, inline));
             started += 1;
         }
         if let (Some(pass), 1..) = (pass, started) {
@@ -133,7 +134,14 @@ impl<S: Source> Flow<S> {
     /// Starts a handler run: its first poll here on the loop when `inline`,
     /// the rest (if any) in a task.
     /// Returns whether it finished (and was settled) there.
-    fn start(&mut self, delivery: Delivery, admitted: Admitted, probe: bool, inline: bool) -> bool {
+    fn start(
+        &mut self,
+        delivery: Delivery,
+        admitted: Admitted,
+        clock: &mut PassClock,
+        probe: bool,
+        inline: bool,
+    ) -> bool {
         self.token_in_hand = false;
         if let Some(limits) = &mut self.lane_limits {
             let priority = delivery.message().priority();
@@ -143,7 +151,7 @@ impl<S: Source> Flow<S> {
         }
         match self
             .dispatch
-            .start(delivery, admitted, &self.gate, probe, inline)
+            .start(delivery, admitted, &self.gate, clock, probe, inline)
         {
             Started::Settled => {
                 self.finished();
