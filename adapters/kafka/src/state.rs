@@ -291,18 +291,20 @@ impl Shared {
     /// The partitions with room, with their queues: the poll thread reads
     /// these (at most the room each has).
     pub(crate) fn readable(&self, out: &mut Vec<Readable>) {
-        if self.held_back.load(SeqCst) {
-            // Records finished on the runtime's tasks wait in `finished`
-            // until someone takes them in; room shows only after that.
-            let mut state = self.lock();
-            self.absorb(&mut state);
+        let (capacity, shares) = (self.capacity.load(Relaxed), self.shares.load(Relaxed));
+        if !self.reader().readable(capacity, shares, &self.stats, out) {
+            self.held_back.store(false, SeqCst);
+            return;
         }
-        let held_back = self.reader().readable(
-            self.capacity.load(Relaxed),
-            self.shares.load(Relaxed),
-            &self.stats,
-            out,
-        );
+        // Held back: from now on a record taken in wakes this thread. Take
+        // in what finished before (records finished on tasks wait in
+        // `finished` until someone does) and look again: room freed by a
+        // take-in that did not see the flag yet is seen here (the state's
+        // lock orders the two), so this thread never sleeps past it.
+        self.held_back.store(true, SeqCst);
+        self.absorb(&mut self.lock());
+        out.clear();
+        let held_back = self.reader().readable(capacity, shares, &self.stats, out);
         self.held_back.store(held_back, SeqCst);
     }
 
