@@ -226,8 +226,13 @@ impl Dispatch {
         run.end(&outcome, ended);
         clock.0 = Some(ended);
         let (settlement, how) = self.decide(delivery.message(), outcome);
-        // Kept past the settlement only for an observer.
+        // Kept past the settlement only for an observer (a panic's log line
+        // names the position otherwise).
         let message = self.on_settled.as_ref().map(|_| delivery.shared_message());
+        let at = {
+            let origin = delivery.message().origin();
+            (origin.position, origin.partition)
+        };
         // The adapter's settle and the user's observer run here on the
         // loop: a panic in either must not take the loop down with it.
         let begun = std::panic::catch_unwind(AssertUnwindSafe(|| {
@@ -255,7 +260,10 @@ impl Dispatch {
             Err(panic) => {
                 self.metrics.settle_errors.fetch_add(1, Relaxed);
                 tracing::error!(
-                    origin = %message.as_ref().map_or_else(|| "unknown (no observer kept the message)".into(), |m| m.origin().to_string()),
+                    origin = %message.as_ref().map_or_else(
+                        || format!("position {} partition {:?}", at.0, at.1),
+                        |m| m.origin().to_string()
+                    ),
                     panic = panic_text(&*panic),
                     "settling panicked (in the adapter or the on_settled observer)"
                 );
