@@ -134,6 +134,12 @@ impl<Q: Clone> Reader<Q> {
     ) -> bool {
         let capacity = capacity.max(1);
         if !shares {
+            // No partition is held back on its own (shares were just turned
+            // off, say): only the whole is.
+            for r in self.readings.iter_mut().filter(|r| r.full) {
+                r.full = false;
+                stats.paused_partitions.fetch_sub(1, Relaxed);
+            }
             let held: usize = self.readings.iter().map(Reading::held).sum();
             if self.all_full && held <= capacity - capacity / 4 {
                 self.all_full = false;
@@ -251,6 +257,22 @@ mod tests {
             rooms(&mut reader, 100, false),
             (vec![(0, 25), (1, 25)], false)
         );
+    }
+
+    #[test]
+    fn turning_shares_off_leaves_no_partition_counted_as_paused() {
+        let stats = KafkaStats::default();
+        let mut reader = Reader::default();
+        reader.add(part(0), (), false, Arc::default());
+        reader.add(part(1), (), false, Arc::default());
+        reader.took(part(0), 50);
+        let mut out = Vec::new();
+        reader.readable(100, true, &stats, &mut out);
+        assert_eq!(stats.paused_partitions.load(SeqCst), 1);
+        out.clear();
+        assert!(!reader.readable(100, false, &stats, &mut out));
+        assert_eq!(stats.paused_partitions.load(SeqCst), 0);
+        assert_eq!(out.len(), 2, "both read up to the whole capacity");
     }
 
     #[test]
