@@ -121,7 +121,7 @@ impl Owner {
     }
 
     /// The owned message, and its not-before time when it has one.
-    pub(crate) fn message(
+    fn message(
         &mut self,
         record: &BorrowedMessage<'_>,
         received_at: Instant,
