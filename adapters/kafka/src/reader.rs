@@ -259,17 +259,22 @@ mod tests {
         );
     }
 
-    #[test]
-    fn turning_shares_off_leaves_no_partition_counted_as_paused() {
-        let stats = KafkaStats::default();
+    /// Two partitions, the first at its share of 100 and counted paused.
+    fn one_of_two_paused(stats: &KafkaStats) -> Reader<()> {
         let mut reader = Reader::default();
         reader.add(part(0), (), false, Arc::default());
         reader.add(part(1), (), false, Arc::default());
         reader.took(part(0), 50);
-        let mut out = Vec::new();
-        reader.readable(100, true, &stats, &mut out);
+        reader.readable(100, true, stats, &mut Vec::new());
         assert_eq!(stats.paused_partitions.load(SeqCst), 1);
-        out.clear();
+        reader
+    }
+
+    #[test]
+    fn turning_shares_off_leaves_no_partition_counted_as_paused() {
+        let stats = KafkaStats::default();
+        let mut reader = one_of_two_paused(&stats);
+        let mut out = Vec::new();
         assert!(!reader.readable(100, false, &stats, &mut out));
         assert_eq!(stats.paused_partitions.load(SeqCst), 0);
         assert_eq!(out.len(), 2, "both read up to the whole capacity");
@@ -278,13 +283,7 @@ mod tests {
     #[test]
     fn a_removed_partition_is_no_longer_read_or_counted_as_paused() {
         let stats = KafkaStats::default();
-        let mut reader = Reader::default();
-        reader.add(part(0), (), false, Arc::default());
-        reader.add(part(1), (), false, Arc::default());
-        reader.took(part(0), 50);
-        let mut out = Vec::new();
-        reader.readable(100, true, &stats, &mut out);
-        assert_eq!(stats.paused_partitions.load(SeqCst), 1);
+        let mut reader = one_of_two_paused(&stats);
         reader.remove(|p| *p == part(0), &stats);
         assert_eq!(stats.paused_partitions.load(SeqCst), 0);
         assert_eq!(
