@@ -28,6 +28,7 @@ use crate::breaker::BreakerPolicy;
 use crate::rate::RateLimit;
 
 use crate::retry::RetryPolicy;
+use crate::settling::Unsettleable;
 
 /// What the runtime does with an arriving message when its lanes are full.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -206,6 +207,16 @@ pub const ENV_VARS: &[(&str, &str, &str)] = &[
         "add random jitter (up to one extra delay) to retries: true | false",
     ),
     (
+        "SLUICEGATE_UNSETTLEABLE",
+        "dead-letter-truncated",
+        "a message the broker refuses as a dead-letter (too large, queue full or gone): dead-letter-truncated (a cut copy, then drop) | drop",
+    ),
+    (
+        "SLUICEGATE_UNSETTLEABLE_KEEP_BYTES",
+        "65536",
+        "with dead-letter-truncated: the most of the body the cut copy keeps. >= 0",
+    ),
+    (
         "SLUICEGATE_HANDLER_TIMEOUT_MS",
         "30000",
         "a handler running longer is cancelled and its message retried. >= 1",
@@ -303,6 +314,7 @@ pub struct Config {
     shed_action: ShedAction,
     max_queue_time: Option<Duration>,
     retry: RetryPolicy,
+    unsettleable: Unsettleable,
     handler_timeout: Duration,
     shutdown_grace: Duration,
     rate_limit: Option<RateLimit>,
@@ -325,6 +337,7 @@ impl Default for Config {
             shed_action: ShedAction::Delay,
             max_queue_time: None,
             retry: RetryPolicy::default(),
+            unsettleable: Unsettleable::default(),
             handler_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
             rate_limit: None,
@@ -404,6 +417,7 @@ impl Config {
             jitter = v;
         }
         self.retry = RetryPolicy::new(max_retries, base, max).with_jitter(jitter);
+        self.unsettleable_from(&env)?;
         if let Some(v) = env.millis("SLUICEGATE_HANDLER_TIMEOUT_MS")? {
             self.handler_timeout = v;
         }
@@ -456,6 +470,24 @@ impl Config {
         self.breaker_from(&env)?;
         self.validate()?;
         Ok(self)
+    }
+
+    fn unsettleable_from(&mut self, env: &EnvReader<'_>) -> Result<(), ConfigError> {
+        if let Some(v) = env.parse::<Unsettleable>(
+            "SLUICEGATE_UNSETTLEABLE",
+            &format!("one of {}", Unsettleable::NAMES),
+        )? {
+            self.unsettleable = v;
+        }
+        if let Some(keep) = env.parse::<usize>(
+            "SLUICEGATE_UNSETTLEABLE_KEEP_BYTES",
+            "a whole number of bytes",
+        )? {
+            if let Unsettleable::DeadLetterTruncated { keep_bytes } = &mut self.unsettleable {
+                *keep_bytes = keep;
+            }
+        }
+        Ok(())
     }
 
     fn adaptive_from(&mut self, env: &EnvReader<'_>) -> Result<(), ConfigError> {
@@ -895,6 +927,17 @@ impl Config {
     /// The circuit breaker, if any.
     pub fn breaker_policy(&self) -> Option<&BreakerPolicy> {
         self.breaker.as_ref()
+    }
+
+    /// Sets what happens to a message the broker refuses as a dead-letter.
+    pub fn unsettleable(mut self, policy: Unsettleable) -> Self {
+        self.unsettleable = policy;
+        self
+    }
+
+    /// What happens to a message the broker refuses as a dead-letter.
+    pub fn unsettleable_policy(&self) -> Unsettleable {
+        self.unsettleable
     }
 
     /// How many of the prefetch slots are kept free to see and settle

@@ -26,13 +26,15 @@ use tokio::time::Instant;
 
 use crate::adaptive::Samples;
 use crate::breaker::{Breaker, Verdict};
+use crate::convention::cap_reason;
 use crate::gate::{Admitted, Gate, Permit};
 use crate::handler::{BoxFuture, ErasedHandler};
-use crate::message::{Delivery, Message, SettleError, Settlement};
+use crate::message::{Delivery, Message, Settlement};
 use crate::metrics::Metrics;
 use crate::outcome::Outcome;
 use crate::retry::RetryPolicy;
 use crate::settled::{OnSettled, Settled};
+use crate::settling::{Settler, Settling, Unsettleable};
 
 /// Handlers are polled first on the loop while their first polls take
 /// less than this on average: past it, running them in parallel tasks is
@@ -45,6 +47,7 @@ pub(crate) struct Dispatch {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) on_settled: Option<OnSettled>,
     pub(crate) retry: RetryPolicy,
+    pub(crate) unsettleable: Unsettleable,
     pub(crate) timeout: Duration,
     pub(crate) breaker: Option<Arc<Breaker>>,
     pub(crate) latency: Option<Arc<Samples>>,
@@ -236,39 +239,33 @@ impl Dispatch {
         // The adapter's settle and the user's observer run here on the
         // loop: a panic in either must not take the loop down with it.
         let begun = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            let mut settling = delivery.begin_settle(settlement);
-            match settling.take_done() {
-                Some(result) => {
-                    let on_settled = self.on_settled.as_ref();
-                    settled(result, message.as_deref(), &how, &self.metrics, on_settled);
-                    None
-                }
-                None => Some(settling),
-            }
+            let settling = delivery.begin_settle(settlement);
+            Settling::new(settling, how, message).advance(&self.settler())
         }));
         match begun {
             Ok(None) => Started::Settled,
             Ok(Some(settling)) => {
                 let dispatch = Arc::clone(self);
-                Started::Settling(async move {
-                    let result = settling.await;
-                    let on_settled = dispatch.on_settled.as_ref();
-                    let message = message.as_deref();
-                    settled(result, message, &how, &dispatch.metrics, on_settled);
-                })
+                Started::Settling(async move { settling.finish(&dispatch.settler()).await })
             }
             Err(panic) => {
                 self.metrics.settle_errors.fetch_add(1, Relaxed);
                 tracing::error!(
-                    origin = %message.as_ref().map_or_else(
-                        || format!("position {} partition {:?}", at.0, at.1),
-                        |m| m.origin().to_string()
-                    ),
+                    origin = format!("position {} partition {:?}", at.0, at.1),
                     panic = panic_text(&*panic),
                     "settling panicked (in the adapter or the on_settled observer)"
                 );
                 Started::Settled
             }
+        }
+    }
+
+    /// What settling a delivery needs from this worker.
+    pub(crate) fn settler(&self) -> Settler<'_> {
+        Settler {
+            metrics: &self.metrics,
+            on_settled: self.on_settled.as_ref(),
+            unsettleable: self.unsettleable,
         }
     }
 
@@ -302,14 +299,8 @@ impl Dispatch {
         // The permit covers exactly the handler's run: settling does not hold it.
         drop(permit);
         let (settlement, how) = self.decide(&message, outcome);
-        settle(
-            delivery,
-            settlement,
-            how,
-            &self.metrics,
-            self.on_settled.as_ref(),
-        )
-        .await;
+        drop(message);
+        settle(delivery, settlement, how, &self).await;
     }
 
     /// Calls the handler; extractors run here, so their panics are caught
@@ -347,6 +338,8 @@ impl Dispatch {
     }
 
     /// The broker settlement for a handler's outcome, counted.
+    /// Reasons are capped here, once: every header, log line and observer
+    /// after this sees at most [`crate::convention::REASON_MAX`] bytes.
     fn decide(&self, message: &Message, outcome: Outcome) -> (Settlement, Settled) {
         let m = &self.metrics;
         let origin = message.origin();
@@ -361,17 +354,20 @@ impl Dispatch {
                 (Settlement::Requeue, Settled::Requeued)
             }
             Outcome::Drop { reason } => {
+                let reason = capped(reason);
                 m.dropped.fetch_add(1, Relaxed);
                 tracing::info!(%origin, attempt, %reason, "message dropped by the handler");
                 (Settlement::Ack, Settled::Dropped { reason })
             }
             Outcome::DeadLetter { reason } => {
+                let reason = capped(reason);
                 m.failed.fetch_add(1, Relaxed);
                 m.dead_lettered.fetch_add(1, Relaxed);
                 tracing::warn!(%origin, attempt, %reason, "message dead-lettered");
                 dead_letter(reason)
             }
             Outcome::Retry { after, reason } => {
+                let reason = capped(reason);
                 m.failed.fetch_add(1, Relaxed);
                 match self.retry.decide(attempt, after) {
                     Some((after, next)) => {
@@ -385,14 +381,14 @@ impl Dispatch {
                             Settlement::Delay {
                                 after,
                                 attempt: next,
-                                reason: reason.to_string(),
+                                reason,
                             },
                             settled,
                         )
                     }
                     None => {
                         m.dead_lettered.fetch_add(1, Relaxed);
-                        let reason = format!("gave up after {attempt} attempts: {reason}");
+                        let reason = capped(format!("gave up after {attempt} attempts: {reason}"));
                         tracing::warn!(%origin, attempt, %reason, "message dead-lettered");
                         dead_letter(reason)
                     }
@@ -409,42 +405,29 @@ fn dead_letter(reason: String) -> (Settlement, Settled) {
     (Settlement::DeadLetter { reason }, settled)
 }
 
-/// Settles a delivery and tells the observer (a background settlement of
-/// the loop's own: overflow, shedding, the drain).
+/// `reason`, cut to [`crate::convention::REASON_MAX`] bytes if longer.
+fn capped(reason: String) -> String {
+    match cap_reason(&reason) {
+        std::borrow::Cow::Borrowed(_) => reason,
+        std::borrow::Cow::Owned(cut) => cut,
+    }
+}
+
+/// Settles a delivery to the end and tells the observer (a run's own
+/// settlement, and the loop's background ones: overflow, shedding, the
+/// drain).
 pub(crate) async fn settle(
     delivery: Delivery,
     settlement: Settlement,
     how: Settled,
-    metrics: &Metrics,
-    on_settled: Option<&OnSettled>,
+    dispatch: &Dispatch,
 ) {
-    let message = on_settled.map(|_| delivery.shared_message());
-    let result = delivery.settle(settlement).await;
-    settled(result, message.as_deref(), &how, metrics, on_settled);
-}
-
-/// The broker answered a settlement: tell the observer, or, when the broker
-/// refused, count and log it (the observer hears nothing): the broker still
-/// has the message and redelivers it.
-/// `message` is there when `on_settled` is.
-fn settled(
-    result: Result<(), SettleError>,
-    message: Option<&Message>,
-    how: &Settled,
-    metrics: &Metrics,
-    on_settled: Option<&OnSettled>,
-) {
-    match result {
-        Ok(()) => {
-            if let (Some(observe), Some(message)) = (on_settled, message) {
-                observe(message, how);
-            }
-        }
-        Err(error) => {
-            metrics.settle_errors.fetch_add(1, Relaxed);
-            tracing::warn!(%error, "broker refused a settlement; it will redeliver the message");
-        }
-    }
+    let message = dispatch
+        .on_settled
+        .as_ref()
+        .map(|_| delivery.shared_message());
+    let settling = Settling::new(delivery.begin_settle(settlement), how, message);
+    settling.finish(&dispatch.settler()).await;
 }
 
 fn panic_text(panic: &(dyn Any + Send)) -> &str {
@@ -467,6 +450,7 @@ mod tests {
             metrics: Arc::new(Metrics::new()),
             on_settled: None,
             retry: RetryPolicy::default(),
+            unsettleable: Unsettleable::default(),
             timeout: Duration::from_secs(1),
             breaker: None,
             latency: None,

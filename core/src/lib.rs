@@ -39,6 +39,7 @@
 //! ```
 //!
 //! Modules, one concern each: [`message`] (deliveries and settlement),
+//! [`convention`] (the headers every broker shares),
 //! [`handler`] (the handler API), [`outcome`], [`retry`], [`config`],
 //! [`source`] (the adapter contract), [`memory`] (the in-memory broker),
 //! [`metrics`], [`shutdown`], and the runtime ([`Worker`]).
@@ -46,6 +47,7 @@
 mod adaptive;
 mod breaker;
 pub mod config;
+pub mod convention;
 mod dispatch;
 mod gate;
 pub mod handler;
@@ -58,6 +60,7 @@ mod rate;
 pub mod retry;
 mod runtime;
 pub mod settled;
+mod settling;
 pub mod shutdown;
 pub mod source;
 mod tracker;
@@ -67,7 +70,8 @@ pub use breaker::{BreakerPolicy, BreakerState};
 pub use config::{Config, ConfigError, Overflow, ShedAction};
 pub use handler::{Context, FromMessage, Handler, Json, MessageHandler, Payload, Rejection};
 pub use message::{
-    Delivery, Headers, Message, Origin, Settle, SettleError, SettleFuture, Settlement,
+    Delivery, Headers, Message, Origin, Settle, SettleError, SettleErrorKind, SettleFuture,
+    Settlement,
 };
 pub use metrics::{Metrics, MetricsSnapshot};
 pub use outcome::{BoxError, ErrorKind, HandlerError, IntoOutcome, Outcome};
@@ -75,4 +79,5 @@ pub use rate::RateLimit;
 pub use retry::RetryPolicy;
 pub use runtime::{DrainReport, Error, Report, StopReason, Worker};
 pub use settled::Settled;
+pub use settling::Unsettleable;
 pub use source::{Source, SourceError};

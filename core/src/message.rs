@@ -28,16 +28,12 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use tokio::time::Instant;
 
-/// Header names sluicegate writes when it republishes a message (retry,
-/// dead-letter). Every adapter uses the same names.
-pub mod header {
-    /// The attempt number of the next delivery (1 = first delivery).
-    pub const ATTEMPT: &str = "x-sluicegate-attempt";
-    /// Why a message was dead-lettered.
-    pub const REASON: &str = "x-sluicegate-reason";
-    /// Where a dead-lettered or retried message came from (queue or topic).
-    pub const ORIGIN: &str = "x-sluicegate-origin";
-}
+use crate::convention::{AttemptProblem, read_attempt};
+use crate::outcome::BoxError;
+
+/// Header names sluicegate writes when it republishes a message (defined
+/// in [`crate::convention`]).
+pub use crate::convention::header;
 
 /// Message headers: an ordered map from name to raw bytes.
 ///
@@ -154,6 +150,8 @@ pub struct Message {
     received_at: Instant,
     broker_timestamp: Option<SystemTime>,
     origin: Origin,
+    /// What was wrong with the attempt header, and its raw value.
+    attempt_problem: Option<Box<(AttemptProblem, String)>>,
 }
 
 impl Message {
@@ -184,6 +182,7 @@ impl Message {
             received_at: at,
             broker_timestamp: None,
             origin,
+            attempt_problem: None,
         }
     }
 
@@ -209,6 +208,35 @@ impl Message {
     pub fn with_attempt(mut self, attempt: u32) -> Self {
         self.attempt = attempt.max(1);
         self
+    }
+
+    /// Sets the attempt number from the raw [`header::ATTEMPT`] value (or
+    /// its absence), read by [`read_attempt`]: a value that had to be
+    /// corrected is kept with its problem, and the runtime logs and counts
+    /// it once when the message arrives.
+    ///
+    /// ```
+    /// use sluicegate::{Message, Origin};
+    /// use sluicegate::convention::AttemptProblem;
+    /// let msg = Message::new(Origin::new("jobs", 1), "x").with_attempt_header(Some(b"-1"));
+    /// assert_eq!(msg.attempt(), 1);
+    /// assert_eq!(msg.attempt_problem().map(|(p, _)| p), Some(AttemptProblem::BelowOne));
+    /// ```
+    pub fn with_attempt_header(mut self, raw: Option<&[u8]>) -> Self {
+        let read = read_attempt(raw);
+        self.attempt = read.attempt;
+        self.attempt_problem = read
+            .problem
+            .map(|problem| Box::new((problem, read.raw.unwrap_or_default())));
+        self
+    }
+
+    /// What was wrong with the attempt header this message arrived with,
+    /// and its value as read (escaped, at most 64 bytes).
+    pub fn attempt_problem(&self) -> Option<(AttemptProblem, &str)> {
+        self.attempt_problem
+            .as_deref()
+            .map(|(problem, raw)| (*problem, raw.as_str()))
     }
 
     /// Marks the message as delivered before (broker redelivery flag).
@@ -296,22 +324,140 @@ pub enum Settlement {
         /// Why; written to the [`header::REASON`] header.
         reason: String,
     },
+    /// The broker refused the whole message as a dead-letter: move a cut
+    /// copy there instead. The copy keeps the broker's properties, the
+    /// first `keep_bytes` of the body (fewer if the broker's limit needs
+    /// it), the user's headers that still fit, and ours, with
+    /// [`header::TRUNCATED`] saying what was cut.
+    DeadLetterTruncated {
+        /// Why; written to the [`header::REASON`] header.
+        reason: String,
+        /// The most of the body the copy keeps.
+        keep_bytes: usize,
+    },
+}
+
+impl Settlement {
+    /// A short lowercase name: `ack`, `requeue`, `delay`, `dead-letter` or
+    /// `dead-letter-truncated`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Settlement::Ack => "ack",
+            Settlement::Requeue => "requeue",
+            Settlement::Delay { .. } => "delay",
+            Settlement::DeadLetter { .. } => "dead-letter",
+            Settlement::DeadLetterTruncated { .. } => "dead-letter-truncated",
+        }
+    }
+}
+
+/// Why a settlement failed, which decides what happens next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SettleErrorKind {
+    /// The settlement did not reach the broker (a lost connection, a
+    /// timeout): the broker still has the message and redelivers it.
+    Unsettled,
+    /// The broker said no to this settlement, or the adapter knows it would
+    /// (a copy over the broker's size limit, a full or missing dead-letter
+    /// queue), and it would say no again: the runtime settles the message
+    /// another way (see [`crate::Unsettleable`]).
+    Refused,
 }
 
 /// Error from a broker while settling a delivery.
 ///
-/// The message is not lost: a broker that did not record the settlement
-/// redelivers it (AMQP requeues unacked messages of a closed channel; Kafka
-/// does not commit past it).
-#[derive(Debug, thiserror::Error)]
-#[error("settling {origin} as {settlement:?} failed: {reason}")]
+/// Nothing is lost: a settlement that did not reach the broker
+/// ([`SettleErrorKind::Unsettled`]) leaves the message with the broker,
+/// which redelivers it; one the broker refused
+/// ([`SettleErrorKind::Refused`]) hands the delivery back with the error,
+/// and the runtime settles it another way.
+#[derive(thiserror::Error)]
+#[error("settling {origin} ({}) failed: {reason}", .settlement.name())]
 pub struct SettleError {
     /// The delivery's origin.
     pub origin: String,
     /// The settlement that failed.
     pub settlement: Settlement,
-    /// What the broker said.
+    /// What the broker (or the adapter) said.
     pub reason: String,
+    /// Whether the broker still has the message, or refused this settlement.
+    pub kind: SettleErrorKind,
+    /// The broker client's own error, if there was one.
+    #[source]
+    pub source: Option<BoxError>,
+    /// A refused delivery's handle and message, to settle it another way.
+    returned: Option<(Box<dyn Settle>, Arc<Message>)>,
+}
+
+impl SettleError {
+    /// `settlement` did not reach the broker, which still has the message.
+    pub fn unsettled(message: &Message, settlement: Settlement, reason: impl Into<String>) -> Self {
+        Self {
+            origin: message.origin().to_string(),
+            settlement,
+            reason: reason.into(),
+            kind: SettleErrorKind::Unsettled,
+            source: None,
+            returned: None,
+        }
+    }
+
+    /// The broker refused `settlement` (or would): `handle` goes back to
+    /// the runtime with the message, which settles it another way.
+    pub fn refused(
+        handle: Box<dyn Settle>,
+        message: Arc<Message>,
+        settlement: Settlement,
+        reason: impl Into<String>,
+    ) -> Self {
+        Self {
+            origin: message.origin().to_string(),
+            settlement,
+            reason: reason.into(),
+            kind: SettleErrorKind::Refused,
+            source: None,
+            returned: Some((handle, message)),
+        }
+    }
+
+    /// The same error, with the broker client's own error as its source.
+    pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    /// A refused delivery's handle and message, taken out once.
+    pub(crate) fn take_returned(&mut self) -> Option<(Box<dyn Settle>, Arc<Message>)> {
+        self.returned.take()
+    }
+}
+
+impl Drop for SettleError {
+    /// A refused delivery nobody settled another way is handed back to the
+    /// broker, like any delivery dropped unsettled.
+    fn drop(&mut self) {
+        if let Some((handle, message)) = self.returned.take() {
+            tracing::warn!(
+                origin = %self.origin,
+                "a refused settlement was not settled another way: handing the delivery back to the broker"
+            );
+            handle.abandon(&message);
+        }
+    }
+}
+
+impl fmt::Debug for SettleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SettleError")
+            .field("origin", &self.origin)
+            .field("settlement", &self.settlement.name())
+            .field("reason", &self.reason)
+            .field("kind", &self.kind)
+            .field("source", &self.source)
+            .field("returned", &self.returned.is_some())
+            .finish()
+    }
 }
 
 /// The broker side of one delivery: how an adapter settles it.
@@ -324,6 +470,15 @@ pub struct SettleError {
 /// needs no round trip right there ([`SettleFuture::done`]: no task is
 /// spawned for it), and put any round trip in the returned future
 /// ([`SettleFuture::pending`]), which runs on a task of its own.
+///
+/// A settlement the broker refuses, or that the adapter knows it would
+/// refuse (a copy past the broker's size limit), fails with
+/// [`SettleError::refused`], handing the handle back: the runtime then
+/// settles the delivery another way (a retry becomes a dead-letter, a
+/// dead-letter a truncated one, and so on: [`crate::Unsettleable`]), so
+/// one message the broker will not take never holds up the others.
+/// Anything that did not reach the broker is [`SettleError::unsettled`]:
+/// the adapter makes sure the broker redelivers the message.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -450,6 +605,18 @@ impl Delivery {
         if self.message.priority != priority {
             Arc::make_mut(&mut self.message).priority = priority;
         }
+    }
+
+    /// Lowers an attempt number above the retry limit to the limit, noting
+    /// why (unless the header already had a problem, which is kept). The
+    /// runtime calls this at intake, while it holds the only reference.
+    pub(crate) fn lower_attempt_to(&mut self, limit: u32) {
+        let message = Arc::make_mut(&mut self.message);
+        if message.attempt_problem.is_none() {
+            let raw = message.attempt.to_string();
+            message.attempt_problem = Some(Box::new((AttemptProblem::AboveRetryLimit, raw)));
+        }
+        message.attempt = limit;
     }
 
     /// Counts into `counter` if this delivery is ever dropped unsettled.

@@ -32,6 +32,9 @@ pub struct Metrics {
     pub(crate) timed_out: AtomicU64,
     pub(crate) overflowed: AtomicU64,
     pub(crate) settle_errors: AtomicU64,
+    pub(crate) settle_refused: AtomicU64,
+    pub(crate) dead_lettered_truncated: AtomicU64,
+    pub(crate) bad_attempts: AtomicU64,
     pub(crate) source_errors: AtomicU64,
     pub(crate) breaker_state: AtomicU64,
     pub(crate) breaker_opened: AtomicU64,
@@ -114,6 +117,9 @@ impl Metrics {
             timed_out: AtomicU64::new(0),
             overflowed: AtomicU64::new(0),
             settle_errors: AtomicU64::new(0),
+            settle_refused: AtomicU64::new(0),
+            dead_lettered_truncated: AtomicU64::new(0),
+            bad_attempts: AtomicU64::new(0),
             source_errors: AtomicU64::new(0),
             breaker_state: AtomicU64::new(0),
             breaker_opened: AtomicU64::new(0),
@@ -162,6 +168,9 @@ impl Metrics {
             timed_out: self.timed_out.load(Relaxed),
             overflowed: self.overflowed.load(Relaxed),
             settle_errors: self.settle_errors.load(Relaxed),
+            settle_refused: self.settle_refused.load(Relaxed),
+            dead_lettered_truncated: self.dead_lettered_truncated.load(Relaxed),
+            bad_attempts: self.bad_attempts.load(Relaxed),
             source_errors: self.source_errors.load(Relaxed),
             breaker: crate::BreakerState::from_code(self.breaker_state.load(Relaxed)),
             breaker_opened: self.breaker_opened.load(Relaxed),
@@ -211,8 +220,21 @@ pub struct MetricsSnapshot {
     pub timed_out: u64,
     /// Deliveries that arrived while the lanes were full.
     pub overflowed: u64,
-    /// Settlements the broker refused (the broker redelivers those).
+    /// Settlements that failed: did not reach the broker (it redelivers
+    /// those) or were refused by it.
     pub settle_errors: u64,
+    /// Settlements the broker refused (a copy too large, a dead-letter
+    /// queue full or gone) that were settled another way instead: each
+    /// such message is counted again under the way it ended (a retry as
+    /// dead-lettered, a dead-letter as `dead_lettered_truncated` or
+    /// `dropped`; see `SLUICEGATE_UNSETTLEABLE`).
+    pub settle_refused: u64,
+    /// Dead-lettered as a truncated copy, the whole message being refused.
+    pub dead_lettered_truncated: u64,
+    /// Deliveries whose attempt header was not a usable number (forged or
+    /// corrupt) or above the retry limit, and was corrected; each is logged
+    /// once.
+    pub bad_attempts: u64,
     /// Errors from the source (the runtime backs off and tries again).
     pub source_errors: u64,
     /// The circuit breaker now (closed when there is none).
@@ -255,14 +277,17 @@ pub struct MetricsSnapshot {
 }
 
 impl MetricsSnapshot {
-    /// Deliveries settled in any way so far.
+    /// Deliveries settled in any way so far (a refused settlement and
+    /// the one it stepped down to count once).
     pub fn settled(&self) -> u64 {
-        self.acked
+        (self.acked
             + self.retried
             + self.requeued
             + self.deferred
             + self.dropped
             + self.dead_lettered
+            + self.dead_lettered_truncated)
+            .saturating_sub(self.settle_refused)
     }
 }
 
@@ -304,6 +329,16 @@ impl fmt::Display for MetricsSnapshot {
         }
         if self.rate_limited > 0 {
             write!(f, " rate_limited={}", self.rate_limited)?;
+        }
+        if self.settle_refused > 0 {
+            write!(
+                f,
+                " settle_refused={} dead_lettered_truncated={}",
+                self.settle_refused, self.dead_lettered_truncated
+            )?;
+        }
+        if self.bad_attempts > 0 {
+            write!(f, " bad_attempts={}", self.bad_attempts)?;
         }
         Ok(())
     }

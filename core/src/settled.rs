@@ -8,6 +8,7 @@ use crate::message::Message;
 
 /// How a delivery was settled at the broker.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Settled {
     /// Processed and acknowledged.
     Acked,
@@ -35,11 +36,17 @@ pub enum Settled {
         /// Why.
         reason: String,
     },
+    /// The broker refused the whole message as a dead-letter; a truncated
+    /// copy went there instead (`SLUICEGATE_UNSETTLEABLE`).
+    DeadLetteredTruncated {
+        /// Why.
+        reason: String,
+    },
 }
 
 impl Settled {
     /// A short lowercase name: `acked`, `retried`, `requeued`, `delayed`,
-    /// `dropped` or `dead_lettered`.
+    /// `dropped`, `dead_lettered` or `dead_lettered_truncated`.
     pub fn name(&self) -> &'static str {
         match self {
             Settled::Acked => "acked",
@@ -48,9 +55,14 @@ impl Settled {
             Settled::Delayed { .. } => "delayed",
             Settled::Dropped { .. } => "dropped",
             Settled::DeadLettered { .. } => "dead_lettered",
+            Settled::DeadLetteredTruncated { .. } => "dead_lettered_truncated",
         }
     }
 }
 
-/// Called once per delivery after the broker accepted its settlement.
+/// Called once per delivery once its settlement is with the broker: a
+/// republish (retry, dead-letter) once the broker confirmed it; a plain
+/// ack once the adapter holds it for the broker (AMQP acks get no reply:
+/// one that dies with its connection is counted by the adapter, and the
+/// broker redelivers the message, so the observer may hear of it again).
 pub(crate) type OnSettled = Arc<dyn Fn(&Message, &Settled) + Send + Sync>;

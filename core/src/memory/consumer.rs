@@ -4,13 +4,15 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::queue::{Queue, QueueState, Stored};
-use crate::message::{Delivery, Message, Origin, Settle, SettleFuture, Settlement, header};
+use crate::convention::{header, plan_cut, republish_headers};
+use crate::message::{Delivery, Message, Origin, Settle, SettleError, SettleFuture, Settlement};
 use crate::source::{Source, SourceError};
 
 /// One consumer's prefetch window.
@@ -78,10 +80,11 @@ impl MemorySource {
 
     fn deliver(&self, stored: Stored, tag: u64) -> Delivery {
         let origin = Origin::new(Arc::clone(&self.queue.name), stored.id);
+        let attempt = stored.headers.get(header::ATTEMPT).cloned();
         let mut message = Message::new(origin, stored.payload)
             .with_headers(stored.headers)
             .with_priority(stored.priority)
-            .with_attempt(stored.attempt)
+            .with_attempt_header(attempt.as_deref())
             .with_redelivered(stored.deliveries > 1)
             .with_broker_timestamp(stored.published_at);
         if let Some(key) = stored.key {
@@ -188,17 +191,54 @@ struct MemorySettle {
 }
 
 impl MemorySettle {
-    fn stored(&self, message: &Message, attempt: u32) -> Stored {
+    /// The message as it was delivered, to put back unchanged.
+    fn stored(&self, message: &Message) -> Stored {
         Stored {
             id: self.meta.id,
             payload: message.payload().clone(),
             headers: message.headers().clone(),
             key: message.key().cloned(),
             priority: message.priority(),
-            attempt,
             deliveries: self.meta.deliveries,
             published_at: self.meta.published_at,
         }
+    }
+
+    /// The copy `settlement` republishes: the message whole, with the
+    /// convention's headers over its own; for a truncated dead-letter, cut
+    /// to fit `limit`.
+    fn republished(
+        &self,
+        message: &Message,
+        settlement: &Settlement,
+        limit: usize,
+    ) -> Result<Stored, String> {
+        let mut stored = self.stored(message);
+        let mut cut_body = None;
+        let mut cut_headers = Vec::new();
+        if let Settlement::DeadLetterTruncated { keep_bytes, .. } = settlement {
+            let ours = republish_headers(message, settlement, SystemTime::now(), Some(0), &[]);
+            let fixed = ours.iter().map(|(n, v)| n.len() + v.len()).sum::<usize>()
+                + stored.key.as_ref().map_or(0, Bytes::len);
+            let sizes = message
+                .headers()
+                .iter()
+                .map(|(n, v)| (n, n.len() + v.len()));
+            let body = stored.payload.len();
+            let cut = plan_cut(limit, fixed, body, *keep_bytes, sizes)
+                .ok_or_else(|| format!("even our own headers pass the limit of {limit} bytes"))?;
+            cut_body = (cut.keep_body < body).then_some(body);
+            stored.payload = stored.payload.slice(..cut.keep_body);
+            cut_headers = cut.headers;
+        }
+        for name in header::ALL.iter().chain(cut_headers.iter()) {
+            stored.headers.remove(name);
+        }
+        let now = SystemTime::now();
+        for (name, value) in republish_headers(message, settlement, now, cut_body, &cut_headers) {
+            stored.headers.insert(name, value);
+        }
+        Ok(stored)
     }
 
     /// The delivery is no longer out with the consumer: free its window slot
@@ -209,58 +249,81 @@ impl MemorySettle {
         self.queue.wake_consumers();
     }
 
-    fn dead_letter(&self, message: &Message, reason: String) {
+    /// Redelivers a copy after `after`, or says why the queue refuses it.
+    fn delay(
+        &self,
+        message: &Message,
+        settlement: &Settlement,
+        after: Duration,
+    ) -> Result<(), String> {
         let queue = &self.queue;
+        let stored = self.republished(message, settlement, queue.size_limit())?;
+        queue
+            .fits(&stored)
+            .map_err(|e| format!("too large to retry: {e}"))?;
+        let mut state = queue.lock();
+        state.stats.delayed += 1;
+        state.push_delayed(Instant::now() + after, stored);
+        Ok(())
+    }
+
+    /// Moves a copy to the dead-letter queue, or says why it refuses it.
+    fn dead_letter(&self, message: &Message, settlement: &Settlement) -> Result<(), String> {
+        let queue = &self.queue;
+        let Some(dlq) = &queue.dead_letter else {
+            queue.lock().stats.dead_lettered += 1;
+            return Ok(());
+        };
+        let mut stored = self.republished(message, settlement, dlq.size_limit())?;
+        dlq.fits(&stored).map_err(|e| e.to_string())?;
         queue.lock().stats.dead_lettered += 1;
-        if let Some(dlq) = &queue.dead_letter {
-            let mut stored = self.stored(message, message.attempt());
-            stored.headers.insert(header::REASON, reason);
-            stored
-                .headers
-                .insert(header::ORIGIN, queue.name.to_string());
-            stored
-                .headers
-                .insert(header::ATTEMPT, message.attempt().to_string());
-            stored.deliveries = 0;
-            let mut dlq_state = dlq.lock();
-            stored.id = dlq_state.next_seq();
-            dlq_state.push_ready(stored, false);
-            dlq_state.stats.published += 1;
-            drop(dlq_state);
-            dlq.wake_consumers();
-        }
+        stored.deliveries = 0;
+        let mut dlq_state = dlq.lock();
+        stored.id = dlq_state.next_seq();
+        dlq_state.push_ready(stored, false);
+        dlq_state.stats.published += 1;
+        drop(dlq_state);
+        dlq.wake_consumers();
+        Ok(())
     }
 }
 
 impl Settle for MemorySettle {
     fn settle(self: Box<Self>, message: Arc<Message>, settlement: Settlement) -> SettleFuture {
-        match settlement {
+        let placed = match &settlement {
             // The hot path: no message moves, so no lock.
             Settlement::Ack => {
                 self.queue.acked.fetch_add(1, SeqCst);
+                Ok(())
             }
             Settlement::Requeue => {
                 let mut state = self.queue.lock();
                 state.stats.requeued += 1;
-                state.push_ready(self.stored(&message, message.attempt()), true);
+                state.push_ready(self.stored(&message), true);
+                Ok(())
             }
-            Settlement::Delay { after, attempt, .. } => {
-                let mut state = self.queue.lock();
-                state.stats.delayed += 1;
-                state.push_delayed(Instant::now() + after, self.stored(&message, attempt));
+            Settlement::Delay { after, .. } => self.delay(&message, &settlement, *after),
+            Settlement::DeadLetter { .. } | Settlement::DeadLetterTruncated { .. } => {
+                self.dead_letter(&message, &settlement)
             }
-            Settlement::DeadLetter { reason } => self.dead_letter(&message, reason),
+        };
+        // In-process: settled (or refused) before this returns.
+        match placed {
+            Ok(()) => {
+                self.release();
+                SettleFuture::done(Ok(()))
+            }
+            Err(why) => {
+                SettleFuture::done(Err(SettleError::refused(self, message, settlement, why)))
+            }
         }
-        self.release();
-        // In-process: settled before this returns, nothing to await.
-        SettleFuture::done(Ok(()))
     }
 
     fn abandon(self: Box<Self>, message: &Message) {
         {
             let mut state = self.queue.lock();
             state.stats.abandoned += 1;
-            state.push_ready(self.stored(message, message.attempt()), true);
+            state.push_ready(self.stored(message), true);
         }
         self.release();
     }

@@ -29,7 +29,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
-use crate::message::{Headers, header};
+use crate::message::Headers;
 
 mod consumer;
 mod queue;
@@ -52,6 +52,7 @@ pub struct QueueOptions {
     max_priority: u8,
     capacity: Option<(usize, WhenFull)>,
     dead_letter: Option<String>,
+    max_message_bytes: Option<usize>,
 }
 
 impl Default for QueueOptions {
@@ -60,6 +61,7 @@ impl Default for QueueOptions {
             max_priority: 0,
             capacity: None,
             dead_letter: Some(String::new()),
+            max_message_bytes: None,
         }
     }
 }
@@ -82,6 +84,16 @@ impl QueueOptions {
     /// Dead-letter into `queue` (default `<name>.dlq`).
     pub fn dead_letter_to(mut self, queue: impl Into<String>) -> Self {
         self.dead_letter = Some(queue.into());
+        self
+    }
+
+    /// Refuses messages larger than `bytes` (payload, key, header names and
+    /// values), like a real broker's message size limit: a publish fails
+    /// with [`PublishError::TooLarge`], and a consumer's retry or
+    /// dead-letter that would pass it is refused, so the runtime settles
+    /// the message another way.
+    pub fn max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = Some(bytes);
         self
     }
 
@@ -160,6 +172,16 @@ pub enum PublishError {
         queue: String,
         /// Its capacity.
         capacity: usize,
+    },
+    /// The message is larger than the queue accepts.
+    #[error("queue {queue:?} takes messages of at most {limit} bytes; this one is {size}")]
+    TooLarge {
+        /// The queue.
+        queue: String,
+        /// The message's size.
+        size: usize,
+        /// The queue's limit.
+        limit: usize,
     },
     /// The queue was closed.
     #[error("queue {queue:?} is closed")]
@@ -328,25 +350,21 @@ impl MemoryBroker {
                 });
             }
         }
-        let id = state.next_seq();
-        let attempt = message
-            .headers
-            .get_str(header::ATTEMPT)
-            .and_then(|a| a.parse().ok())
-            .unwrap_or(1);
-        state.push_ready(
-            Stored {
-                id,
-                payload: message.payload.clone(),
-                headers: message.headers.clone(),
-                key: message.key.clone(),
-                priority: message.priority.min(q.options.max_priority),
-                attempt,
-                deliveries: 0,
-                published_at: SystemTime::now(),
-            },
-            false,
-        );
+        let stored = Stored {
+            id: 0,
+            payload: message.payload.clone(),
+            headers: message.headers.clone(),
+            key: message.key.clone(),
+            priority: message.priority.min(q.options.max_priority),
+            deliveries: 0,
+            published_at: SystemTime::now(),
+        };
+        q.fits(&stored)?;
+        let stored = Stored {
+            id: state.next_seq(),
+            ..stored
+        };
+        state.push_ready(stored, false);
         state.stats.published += 1;
         q.wake_consumers();
         Ok(())
@@ -384,7 +402,7 @@ impl MemoryBroker {
             payload: m.payload.clone(),
             headers: m.headers.clone(),
             priority: m.priority,
-            attempt: m.attempt,
+            attempt: m.attempt(),
             deliveries: m.deliveries,
             delayed,
         };
@@ -405,6 +423,7 @@ impl MemoryBroker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::convention::header;
     use crate::message::Delivery;
     use crate::source::Source;
     use std::time::Duration;

@@ -18,7 +18,8 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::{QueueOptions, QueueStats};
+use super::{PublishError, QueueOptions, QueueStats};
+use crate::convention::{header, read_attempt};
 use crate::message::Headers;
 
 /// A message at rest in a queue.
@@ -29,9 +30,22 @@ pub(super) struct Stored {
     pub(super) headers: Headers,
     pub(super) key: Option<Bytes>,
     pub(super) priority: u8,
-    pub(super) attempt: u32,
     pub(super) deliveries: u32,
     pub(super) published_at: SystemTime,
+}
+
+impl Stored {
+    /// Its size as a queue's limit counts it: payload, key, header names
+    /// and values.
+    pub(super) fn size(&self) -> usize {
+        let headers: usize = self.headers.iter().map(|(n, v)| n.len() + v.len()).sum();
+        self.payload.len() + self.key.as_ref().map_or(0, Bytes::len) + headers
+    }
+
+    /// The attempt its next delivery carries (its attempt header, read).
+    pub(super) fn attempt(&self) -> u32 {
+        read_attempt(self.headers.get(header::ATTEMPT).map(|v| v.as_ref())).attempt
+    }
 }
 
 pub(super) struct Delayed {
@@ -147,6 +161,23 @@ impl Queue {
             consumers: Notify::new(),
             publishers: Notify::new(),
         }
+    }
+
+    /// Whether `message` is within the queue's size limit.
+    pub(super) fn fits(&self, message: &Stored) -> Result<(), PublishError> {
+        match self.options.max_message_bytes {
+            Some(limit) if message.size() > limit => Err(PublishError::TooLarge {
+                queue: self.name.to_string(),
+                size: message.size(),
+                limit,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// The most a message may be (`usize::MAX` without a limit).
+    pub(super) fn size_limit(&self) -> usize {
+        self.options.max_message_bytes.unwrap_or(usize::MAX)
     }
 
     pub(super) fn lock(&self) -> MutexGuard<'_, QueueState> {

@@ -16,9 +16,35 @@ use crate::settled::Settled;
 use crate::source::Source;
 
 impl<S: Source> Flow<S> {
+    /// An attempt header that was not a usable number, or one above the
+    /// retry limit (forged, corrupt, or written under a higher limit), is
+    /// corrected, counted and logged, once per delivery.
+    fn check_attempt(&self, delivery: &mut Delivery) {
+        let limit = self.config.retry_policy().max_retries().saturating_add(1);
+        let message = delivery.message();
+        if message.attempt_problem().is_none() && message.attempt() <= limit {
+            return;
+        }
+        if message.attempt() > limit {
+            delivery.lower_attempt_to(limit);
+        }
+        let message = delivery.message();
+        if let Some((problem, raw)) = message.attempt_problem() {
+            self.metrics.bad_attempts.fetch_add(1, Relaxed);
+            tracing::warn!(
+                origin = %message.origin(),
+                header = crate::convention::header::ATTEMPT,
+                value = raw,
+                attempt = message.attempt(),
+                "attempt header {problem}"
+            );
+        }
+    }
+
     pub(super) fn intake(&mut self, mut delivery: Delivery) {
         self.metrics.received.fetch_add(1, Relaxed);
         delivery.count_abandon_in(Arc::clone(&self.metrics.abandoned));
+        self.check_attempt(&mut delivery);
         if let Some(classify) = &self.classify {
             let priority = classify(delivery.message());
             delivery.set_priority(priority);

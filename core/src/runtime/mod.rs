@@ -99,6 +99,7 @@ impl<S: Source> Flow<S> {
             metrics: Arc::clone(&metrics),
             on_settled,
             retry: config.retry_policy().clone(),
+            unsettleable: config.unsettleable_policy(),
             timeout: config.handler_timeout_duration(),
             breaker: breaker.clone(),
             latency: adaptive.as_ref().map(|(_, samples)| Arc::clone(samples)),
@@ -293,10 +294,9 @@ impl<S: Source> Flow<S> {
     }
 
     fn settle_in_background(&mut self, delivery: Delivery, settlement: Settlement, how: Settled) {
-        let metrics = Arc::clone(&self.metrics);
-        let on_settled = self.dispatch.on_settled.clone();
+        let dispatch = Arc::clone(&self.dispatch);
         self.tasks.spawn(Kind::Settle, async move {
-            settle(delivery, settlement, how, &metrics, on_settled.as_ref()).await;
+            settle(delivery, settlement, how, &dispatch).await;
         });
     }
 

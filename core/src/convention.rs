@@ -1,0 +1,423 @@
+//! The conventions every broker shares, defined once: the headers
+//! sluicegate writes when it republishes a message (retry, dead-letter),
+//! what each one means, how the attempt number is read back, and how long
+//! a reason may be.
+//!
+//! The in-memory broker and both adapters build a republished message the
+//! same way: the original message whole (payload, key, every header with
+//! its type, every broker property), with [`republish_headers`] on top.
+//!
+//! ```
+//! use sluicegate::convention::{read_attempt, AttemptProblem};
+//!
+//! assert_eq!(read_attempt(Some(b"3")).attempt, 3);
+//! let forged = read_attempt(Some(b"abc"));
+//! assert_eq!(forged.attempt, 1);
+//! assert_eq!(forged.problem, Some(AttemptProblem::NotANumber));
+//! ```
+
+use std::borrow::Cow;
+use std::fmt;
+use std::num::IntErrorKind;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::message::{Message, Settlement};
+
+/// Header names sluicegate writes when it republishes a message.
+pub mod header {
+    /// The attempt number of the next delivery (1 = first delivery), as
+    /// decimal text.
+    pub const ATTEMPT: &str = "x-sluicegate-attempt";
+    /// Why the message was retried or dead-lettered: the handler's error,
+    /// at most [`super::REASON_MAX`] bytes.
+    pub const REASON: &str = "x-sluicegate-reason";
+    /// Where the message first came from, kept across retries and
+    /// redrives: the queue's name, or `topic[partition]@offset`.
+    pub const ORIGIN: &str = "x-sluicegate-origin";
+    /// The earliest time the message may be handled again, in milliseconds
+    /// since the Unix epoch (retries; brokers without delayed delivery wait
+    /// for it themselves).
+    pub const NOT_BEFORE: &str = "x-sluicegate-not-before";
+    /// On a dead-lettered copy that is not whole: what was cut, as
+    /// `body=<original bytes>` and, where headers had to go,
+    /// `headers=<name>,<name>`.
+    pub const TRUNCATED: &str = "x-sluicegate-truncated";
+
+    /// Every header sluicegate writes: a republish replaces these and keeps
+    /// every other header the message had.
+    pub const ALL: [&str; 5] = [ATTEMPT, REASON, ORIGIN, NOT_BEFORE, TRUNCATED];
+}
+
+/// The longest reason written to a header or a log line, in bytes. A
+/// handler's error can be any length; a header that large would pass the
+/// broker's frame or record limit and make the message impossible to
+/// retry.
+pub const REASON_MAX: usize = 4 * 1024;
+
+/// `reason` cut to [`REASON_MAX`] bytes on a character boundary, marked as
+/// cut, with the original length.
+///
+/// ```
+/// use sluicegate::convention::{cap_reason, REASON_MAX};
+/// assert_eq!(cap_reason("short"), "short");
+/// let long = "x".repeat(600_000);
+/// let capped = cap_reason(&long);
+/// assert!(capped.len() <= REASON_MAX);
+/// assert!(capped.ends_with("[cut: 600000 bytes in all]"));
+/// ```
+pub fn cap_reason(reason: &str) -> Cow<'_, str> {
+    if reason.len() <= REASON_MAX {
+        return Cow::Borrowed(reason);
+    }
+    let marker = format!(" … [cut: {} bytes in all]", reason.len());
+    let mut end = REASON_MAX - marker.len();
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}{marker}", &reason[..end]))
+}
+
+/// What was wrong with an attempt header, and so why it was not used as it
+/// stood.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AttemptProblem {
+    /// Not a whole number (text, a fraction, a table, bytes): read as 1.
+    NotANumber,
+    /// Zero or negative: read as 1.
+    BelowOne,
+    /// Larger than any attempt sluicegate writes (past `u32`): read as the
+    /// retry limit (see [`AttemptProblem::AboveRetryLimit`]).
+    TooLarge,
+    /// Above the retry limit this worker runs with: read as the limit, so a
+    /// failure dead-letters it at once.
+    AboveRetryLimit,
+}
+
+impl AttemptProblem {
+    /// Why, in words, for a log line.
+    pub fn why(self) -> &'static str {
+        match self {
+            AttemptProblem::NotANumber => "not a whole number: read as attempt 1",
+            AttemptProblem::BelowOne => "below 1: read as attempt 1",
+            AttemptProblem::TooLarge => "too large: read as the retry limit",
+            AttemptProblem::AboveRetryLimit => "above the retry limit: read as the limit",
+        }
+    }
+}
+
+impl fmt::Display for AttemptProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.why())
+    }
+}
+
+/// An attempt header, read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttemptRead {
+    /// The attempt number to use (1 or more).
+    pub attempt: u32,
+    /// What was wrong with the header, if anything.
+    pub problem: Option<AttemptProblem>,
+    /// The header's value as read (at most 64 bytes, escaped), when it had
+    /// a problem: for the log line.
+    pub raw: Option<String>,
+}
+
+/// Reads an [`header::ATTEMPT`] value. Every value has one answer: absent
+/// is 1; a whole number from 1 to `u32::MAX` is itself; anything else is
+/// corrected and says why ([`AttemptProblem`]). Surrounding white space is
+/// ignored. A value past `u32` reads as `u32::MAX` here; the runtime then
+/// lowers anything above its retry limit to the limit.
+pub fn read_attempt(raw: Option<&[u8]>) -> AttemptRead {
+    let Some(raw) = raw else {
+        return AttemptRead {
+            attempt: 1,
+            problem: None,
+            raw: None,
+        };
+    };
+    let parsed = std::str::from_utf8(raw)
+        .map_err(|_| AttemptProblem::NotANumber)
+        .and_then(|text| {
+            text.trim().parse::<i64>().map_err(|e| match e.kind() {
+                IntErrorKind::PosOverflow => AttemptProblem::TooLarge,
+                IntErrorKind::NegOverflow => AttemptProblem::BelowOne,
+                _ => AttemptProblem::NotANumber,
+            })
+        });
+    let (attempt, problem) = match parsed {
+        Ok(n) if n < 1 => (1, Some(AttemptProblem::BelowOne)),
+        Ok(n) => match u32::try_from(n) {
+            Ok(n) => (n, None),
+            Err(_) => (u32::MAX, Some(AttemptProblem::TooLarge)),
+        },
+        Err(AttemptProblem::TooLarge) => (u32::MAX, Some(AttemptProblem::TooLarge)),
+        Err(problem) => (1, Some(problem)),
+    };
+    AttemptRead {
+        attempt,
+        problem,
+        raw: problem.map(|_| shown(raw)),
+    }
+}
+
+/// At most 64 bytes of a raw value, escaped, for a log line.
+fn shown(raw: &[u8]) -> String {
+    let head = &raw[..raw.len().min(64)];
+    let mut text = head.escape_ascii().to_string();
+    if raw.len() > head.len() {
+        text.push_str(&format!("… ({} bytes)", raw.len()));
+    }
+    text
+}
+
+/// Where `message` first came from: its [`header::ORIGIN`] if it has one
+/// (it was republished before), else the queue it was consumed from, or
+/// `topic[partition]@offset` for a partitioned log.
+pub fn first_origin(message: &Message) -> Cow<'_, str> {
+    if let Some(origin) = message.headers().get_str(header::ORIGIN) {
+        return Cow::Borrowed(origin);
+    }
+    let origin = message.origin();
+    match origin.partition {
+        Some(_) => Cow::Owned(origin.to_string()),
+        None => Cow::Borrowed(&origin.source),
+    }
+}
+
+/// The headers sluicegate writes on the copy of `message` that
+/// `settlement` republishes, to be set over the message's own (replacing
+/// any of [`header::ALL`] it had): the attempt the copy carries, the
+/// reason, the first origin, the not-before time of a retry, and what was
+/// cut from a truncated dead-letter (`cut_body`: the original body length;
+/// `cut_headers`: names of headers left out). `now` is the wall clock.
+pub fn republish_headers(
+    message: &Message,
+    settlement: &Settlement,
+    now: SystemTime,
+    cut_body: Option<usize>,
+    cut_headers: &[&str],
+) -> Vec<(&'static str, String)> {
+    let (attempt, reason, after) = match settlement {
+        Settlement::Delay {
+            after,
+            attempt,
+            reason,
+        } => (*attempt, reason.as_str(), Some(*after)),
+        Settlement::DeadLetter { reason } | Settlement::DeadLetterTruncated { reason, .. } => {
+            (message.attempt(), reason.as_str(), None)
+        }
+        Settlement::Ack | Settlement::Requeue => (message.attempt(), "", None),
+    };
+    let mut out = vec![
+        (header::ATTEMPT, attempt.to_string()),
+        (header::REASON, cap_reason(reason).into_owned()),
+        (header::ORIGIN, first_origin(message).into_owned()),
+    ];
+    if let Some(after) = after {
+        out.push((
+            header::NOT_BEFORE,
+            millis_since_epoch(now + after).to_string(),
+        ));
+    }
+    let mut cut = Vec::new();
+    if let Some(length) = cut_body {
+        cut.push(format!("body={length}"));
+    }
+    if !cut_headers.is_empty() {
+        cut.push(format!("headers={}", cut_headers.join(",")));
+    }
+    if !cut.is_empty() {
+        out.push((header::TRUNCATED, cut.join(";")));
+    }
+    out
+}
+
+/// Reads a [`header::NOT_BEFORE`] value: `None` unless it is a whole
+/// number of milliseconds.
+pub fn read_not_before(raw: &[u8]) -> Option<SystemTime> {
+    let ms: u64 = std::str::from_utf8(raw).ok()?.trim().parse().ok()?;
+    Some(UNIX_EPOCH + Duration::from_millis(ms))
+}
+
+fn millis_since_epoch(at: SystemTime) -> u128 {
+    at.duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis()
+}
+
+/// What a truncated dead-letter keeps: how much of the body, and which of
+/// the user's headers it leaves out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cut<'a> {
+    /// Bytes of the body kept (from its start).
+    pub keep_body: usize,
+    /// Headers left out, the largest first.
+    pub headers: Vec<&'a str>,
+}
+
+/// Fits a truncated dead-letter into a broker's `limit`: `fixed` is what
+/// the copy must carry whatever happens (our headers, the key, the
+/// broker's framing), `headers` the user's headers with their encoded
+/// sizes (ours, [`header::ALL`], are skipped: they are in `fixed`). The
+/// user's headers stay if they fit, else the largest go first; the body
+/// keeps what room is left, at most `keep_bytes`. `None` when even
+/// `fixed` passes the limit.
+///
+/// ```
+/// use sluicegate::convention::{plan_cut, Cut};
+/// let headers = [("trace", 40), ("blob", 9_000), ("tenant", 10)];
+/// // Room for every header and 500 bytes of body.
+/// assert_eq!(plan_cut(10_000, 450, 1_000_000, 64 * 1024, headers),
+///            Some(Cut { keep_body: 500, headers: vec![] }));
+/// // The large header goes; the body keeps at most `keep_bytes`.
+/// assert_eq!(plan_cut(2_000, 450, 1_000_000, 1_000, headers),
+///            Some(Cut { keep_body: 1_000, headers: vec!["blob"] }));
+/// assert_eq!(plan_cut(400, 450, 10, 10, headers), None);
+/// ```
+pub fn plan_cut<'a>(
+    limit: usize,
+    fixed: usize,
+    body: usize,
+    keep_bytes: usize,
+    headers: impl IntoIterator<Item = (&'a str, usize)>,
+) -> Option<Cut<'a>> {
+    let room = limit.checked_sub(fixed)?;
+    let mut theirs: Vec<(&str, usize)> = headers
+        .into_iter()
+        .filter(|(name, _)| !header::ALL.contains(name))
+        .collect();
+    theirs.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let mut kept: usize = theirs.iter().map(|(_, size)| size).sum();
+    let mut cut = Vec::new();
+    for (name, size) in theirs {
+        if kept <= room {
+            break;
+        }
+        kept -= size;
+        cut.push(name);
+    }
+    Some(Cut {
+        keep_body: keep_bytes.min(body).min(room - kept),
+        headers: cut,
+    })
+}
+
+/// Lane rank (0 = the first queue or topic named, the most urgent) to the
+/// priority its messages carry when `lanes` sources are consumed as
+/// priority lanes: the first gets the highest.
+///
+/// ```
+/// use sluicegate::convention::lane_priority;
+/// assert_eq!(lane_priority(0, 3), 2);
+/// assert_eq!(lane_priority(2, 3), 0);
+/// ```
+pub fn lane_priority(rank: usize, lanes: usize) -> u8 {
+    u8::try_from(lanes.saturating_sub(rank + 1)).unwrap_or(u8::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Origin;
+
+    #[test]
+    fn every_bad_attempt_value_has_one_documented_answer() {
+        let cases: &[(&[u8], u32, Option<AttemptProblem>)] = &[
+            (b"1", 1, None),
+            (b" 7 ", 7, None),
+            (b"4294967295", u32::MAX, None),
+            (b"abc", 1, Some(AttemptProblem::NotANumber)),
+            (b"", 1, Some(AttemptProblem::NotANumber)),
+            (b"2.5", 1, Some(AttemptProblem::NotANumber)),
+            (b"FieldTable({})", 1, Some(AttemptProblem::NotANumber)),
+            (b"\xff\xfe", 1, Some(AttemptProblem::NotANumber)),
+            (b"0", 1, Some(AttemptProblem::BelowOne)),
+            (b"-1", 1, Some(AttemptProblem::BelowOne)),
+            (
+                b"-99999999999999999999999",
+                1,
+                Some(AttemptProblem::BelowOne),
+            ),
+            (b"4294967296", u32::MAX, Some(AttemptProblem::TooLarge)),
+            (
+                b"99999999999999999999999",
+                u32::MAX,
+                Some(AttemptProblem::TooLarge),
+            ),
+        ];
+        for (raw, attempt, problem) in cases {
+            let read = read_attempt(Some(raw));
+            assert_eq!(
+                (read.attempt, read.problem),
+                (*attempt, *problem),
+                "{:?}",
+                raw.escape_ascii().to_string()
+            );
+            assert_eq!(read.raw.is_some(), problem.is_some());
+        }
+        assert_eq!(read_attempt(None).attempt, 1);
+    }
+
+    #[test]
+    fn a_long_value_is_shown_cut_in_the_log() {
+        let read = read_attempt(Some(&[b'a'; 1000]));
+        let shown = read.raw.unwrap_or_default();
+        assert!(shown.len() < 100, "{shown}");
+        assert!(shown.ends_with("(1000 bytes)"));
+    }
+
+    #[test]
+    fn reasons_are_cut_on_a_character_boundary() {
+        let long = "é".repeat(REASON_MAX);
+        let capped = cap_reason(&long);
+        assert!(capped.len() <= REASON_MAX);
+        assert!(capped.contains("[cut: 8192 bytes in all]"));
+    }
+
+    #[test]
+    fn the_first_origin_is_kept_across_republishes() {
+        let queue = Message::new(Origin::new("orders", 9), "x");
+        assert_eq!(first_origin(&queue), "orders");
+        let mut log = Origin::new("events", 41);
+        log.partition = Some(2);
+        let record = Message::new(log.clone(), "x");
+        assert_eq!(first_origin(&record), "events[2]@41");
+        let mut headers = crate::Headers::new();
+        headers.insert(header::ORIGIN, "events[0]@3");
+        let retried = Message::new(log, "x").with_headers(headers);
+        assert_eq!(first_origin(&retried), "events[0]@3");
+    }
+
+    #[test]
+    fn republish_headers_carry_attempt_reason_origin_and_what_was_cut() {
+        let message = Message::new(Origin::new("orders", 1), "x").with_attempt(2);
+        let now = UNIX_EPOCH + Duration::from_secs(100);
+        let delay = Settlement::Delay {
+            after: Duration::from_secs(5),
+            attempt: 3,
+            reason: "x".repeat(10_000),
+        };
+        let headers = republish_headers(&message, &delay, now, None, &[]);
+        let get = |name| headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v);
+        assert_eq!(get(header::ATTEMPT).map(String::as_str), Some("3"));
+        assert_eq!(get(header::ORIGIN).map(String::as_str), Some("orders"));
+        assert_eq!(get(header::NOT_BEFORE).map(String::as_str), Some("105000"));
+        assert!(get(header::REASON).is_some_and(|r| r.len() <= REASON_MAX));
+        assert_eq!(get(header::TRUNCATED), None);
+
+        let cut = Settlement::DeadLetterTruncated {
+            reason: "too large".into(),
+            keep_bytes: 10,
+        };
+        let headers = republish_headers(&message, &cut, now, Some(2_000_000), &["big"]);
+        let get = |name| headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v);
+        assert_eq!(get(header::ATTEMPT).map(String::as_str), Some("2"));
+        assert_eq!(
+            get(header::TRUNCATED).map(String::as_str),
+            Some("body=2000000;headers=big")
+        );
+        assert_eq!(get(header::NOT_BEFORE), None);
+    }
+}
