@@ -258,8 +258,9 @@ pub struct Cut<'a> {
 }
 
 /// Fits a truncated dead-letter into a broker's `limit`: `fixed` is what
-/// the copy must carry whatever happens (our headers, the key, the
-/// broker's framing), `headers` the user's headers with their encoded
+/// the copy must carry whatever happens (our headers as
+/// [`republish_headers`] gives them with the body's whole length as
+/// `cut_body` and no headers cut, the key, the broker's framing), `headers` the user's headers with their encoded
 /// sizes (ours, [`header::ALL`], are skipped: they are in `fixed`). The
 /// user's headers stay if they fit, else the largest go first; the body
 /// keeps what room is left, at most `keep_bytes`. `None` when even
@@ -283,23 +284,27 @@ pub fn plan_cut<'a>(
     keep_bytes: usize,
     headers: impl IntoIterator<Item = (&'a str, usize)>,
 ) -> Option<Cut<'a>> {
-    let room = limit.checked_sub(fixed)?;
     let mut theirs: Vec<(&str, usize)> = headers
         .into_iter()
         .filter(|(name, _)| !header::ALL.contains(name))
         .collect();
     theirs.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
     let mut kept: usize = theirs.iter().map(|(_, size)| size).sum();
+    // Naming a cut header in `TRUNCATED` costs its name and a comma (and
+    // `;headers=` once).
+    let mut naming = 0;
     let mut cut = Vec::new();
     for (name, size) in theirs {
-        if kept <= room {
+        if fixed + naming + kept <= limit {
             break;
         }
         kept -= size;
+        naming += name.len() + if cut.is_empty() { ";headers=".len() } else { 1 };
         cut.push(name);
     }
+    let room = limit.checked_sub(fixed + naming + kept)?;
     Some(Cut {
-        keep_body: keep_bytes.min(body).min(room - kept),
+        keep_body: keep_bytes.min(body).min(room),
         headers: cut,
     })
 }

@@ -217,14 +217,14 @@ impl MemorySettle {
         let mut cut_body = None;
         let mut cut_headers = Vec::new();
         if let Settlement::DeadLetterTruncated { keep_bytes, .. } = settlement {
-            let ours = republish_headers(message, settlement, SystemTime::now(), Some(0), &[]);
+            let body = stored.payload.len();
+            let ours = republish_headers(message, settlement, SystemTime::now(), Some(body), &[]);
             let fixed = ours.iter().map(|(n, v)| n.len() + v.len()).sum::<usize>()
                 + stored.key.as_ref().map_or(0, Bytes::len);
             let sizes = message
                 .headers()
                 .iter()
                 .map(|(n, v)| (n, n.len() + v.len()));
-            let body = stored.payload.len();
             let cut = plan_cut(limit, fixed, body, *keep_bytes, sizes)
                 .ok_or_else(|| format!("even our own headers pass the limit of {limit} bytes"))?;
             cut_body = (cut.keep_body < body).then_some(body);
