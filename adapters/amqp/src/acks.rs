@@ -82,11 +82,13 @@ pub(crate) struct Acks {
     wake: Notify,
     /// Acks worth one frame (see [`batch_for`]).
     batch: AtomicU64,
+    /// Acks due that never went out (their channel died first).
+    lost: Arc<AtomicU64>,
 }
 
 impl Acks {
     /// A coalescer for `channel`, with its flusher task spawned.
-    pub(crate) fn start(channel: Channel) -> Arc<Self> {
+    pub(crate) fn start(channel: Channel, lost: Arc<AtomicU64>) -> Arc<Self> {
         let acks = Arc::new(Self {
             state: Mutex::new(State {
                 floor: 1,
@@ -97,6 +99,7 @@ impl Acks {
             }),
             wake: Notify::new(),
             batch: AtomicU64::new(1),
+            lost,
         });
         tokio::spawn(flush_loop(Arc::clone(&acks), channel));
         acks
@@ -273,6 +276,7 @@ async fn flush_loop(acks: Arc<Acks>, channel: Channel) {
         if let Some(tag) = flush.through {
             let sent = send(&channel, tag, true).await;
             if let Err(error) = &sent {
+                acks.lost.fetch_add(flush.through_count, Relaxed);
                 tracing::warn!(%error, acks = flush.through_count, "ack not sent");
             }
             for done in flush.through_waiters {
@@ -282,6 +286,7 @@ async fn flush_loop(acks: Arc<Acks>, channel: Channel) {
         for (tag, done) in flush.single {
             let sent = send(&channel, tag, false).await;
             if let Err(error) = &sent {
+                acks.lost.fetch_add(1, Relaxed);
                 tracing::warn!(%error, "ack not sent");
             }
             if let Some(done) = done {
@@ -330,6 +335,7 @@ fn fail_pending(acks: &Acks) {
             }
         }
     }
+    acks.lost.fetch_add(unsent, Relaxed);
     if unsent > 0 {
         tracing::warn!(acks = unsent, "{WHY}");
     }

@@ -1,16 +1,18 @@
-//! Between lapin's types and sluicegate's: deliveries become owned
-//! [`Message`]s at once; headers go both ways.
+//! From lapin's types to sluicegate's: deliveries become owned
+//! [`Message`]s at once (the copies that go back out are built from the
+//! delivery itself: `republish`).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use lapin::BasicProperties;
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::types::AMQPValue;
 use sluicegate::message::header;
 use sluicegate::{Headers, Message, Origin};
 
-/// The text or bytes of an AMQP header value; other types as their display.
+/// The text or bytes of an AMQP header value, numbers as decimal text,
+/// other types as their debug form: what a handler reads (the copies a
+/// retry or dead-letter publishes keep the original types).
 fn value_bytes(value: &AMQPValue) -> Bytes {
     match value {
         AMQPValue::LongString(s) => Bytes::copy_from_slice(s.as_bytes()),
@@ -38,16 +40,13 @@ pub(crate) fn message_from(queue: &Arc<str>, delivery: &lapin::message::Delivery
             headers.insert(name.as_str(), value_bytes(value));
         }
     }
-    let attempt = headers
-        .get_str(header::ATTEMPT)
-        .and_then(|a| a.trim().parse::<u32>().ok())
-        .unwrap_or(1);
+    let attempt = headers.get(header::ATTEMPT).cloned();
     let mut message = Message::new(
         Origin::new(Arc::clone(queue), delivery.delivery_tag),
         Bytes::copy_from_slice(&delivery.data),
     )
     .with_headers(headers)
-    .with_attempt(attempt)
+    .with_attempt_header(attempt.as_deref())
     .with_redelivered(delivery.redelivered)
     .with_priority(props.priority().unwrap_or(0));
     if !delivery.routing_key.as_str().is_empty() {
@@ -60,42 +59,6 @@ pub(crate) fn message_from(queue: &Arc<str>, delivery: &lapin::message::Delivery
             message.with_broker_timestamp(SystemTime::UNIX_EPOCH + Duration::from_secs(*seconds));
     }
     message
-}
-
-/// Properties for republishing `message` (retry, dead-letter): its own
-/// headers with `extra` on top, its priority, persistent.
-pub(crate) fn republish_properties(
-    original: &BasicProperties,
-    message: &Message,
-    extra: &[(&str, String)],
-) -> BasicProperties {
-    let mut table = FieldTable::default();
-    for (name, value) in message.headers().iter() {
-        table.insert(
-            ShortString::from(name),
-            AMQPValue::LongString(LongString::from(value.to_vec())),
-        );
-    }
-    for (name, value) in extra {
-        table.insert(
-            ShortString::from(*name),
-            AMQPValue::LongString(LongString::from(value.as_bytes().to_vec())),
-        );
-    }
-    let mut props = BasicProperties::default()
-        .with_headers(table)
-        .with_delivery_mode(2)
-        .with_priority(message.priority());
-    if let Some(content_type) = original.content_type() {
-        props = props.with_content_type(content_type.clone());
-    }
-    if let Some(id) = original.message_id() {
-        props = props.with_message_id(id.clone());
-    }
-    if let Some(ts) = original.timestamp() {
-        props = props.with_timestamp(*ts);
-    }
-    props
 }
 
 /// Delay queues come in fixed tiers (RabbitMQ expires only at the head of a

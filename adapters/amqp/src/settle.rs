@@ -4,31 +4,81 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-use lapin::options::{BasicNackOptions, BasicPublishOptions, QueueDeclareOptions};
+use lapin::Confirmation;
+use lapin::options::{
+    BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel};
-use sluicegate::message::header;
+use lapin::{Channel, Connection};
 use sluicegate::{Message, Settle, SettleError, SettleFuture, Settlement};
 
 use crate::acks::Acks;
-use crate::convert::{delay_tier, republish_properties};
+use crate::convert::delay_tier;
+use crate::republish::{Copy, copy_for};
 
 /// What every delivery's handle shares: the publishing channel (publisher
-/// confirms on) and the topology names.
+/// confirms on, reopened if the broker closed it), the topology names and
+/// the connection's frame size.
 pub(crate) struct Topology {
     pub(crate) queue: String,
     pub(crate) dead_letter_queue: String,
-    pub(crate) publisher: Channel,
+    publisher: Publisher,
     /// Ack coalescing for the consuming channel.
     pub(crate) acks: Arc<Acks>,
     declared_tiers: Mutex<HashSet<u64>>,
+}
+
+/// The confirming channel retries and dead-letters go through. A channel
+/// the broker closed (a refused publish closes it) is replaced at the next
+/// publish, on the same connection.
+pub(crate) struct Publisher {
+    connection: Arc<Connection>,
+    channel: Mutex<Channel>,
+    frame_max: u32,
+}
+
+impl Publisher {
+    pub(crate) fn new(connection: Arc<Connection>, channel: Channel) -> Self {
+        let frame_max = connection.configuration().frame_max();
+        Self {
+            connection,
+            channel: Mutex::new(channel),
+            frame_max,
+        }
+    }
+
+    /// The channel, reopened (with confirms) if the broker closed it.
+    async fn channel(&self) -> Result<Channel, lapin::Error> {
+        let current = self.channel.lock().ok().map(|c| c.clone());
+        if let Some(channel) = current {
+            if channel.status().connected() || !self.connection.status().connected() {
+                return Ok(channel);
+            }
+        }
+        let channel = self.connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        tracing::info!("reopened the publishing channel");
+        if let Ok(mut current) = self.channel.lock() {
+            *current = channel.clone();
+        }
+        Ok(channel)
+    }
+}
+
+/// Why a republish did not go through: the broker refused it (it would
+/// again), or it never got there.
+enum PublishError {
+    Refused(String),
+    Unsettled(String),
 }
 
 impl Topology {
     pub(crate) fn new(
         queue: String,
         dead_letter_queue: String,
-        publisher: Channel,
+        publisher: Publisher,
         acks: Arc<Acks>,
     ) -> Self {
         Self {
@@ -68,6 +118,8 @@ impl Topology {
                 ..QueueDeclareOptions::default()
             };
             self.publisher
+                .channel()
+                .await?
                 .queue_declare(ShortString::from(name.as_str()), durable, args)
                 .await?;
             if let Ok(mut tiers) = self.declared_tiers.lock() {
@@ -77,33 +129,42 @@ impl Topology {
         Ok(name)
     }
 
-    /// Publishes to `queue` through the default exchange and waits for the
-    /// broker's confirm.
-    async fn publish_confirmed(
-        &self,
-        queue: &str,
-        message: &Message,
-        props: BasicProperties,
-    ) -> Result<(), String> {
-        let confirm = self
+    /// Publishes `copy` to `queue` through the default exchange, mandatory
+    /// (an unroutable copy comes back instead of vanishing), and waits for
+    /// the broker's confirm.
+    async fn publish_confirmed(&self, queue: &str, copy: Copy) -> Result<(), PublishError> {
+        let unsettled =
+            |what: &str, e: lapin::Error| PublishError::Unsettled(format!("{what} {queue:?}: {e}"));
+        let channel = self
             .publisher
+            .channel()
+            .await
+            .map_err(|e| unsettled("opening a channel to publish to", e))?;
+        let options = BasicPublishOptions {
+            mandatory: true,
+            ..BasicPublishOptions::default()
+        };
+        let confirm = channel
             .basic_publish(
                 ShortString::from(""),
                 ShortString::from(queue),
-                BasicPublishOptions::default(),
-                message.payload(),
-                props,
+                options,
+                &copy.body,
+                copy.properties,
             )
             .await
-            .map_err(|e| format!("publishing to {queue:?}: {e}"))?
+            .map_err(|e| unsettled("publishing to", e))?
             .await
-            .map_err(|e| format!("waiting for the confirm from {queue:?}: {e}"))?;
-        if confirm.is_ack() {
-            Ok(())
-        } else {
-            Err(format!(
-                "the broker refused (nack) the publish to {queue:?}"
-            ))
+            .map_err(|e| unsettled("waiting for the confirm from", e))?;
+        match confirm {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(_)) => Err(PublishError::Refused(format!(
+                "queue {queue:?} does not exist: the broker returned the copy as unroutable"
+            ))),
+            Confirmation::Nack(_) => Err(PublishError::Refused(format!(
+                "the broker refused (nack) the copy for {queue:?} (a full queue that rejects publishes?)"
+            ))),
+            Confirmation::NotRequested => Ok(()),
         }
     }
 }
@@ -126,69 +187,53 @@ fn settled(what: &str, result: Result<bool, lapin::Error>) -> Result<(), String>
     }
 }
 
-fn failed(message: &Message, settlement: &Settlement, reason: impl Into<String>) -> SettleError {
-    SettleError {
-        origin: message.origin().to_string(),
-        settlement: settlement.clone(),
-        reason: reason.into(),
-    }
-}
-
 impl AmqpSettle {
     async fn run(self, message: Arc<Message>, settlement: Settlement) -> Result<(), SettleError> {
-        let acker = &self.delivery.acker;
-        let topology = &self.topology;
-        let original = &self.delivery.properties;
-        match &settlement {
-            Settlement::Ack => {}
+        let topology = Arc::clone(&self.topology);
+        let unsettled =
+            |reason: String| SettleError::unsettled(&message, settlement.clone(), reason);
+        let queue = match &settlement {
+            Settlement::Ack => None,
             Settlement::Requeue => {
                 let requeue = BasicNackOptions {
                     multiple: false,
                     requeue: true,
                 };
-                return settled("basic.nack", acker.nack(requeue).await)
-                    .map_err(|e| failed(&message, &settlement, e));
+                let nacked = settled("basic.nack", self.delivery.acker.nack(requeue).await);
+                topology.acks.settled(self.delivery.delivery_tag);
+                return nacked.map_err(unsettled);
             }
-            Settlement::Delay {
-                after,
-                attempt,
-                reason,
-            } => {
-                let tier = delay_tier(*after);
-                let queue = topology.delay_queue(tier).await.map_err(|e| {
-                    failed(
-                        &message,
-                        &settlement,
-                        format!("declaring the delay queue: {e}"),
-                    )
-                })?;
-                let props = republish_properties(
-                    original,
-                    &message,
-                    &[
-                        (header::ATTEMPT, attempt.to_string()),
-                        (header::REASON, reason.clone()),
-                    ],
-                );
+            Settlement::Delay { after, .. } => Some(
                 topology
-                    .publish_confirmed(&queue, &message, props)
+                    .delay_queue(delay_tier(*after))
                     .await
-                    .map_err(|e| failed(&message, &settlement, e))?;
+                    .map_err(|e| unsettled(format!("declaring the delay queue: {e}")))?,
+            ),
+            Settlement::DeadLetter { .. } | Settlement::DeadLetterTruncated { .. } => {
+                Some(topology.dead_letter_queue.clone())
             }
-            Settlement::DeadLetter { reason } => {
-                let props = republish_properties(
-                    original,
-                    &message,
-                    &[
-                        (header::REASON, reason.clone()),
-                        (header::ORIGIN, topology.queue.clone()),
-                        (header::ATTEMPT, message.attempt().to_string()),
-                    ],
-                );
-                topology
-                    .publish_confirmed(&topology.dead_letter_queue, &message, props)
-                    .await
-                    .map_err(|e| failed(&message, &settlement, e))?;
+        };
+        if let Some(queue) = queue {
+            let frame_max = topology.publisher.frame_max;
+            let original = &self.delivery.properties;
+            let published = match copy_for(original, &message, &settlement, frame_max) {
+                Ok(copy) => topology.publish_confirmed(&queue, copy).await,
+                Err(why) => Err(PublishError::Refused(why)),
+            };
+            match published {
+                Ok(()) => {}
+                Err(PublishError::Refused(why)) => {
+                    return Err(SettleError::refused(
+                        Box::new(self),
+                        message,
+                        settlement,
+                        why,
+                    ));
+                }
+                Err(PublishError::Unsettled(why)) => {
+                    self.hand_back();
+                    return Err(unsettled(why));
+                }
             }
         }
         // Only now, with any republish confirmed, is the original acked:
@@ -197,7 +242,25 @@ impl AmqpSettle {
             .acks
             .ack(self.delivery.delivery_tag)
             .await
-            .map_err(|e| failed(&message, &settlement, e))
+            .map_err(unsettled)
+    }
+
+    /// Gives the delivery back to the broker (a nack with requeue) without
+    /// waiting: its channel may still be open while the publishing one is
+    /// not, and a delivery left unsettled there would hold its prefetch
+    /// slot for good.
+    fn hand_back(self) {
+        let origin = format!("delivery tag {}", self.delivery.delivery_tag);
+        tokio::spawn(async move {
+            let requeue = BasicNackOptions {
+                multiple: false,
+                requeue: true,
+            };
+            if let Err(error) = settled("basic.nack", self.delivery.acker.nack(requeue).await) {
+                tracing::warn!(%origin, %error, "could not hand a delivery back; the broker redelivers it when the channel closes");
+            }
+            self.topology.acks.settled(self.delivery.delivery_tag);
+        });
     }
 }
 
@@ -209,28 +272,20 @@ impl Settle for AmqpSettle {
                 self.topology
                     .acks
                     .ack_later(tag)
-                    .map_err(|e| failed(&message, &settlement, e)),
+                    .map_err(|e| SettleError::unsettled(&message, settlement, e)),
             );
         }
         SettleFuture::pending(self.run(message, settlement))
     }
 
     fn abandon(self: Box<Self>, message: &Message) {
-        let origin = message.origin().to_string();
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(async move {
-                    let requeue = BasicNackOptions { multiple: false, requeue: true };
-                    if let Err(error) = settled("basic.nack", self.delivery.acker.nack(requeue).await) {
-                        tracing::warn!(%origin, %error, "could not requeue an abandoned delivery; the broker redelivers it when the channel closes");
-                    }
-                    self.topology.acks.settled(self.delivery.delivery_tag);
-                });
-            }
-            Err(_) => tracing::warn!(
-                %origin,
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.hand_back();
+        } else {
+            tracing::warn!(
+                origin = %message.origin(),
                 "abandoned outside a tokio runtime; the broker redelivers it when the channel closes"
-            ),
+            );
         }
     }
 }

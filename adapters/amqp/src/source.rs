@@ -3,6 +3,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use async_trait::async_trait;
 use futures_util::{FutureExt, Stream, StreamExt};
@@ -12,13 +13,14 @@ use lapin::options::{
 use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Connection, ConnectionProperties};
+use sluicegate::convention::lane_priority;
 use sluicegate::{Delivery, Source, SourceError};
 
 use crate::AmqpError;
 use crate::acks::Acks;
 use crate::config::{AmqpConfig, Declare};
 use crate::convert::message_from;
-use crate::settle::{AmqpSettle, Topology};
+use crate::settle::{AmqpSettle, Publisher, Topology};
 
 /// A consumer of one RabbitMQ queue, or of several as priority lanes;
 /// implements [`Source`].
@@ -35,6 +37,8 @@ pub struct AmqpSource {
     label: String,
     prefetch: u16,
     reconnects: u64,
+    /// Acks decided but never sent (their channel died first).
+    acks_lost: Arc<AtomicU64>,
 }
 
 /// Deliveries of every consumer of a link, tagged with their lane.
@@ -56,7 +60,7 @@ struct Lane {
 const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 struct Link {
-    connection: Connection,
+    connection: Arc<Connection>,
     channel: Channel,
     lanes: Vec<Lane>,
     incoming: Option<Incoming>,
@@ -77,7 +81,7 @@ impl std::fmt::Debug for AmqpSource {
 impl Link {
     /// Connects, opens a consuming and a publishing (confirming) channel,
     /// and declares (or checks) every work queue and dead-letter queue.
-    async fn open(config: &AmqpConfig) -> Result<Self, AmqpError> {
+    async fn open(config: &AmqpConfig, acks_lost: &Arc<AtomicU64>) -> Result<Self, AmqpError> {
         let url = &config.url;
         let connecting = format!("connecting to AMQP_URL={}", redact(url));
         let connection = match &config.tls_ca {
@@ -101,6 +105,7 @@ impl Link {
             }
         }
         .map_err(AmqpError::broker(connecting))?;
+        let connection = Arc::new(connection);
         let channel = connection
             .create_channel()
             .await
@@ -118,7 +123,7 @@ impl Link {
             durable: true,
             ..QueueDeclareOptions::default()
         };
-        let acks = Acks::start(channel.clone());
+        let acks = Acks::start(channel.clone(), Arc::clone(acks_lost));
         let count = config.queues().len();
         let mut lanes = Vec::with_capacity(count);
         for (rank, queue) in config.queues().iter().enumerate() {
@@ -146,11 +151,11 @@ impl Link {
             }
             lanes.push(Lane {
                 queue: Arc::from(queue.as_str()),
-                priority: (count > 1).then(|| u8::try_from(count - 1 - rank).unwrap_or(0)),
+                priority: (count > 1).then(|| lane_priority(rank, count)),
                 topology: Arc::new(Topology::new(
                     queue.clone(),
                     dead_letter_queue,
-                    publisher.clone(),
+                    Publisher::new(Arc::clone(&connection), publisher.clone()),
                     Arc::clone(&acks),
                 )),
             });
@@ -219,13 +224,15 @@ impl AmqpSource {
     /// queues and dead-letter queues. Consuming starts when the runtime sets
     /// the prefetch, so nothing is delivered before the limit is in place.
     pub async fn connect(config: AmqpConfig) -> Result<Self, AmqpError> {
-        let link = Link::open(&config).await?;
+        let acks_lost = Arc::new(AtomicU64::new(0));
+        let link = Link::open(&config, &acks_lost).await?;
         Ok(Self {
             label: config.queues().join(","),
             config,
             link: Some(link),
             prefetch: 0,
             reconnects: 0,
+            acks_lost,
         })
     }
 
@@ -239,6 +246,20 @@ impl AmqpSource {
         self.reconnects
     }
 
+    /// Acks that were decided (the handler finished, `on_settled` was told)
+    /// but never reached the broker because their channel died first: the
+    /// broker redelivers those messages, so they are handled again. The
+    /// runtime's `acked` counts decisions; this counts the ones lost after.
+    pub fn acks_lost(&self) -> u64 {
+        self.acks_lost.load(Relaxed)
+    }
+
+    /// A shared handle on [`AmqpSource::acks_lost`], to read while the
+    /// worker runs.
+    pub fn acks_lost_counter(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.acks_lost)
+    }
+
     /// The link, consuming; reconnects first if the connection was lost.
     async fn consuming(&mut self) -> Result<&mut Link, SourceError> {
         if self.prefetch == 0 {
@@ -247,9 +268,12 @@ impl AmqpSource {
         let link = match self.link.take() {
             Some(link) => link,
             None => {
-                let link = Link::open(&self.config).await.map_err(|e| {
-                    SourceError::retryable(format!("reconnecting to RabbitMQ: {e}")).with_cause(e)
-                })?;
+                let link = Link::open(&self.config, &self.acks_lost)
+                    .await
+                    .map_err(|e| {
+                        SourceError::retryable(format!("reconnecting to RabbitMQ: {e}"))
+                            .with_cause(e)
+                    })?;
                 set_qos(link.channel.clone(), self.prefetch)
                     .await
                     .map_err(|e| SourceError::retryable(e.to_string()))?;

@@ -1,6 +1,5 @@
-//! Records in and out: a fetched record becomes an owned [`Message`] at
-//! once; a retried or dead-lettered message becomes a record with the
-//! attempt, reason, origin and not-before headers.
+//! Records in: a fetched record becomes an owned [`Message`] at once (the
+//! copies a retry or dead-letter produces are built in `settle`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,16 +7,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use rdkafka::Message as _;
-use rdkafka::message::{BorrowedMessage, Header, Headers as _, OwnedHeaders};
-use sluicegate::message::header;
+use rdkafka::message::{BorrowedMessage, Headers as _};
+use sluicegate::convention::{header, lane_priority, read_not_before};
 use sluicegate::{Headers, Message, Origin};
 use tokio::time::Instant;
 
 use crate::state::{Fetched, PartitionId};
 
 /// Header with the earliest time (milliseconds since the Unix epoch) a
-/// record in a retry topic may be handled.
-pub const NOT_BEFORE: &str = "x-sluicegate-not-before";
+/// record in a retry topic may be handled (the core's convention).
+pub const NOT_BEFORE: &str = header::NOT_BEFORE;
 
 /// Records that share one copy of their topic's name.
 const NAME_SHARED_BY: u32 = 256;
@@ -48,7 +47,7 @@ impl Owner {
         let mut priorities = HashMap::new();
         if topics.len() > 1 {
             for (rank, topic) in topics.iter().enumerate() {
-                let priority = u8::try_from(topics.len() - 1 - rank).unwrap_or(0);
+                let priority = lane_priority(rank, topics.len());
                 priorities.insert(topic.clone(), priority);
                 priorities.insert(format!("{topic}{}", crate::config::RETRY_SUFFIX), priority);
             }
@@ -127,20 +126,14 @@ impl Owner {
         received_at: Instant,
     ) -> (Message, Option<SystemTime>) {
         let mut headers = Headers::new();
-        let mut attempt = 1;
+        let mut attempt = None;
         let mut not_before = None;
         if let Some(borrowed) = record.headers() {
             for h in borrowed.iter() {
                 let value = h.value.unwrap_or_default();
                 match h.key {
-                    header::ATTEMPT => {
-                        attempt =
-                            parse_u64(value).map_or(1, |n| n.clamp(1, u32::MAX.into()) as u32);
-                    }
-                    NOT_BEFORE => {
-                        not_before =
-                            parse_u64(value).map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
-                    }
+                    header::ATTEMPT => attempt = Some(value),
+                    NOT_BEFORE => not_before = read_not_before(value),
                     _ => {}
                 }
                 headers.insert(h.key, Bytes::copy_from_slice(value));
@@ -153,8 +146,8 @@ impl Owner {
         };
         let payload = self.copy(record.payload().unwrap_or_default());
         let mut message = Message::received(origin, payload, received_at)
-            .with_headers(headers)
-            .with_attempt(attempt);
+            .with_attempt_header(attempt)
+            .with_headers(headers);
         if let Some(priority) = self.priorities.get(record.topic()) {
             message = message.with_priority(*priority);
         }
@@ -171,56 +164,4 @@ impl Owner {
         }
         (message, not_before)
     }
-}
-
-fn parse_u64(value: &[u8]) -> Option<u64> {
-    std::str::from_utf8(value).ok()?.trim().parse().ok()
-}
-
-/// The headers of a republished message: the original ones, with ours
-/// replaced. The origin stays the first one a message had.
-pub(crate) fn republish_headers(
-    message: &Message,
-    attempt: u32,
-    reason: &str,
-    not_before: Option<SystemTime>,
-) -> OwnedHeaders {
-    let ours = [header::ATTEMPT, header::REASON, NOT_BEFORE];
-    let mut out = OwnedHeaders::new();
-    for (name, value) in message.headers().iter() {
-        if !ours.contains(&name) {
-            out = out.insert(Header {
-                key: name,
-                value: Some(value.as_ref()),
-            });
-        }
-    }
-    if message.headers().get(header::ORIGIN).is_none() {
-        let origin = message.origin().to_string();
-        out = out.insert(Header {
-            key: header::ORIGIN,
-            value: Some(&origin),
-        });
-    }
-    let attempt = attempt.to_string();
-    out = out.insert(Header {
-        key: header::ATTEMPT,
-        value: Some(&attempt),
-    });
-    out = out.insert(Header {
-        key: header::REASON,
-        value: Some(reason),
-    });
-    if let Some(at) = not_before {
-        let ms = at
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis()
-            .to_string();
-        out = out.insert(Header {
-            key: NOT_BEFORE,
-            value: Some(&ms),
-        });
-    }
-    out
 }

@@ -46,6 +46,7 @@
 mod config;
 mod context;
 mod convert;
+mod limits;
 mod offsets;
 mod reader;
 mod schedule;

@@ -8,12 +8,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, SystemTime};
 
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
+use sluicegate::convention::{header, plan_cut, republish_headers};
 use sluicegate::{Message, Settle, SettleError, SettleFuture, Settlement};
 
 use crate::config::RETRY_SUFFIX;
 use crate::context::ClientCtx;
-use crate::convert::republish_headers;
+use crate::limits::{HEADER_OVERHEAD, Limits, record_size};
 use crate::state::{Shared, Slot};
 
 /// How long a republish may wait for room in the producer's queue.
@@ -25,6 +29,7 @@ const QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct Settler {
     pub(crate) shared: Arc<Shared>,
     pub(crate) producer: FutureProducer<ClientCtx>,
+    pub(crate) limits: Limits,
 }
 
 pub(crate) struct KafkaSettle {
@@ -34,32 +39,32 @@ pub(crate) struct KafkaSettle {
 
 impl Settle for KafkaSettle {
     fn settle(self: Box<Self>, message: Arc<Message>, settlement: Settlement) -> SettleFuture {
-        match settlement {
+        let topic = match &settlement {
             Settlement::Ack => {
                 let KafkaSettle { settler, slot } = *self;
                 settler.shared.complete(slot);
-                SettleFuture::done(Ok(()))
+                return SettleFuture::done(Ok(()));
             }
             Settlement::Requeue => {
                 let KafkaSettle { settler, slot } = *self;
                 settler.shared.requeue(Arc::unwrap_or_clone(message), slot);
-                SettleFuture::done(Ok(()))
+                return SettleFuture::done(Ok(()));
             }
-            Settlement::Delay {
-                after,
-                attempt,
-                ref reason,
-            } => {
-                let topic = format!("{}{RETRY_SUFFIX}", origin_topic(&message));
-                let headers =
-                    republish_headers(&message, attempt, reason, Some(SystemTime::now() + after));
-                SettleFuture::pending(self.republish(message, settlement, topic, headers))
+            Settlement::Delay { .. } => format!("{}{RETRY_SUFFIX}", origin_topic(&message)),
+            Settlement::DeadLetter { .. } | Settlement::DeadLetterTruncated { .. } => {
+                format!("{}.dlq", origin_topic(&message))
             }
-            Settlement::DeadLetter { ref reason } => {
-                let topic = format!("{}.dlq", origin_topic(&message));
-                let headers = republish_headers(&message, message.attempt(), reason, None);
-                SettleFuture::pending(self.republish(message, settlement, topic, headers))
-            }
+        };
+        let limit = self.settler.limits.of(&topic);
+        match copy_for(&message, &settlement, limit) {
+            Ok(copy) => SettleFuture::pending(self.republish(message, settlement, topic, copy)),
+            // Refused before anything is produced: no round trip.
+            Err(why) => SettleFuture::done(Err(SettleError::refused(
+                self,
+                message,
+                settlement,
+                format!("{why} (topic {topic})"),
+            ))),
         }
     }
 
@@ -68,40 +73,134 @@ impl Settle for KafkaSettle {
     }
 }
 
+/// A record ready to produce.
+struct Copy {
+    payload: bytes::Bytes,
+    headers: OwnedHeaders,
+}
+
+/// The record `settlement` produces for `message`: its key, value and
+/// headers whole, the convention's headers over its own; or why it cannot
+/// go: past `limit`. A truncated dead-letter keeps what fits.
+fn copy_for(message: &Message, settlement: &Settlement, limit: usize) -> Result<Copy, String> {
+    let theirs: Vec<(&str, &bytes::Bytes)> = message
+        .headers()
+        .iter()
+        .filter(|(name, _)| !header::ALL.contains(name))
+        .collect();
+    let key = message.key().map_or(0, bytes::Bytes::len);
+    let mut payload = message.payload().clone();
+    let mut cut_body = None;
+    let mut cut: Vec<&str> = Vec::new();
+    let now = SystemTime::now();
+    if let Settlement::DeadLetterTruncated { keep_bytes, .. } = settlement {
+        let ours = republish_headers(message, settlement, now, Some(payload.len()), &[]);
+        let fixed = record_size(0, key, ours.iter().map(|(n, v)| (*n, v.len())));
+        let sizes = theirs
+            .iter()
+            .map(|(n, v)| (*n, n.len() + v.len() + HEADER_OVERHEAD));
+        let plan = plan_cut(limit, fixed, payload.len(), *keep_bytes, sizes)
+            .ok_or_else(|| format!("even our own headers pass the limit of {limit} bytes"))?;
+        if plan.keep_body < payload.len() {
+            cut_body = Some(payload.len());
+            payload = payload.slice(..plan.keep_body);
+        }
+        cut = plan.headers;
+    }
+    let ours = republish_headers(message, settlement, now, cut_body, &cut);
+    let kept: Vec<(&str, &bytes::Bytes)> = theirs
+        .into_iter()
+        .filter(|(n, _)| !cut.contains(n))
+        .collect();
+    let size = record_size(
+        payload.len(),
+        key,
+        kept.iter()
+            .map(|(n, v)| (*n, v.len()))
+            .chain(ours.iter().map(|(n, v)| (*n, v.len()))),
+    );
+    if size > limit {
+        let what = match settlement {
+            Settlement::Delay { .. } => "too large to retry",
+            _ => "too large to dead-letter",
+        };
+        return Err(format!(
+            "{what}: the copy is {size} bytes, over the limit of {limit} (max.message.bytes)"
+        ));
+    }
+    let mut headers = OwnedHeaders::new_with_capacity(kept.len() + ours.len());
+    for (name, value) in kept {
+        headers = headers.insert(Header {
+            key: name,
+            value: Some(value.as_ref()),
+        });
+    }
+    for (name, value) in &ours {
+        headers = headers.insert(Header {
+            key: name,
+            value: Some(value.as_str()),
+        });
+    }
+    Ok(Copy { payload, headers })
+}
+
+/// Whether the producer's error is the broker's (or librdkafka's) no to
+/// this record, which it would say again: the message must be settled
+/// another way. Anything else (timeouts, a broker down) is transient.
+fn refused(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::InvalidTopic
+                | RDKafkaErrorCode::UnknownTopic
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::PolicyViolation
+        )
+    )
+}
+
 impl KafkaSettle {
     async fn republish(
-        self,
+        self: Box<Self>,
         message: Arc<Message>,
         settlement: Settlement,
         topic: String,
-        headers: rdkafka::message::OwnedHeaders,
+        copy: Copy,
     ) -> Result<(), SettleError> {
         let mut record = FutureRecord::to(&topic)
-            .payload(message.payload().as_ref())
-            .headers(headers);
+            .payload(copy.payload.as_ref())
+            .headers(copy.headers);
         if let Some(key) = message.key() {
             record = record.key(key.as_ref());
         }
         match self.settler.producer.send(record, QUEUE_TIMEOUT).await {
             Ok(_) => {
                 let counter = match settlement {
-                    Settlement::DeadLetter { .. } => &self.settler.shared.stats.dead_lettered,
-                    _ => &self.settler.shared.stats.retried,
+                    Settlement::Delay { .. } => &self.settler.shared.stats.retried,
+                    _ => &self.settler.shared.stats.dead_lettered,
                 };
                 counter.fetch_add(1, Relaxed);
                 self.settler.shared.complete(self.slot);
                 Ok(())
             }
+            Err((error, _)) if refused(&error) => {
+                let why = format!("producing to {topic}: {error}");
+                Err(SettleError::refused(self, message, settlement, why).with_source(error))
+            }
             Err((error, _)) => {
-                let failure = SettleError {
-                    origin: message.origin().to_string(),
+                let failure = SettleError::unsettled(
+                    &message,
                     settlement,
-                    reason: format!("producing to {topic}: {error}"),
-                };
+                    format!("producing to {topic}: {error}"),
+                )
+                .with_source(error);
                 // Not lost: offered again, its offset still open.
-                self.settler
-                    .shared
-                    .requeue(Arc::unwrap_or_clone(message), self.slot);
+                let KafkaSettle { settler, slot } = *self;
+                settler.shared.requeue(Arc::unwrap_or_clone(message), slot);
                 Err(failure)
             }
         }

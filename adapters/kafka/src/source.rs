@@ -21,6 +21,7 @@ use tokio::sync::oneshot;
 use crate::config::{KafkaConfig, TopicSetup};
 use crate::context::{ClientCtx, ConsumerCtx};
 use crate::convert::Owner;
+use crate::limits::Limits;
 use crate::reader::Readable;
 use crate::settle::{KafkaSettle, Settler};
 use crate::state::Shared;
@@ -79,6 +80,12 @@ impl KafkaSource {
             base.set(name, value);
         }
         prepare_topics(&config, &base).await?;
+        let produced_to: Vec<String> = config
+            .topics
+            .iter()
+            .flat_map(|t| [config.retry_topic(t), config.dead_letter_topic(t)])
+            .collect();
+        let limits = Limits::read(&base, &produced_to, config.connect_timeout).await;
 
         let mut producer_config = base.clone();
         set_default(&mut producer_config, "enable.idempotence", "true");
@@ -145,6 +152,7 @@ impl KafkaSource {
             settler: Arc::new(Settler {
                 shared: shared.clone(),
                 producer,
+                limits,
             }),
             shared,
             poller: Some(Closing { committed, closed }),

@@ -164,6 +164,7 @@ impl From<Bytes> for Publish {
 
 /// Why a publish failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PublishError {
     /// The bounded queue is full and set to reject.
     #[error("queue {queue:?} is full ({capacity} ready messages)")]
