@@ -226,7 +226,7 @@ mod tests {
         let why = refused.err().unwrap_or_default();
         assert!(why.starts_with("too large to retry"), "{why}");
         let truncated = Settlement::DeadLetterTruncated {
-            reason: "too large".into(),
+            reason: "r".repeat(4_000),
             keep_bytes: 10,
         };
         let copy =
