@@ -18,9 +18,9 @@ use lapin::options::{
 use lapin::types::{AMQPValue, ByteArray, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use sluicegate::convention::{REASON_MAX, header};
-use sluicegate::{Config, Context, HandlerError, Payload, RetryPolicy, Settled, Worker};
+use sluicegate::{Config, Context, HandlerError, RetryPolicy, Settled, Worker};
 use sluicegate_amqp::{AmqpConfig, AmqpSource};
-use sluicegate_test_support::{finished, run_until_metrics};
+use sluicegate_test_support::{Runs, fail_the_big_one, finished, run_until_metrics};
 
 /// The broker and the log capture are shared: these tests take turns.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -163,23 +163,10 @@ async fn a_message_too_large_to_retry_among_200_good_jobs_is_parked_and_nothing_
     }
     let before = log.lock().unwrap().len();
 
-    let runs: Arc<Mutex<BTreeMap<String, u32>>> = Arc::default();
+    let runs: Runs = Arc::default();
     let acked: Arc<Mutex<BTreeMap<String, u32>>> = Arc::default();
-    let (seen, done) = (Arc::clone(&runs), Arc::clone(&acked));
-    let handler = move |Payload(body): Payload| {
-        let id = if body.len() > 1_000 {
-            "big".to_owned()
-        } else {
-            String::from_utf8_lossy(&body).into_owned()
-        };
-        *seen.lock().unwrap().entry(id.clone()).or_default() += 1;
-        async move {
-            if id == "big" {
-                return Err(HandlerError::retryable("e".repeat(600_000)));
-            }
-            Ok(())
-        }
-    };
+    let done = Arc::clone(&acked);
+    let handler = fail_the_big_one(Arc::clone(&runs));
     let started = Instant::now();
     let worker = Worker::new(source, handler)
         .config(Config::default().prefetch(50).retry(retry()))

@@ -7,8 +7,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Out, brokers, committed, create_topic, log_end, produce, read_all, unique};
@@ -16,9 +15,9 @@ use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sluicegate::convention::{REASON_MAX, header};
-use sluicegate::{Config, Context, HandlerError, Payload, RetryPolicy, Worker};
+use sluicegate::{Config, Context, HandlerError, RetryPolicy, Worker};
 use sluicegate_kafka::{KafkaConfig, KafkaSource};
-use sluicegate_test_support::{finished, run_until_metrics};
+use sluicegate_test_support::{Runs, fail_the_big_one, finished, run_until_metrics};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -61,22 +60,8 @@ async fn a_record_too_large_to_retry_among_200_good_jobs_is_parked_and_the_parti
     }));
     produce(&topic, records).await;
 
-    let runs: Arc<Mutex<BTreeMap<String, u32>>> = Arc::default();
-    let seen = Arc::clone(&runs);
-    let handler = move |Payload(body): Payload| {
-        let id = if body.len() > 1_000 {
-            "big".to_owned()
-        } else {
-            String::from_utf8_lossy(&body).into_owned()
-        };
-        *seen.lock().unwrap().entry(id.clone()).or_default() += 1;
-        async move {
-            if id == "big" {
-                return Err(HandlerError::retryable("e".repeat(600_000)));
-            }
-            Ok(())
-        }
-    };
+    let runs: Runs = Arc::default();
+    let handler = fail_the_big_one(Arc::clone(&runs));
     let started = Instant::now();
     let worker =
         Worker::new(source(&topic, &group).await, handler).config(Config::default().retry(retry()));

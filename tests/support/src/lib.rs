@@ -93,3 +93,34 @@ pub async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> b
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Handler runs per message, keyed by payload (a large one as `big`).
+pub type Runs = std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, u32>>>;
+
+/// The hostile-input tests' handler: counts each run in `runs`; a payload
+/// over 1,000 bytes (`big`) fails with a 600 KB error every time, the
+/// others succeed.
+pub fn fail_the_big_one(
+    runs: Runs,
+) -> impl Fn(sluicegate::Payload) -> std::future::Ready<Result<(), sluicegate::HandlerError>>
++ Clone
++ Send
++ Sync
++ 'static {
+    move |sluicegate::Payload(body)| {
+        let big = body.len() > 1_000;
+        let id = if big {
+            "big".to_owned()
+        } else {
+            String::from_utf8_lossy(&body).into_owned()
+        };
+        if let Ok(mut runs) = runs.lock() {
+            *runs.entry(id).or_default() += 1;
+        }
+        std::future::ready(if big {
+            Err(sluicegate::HandlerError::retryable("e".repeat(600_000)))
+        } else {
+            Ok(())
+        })
+    }
+}
