@@ -459,7 +459,9 @@ async fn a_forced_connection_close_mid_run_loses_nothing() {
     let handler = move |text: String| {
         let id: u32 = text.parse().unwrap();
         *log.lock().unwrap().entry(id).or_default() += 1;
-        async { tokio::time::sleep(Duration::from_millis(2)).await }
+        // Slow enough that the 1,700 left take seconds: rabbitmqctl's own
+        // start-up (about a second) must not outlast the run.
+        async { tokio::time::sleep(Duration::from_millis(10)).await }
     };
     let worker =
         Worker::new(source, handler).config(Config::default().prefetch(50).max_in_flight(8));
