@@ -77,6 +77,25 @@ pub fn cap_reason(reason: &str) -> Cow<'_, str> {
     Cow::Owned(format!("{}{marker}", &reason[..end]))
 }
 
+/// `reason` cut as [`cap_reason`] cuts it, taking and giving back an
+/// owned string (no copy when it is short enough).
+pub fn capped(reason: String) -> String {
+    match cap_reason(&reason) {
+        Cow::Borrowed(_) => reason,
+        Cow::Owned(cut) => cut,
+    }
+}
+
+/// How a refusal for size begins, for the copy `settlement` publishes:
+/// `too large to retry` or `too large to dead-letter`. Every broker words
+/// it the same, so the reason a dead-letter carries reads the same too.
+pub fn too_large(settlement: &Settlement) -> &'static str {
+    match settlement {
+        Settlement::Delay { .. } => "too large to retry",
+        _ => "too large to dead-letter",
+    }
+}
+
 /// What was wrong with an attempt header, and so why it was not used as it
 /// stood.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

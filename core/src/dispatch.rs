@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 use crate::adaptive::Samples;
 use crate::breaker::{Breaker, Verdict};
-use crate::convention::cap_reason;
+use crate::convention::capped;
 use crate::gate::{Admitted, Gate, Permit};
 use crate::handler::{BoxFuture, ErasedHandler};
 use crate::message::{Delivery, Message, Settlement};
@@ -232,6 +232,7 @@ impl Dispatch {
         // Kept past the settlement only for an observer (a panic's log line
         // names the position otherwise).
         let message = self.on_settled.as_ref().map(|_| delivery.shared_message());
+        let named = message.clone();
         let at = {
             let origin = delivery.message().origin();
             (origin.position, origin.partition)
@@ -251,7 +252,10 @@ impl Dispatch {
             Err(panic) => {
                 self.metrics.settle_errors.fetch_add(1, Relaxed);
                 tracing::error!(
-                    origin = format!("position {} partition {:?}", at.0, at.1),
+                    origin = %named.as_ref().map_or_else(
+                        || format!("position {} partition {:?}", at.0, at.1),
+                        |m| m.origin().to_string()
+                    ),
                     panic = panic_text(&*panic),
                     "settling panicked (in the adapter or the on_settled observer)"
                 );
@@ -403,14 +407,6 @@ fn dead_letter(reason: String) -> (Settlement, Settled) {
         reason: reason.clone(),
     };
     (Settlement::DeadLetter { reason }, settled)
-}
-
-/// `reason`, cut to [`crate::convention::REASON_MAX`] bytes if longer.
-fn capped(reason: String) -> String {
-    match cap_reason(&reason) {
-        std::borrow::Cow::Borrowed(_) => reason,
-        std::borrow::Cow::Owned(cut) => cut,
-    }
 }
 
 /// Settles a delivery to the end and tells the observer (a run's own

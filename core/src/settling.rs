@@ -13,7 +13,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use crate::convention::cap_reason;
+use crate::convention::{cap_reason, capped};
 use crate::message::{Message, SettleError, SettleErrorKind, SettleFuture, Settlement};
 use crate::metrics::Metrics;
 use crate::settled::{OnSettled, Settled};
@@ -92,7 +92,7 @@ pub(crate) fn step_down(
     };
     match refused {
         Settlement::Delay { reason, .. } => {
-            let reason = cap_reason(&format!("{why}; it failed with: {reason}")).into_owned();
+            let reason = capped(format!("{why}; it failed with: {reason}"));
             Some((
                 Settlement::DeadLetter {
                     reason: reason.clone(),
@@ -101,11 +101,11 @@ pub(crate) fn step_down(
             ))
         }
         Settlement::DeadLetter { reason } => {
-            cut_or_drop(cap_reason(&format!("{why}; dead-lettered for: {reason}")).into_owned())
+            cut_or_drop(capped(format!("{why}; dead-lettered for: {reason}")))
         }
-        Settlement::DeadLetterTruncated { reason, .. } => Some(dropped(
-            cap_reason(&format!("{why}; dead-lettered for: {reason}")).into_owned(),
-        )),
+        Settlement::DeadLetterTruncated { reason, .. } => Some(dropped(capped(format!(
+            "{why}; dead-lettered for: {reason}"
+        )))),
         Settlement::Ack | Settlement::Requeue => None,
     }
 }

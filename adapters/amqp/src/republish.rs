@@ -15,7 +15,7 @@ use amq_protocol::frame::{AMQPContentHeader, AMQPFrame, WriteContext, gen_frame}
 use bytes::Bytes;
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use sluicegate::convention::{header, plan_cut, republish_headers};
+use sluicegate::convention::{header, plan_cut, republish_headers, too_large};
 use sluicegate::{Message, Settlement};
 
 /// A copy ready to publish.
@@ -52,9 +52,13 @@ pub(crate) fn copy_for(
         );
         let bare = properties(original, &[], &ours);
         let fixed = frame_size(&bare);
+        let without = frame_size(&properties(original, &[], &[]));
         let sizes: Vec<(&str, usize)> = theirs
             .iter()
-            .map(|(name, value)| (name.as_str(), entry_size(original, name, value)))
+            .map(|(name, value)| {
+                let with = frame_size(&properties(original, &[(name, value)], &[]));
+                (name.as_str(), with.saturating_sub(without))
+            })
             .collect();
         // The body is sent in frames of its own: it never counts here.
         let cut = plan_cut(limit, fixed, body.len(), body.len(), sizes).ok_or_else(|| {
@@ -76,12 +80,9 @@ pub(crate) fn copy_for(
     let properties = properties(original, &kept, &ours);
     let size = frame_size(&properties);
     if size > limit {
-        let what = match settlement {
-            Settlement::Delay { .. } => "too large to retry",
-            _ => "too large to dead-letter",
-        };
         return Err(format!(
-            "{what}: the copy's header frame is {size} bytes, over the connection's frame_max of {frame_max}"
+            "{}: the copy's header frame is {size} bytes, over the connection's frame_max of {frame_max}",
+            too_large(settlement)
         ));
     }
     Ok(Copy { properties, body })
@@ -144,13 +145,6 @@ fn properties(
         p = p.with_cluster_id(v.clone());
     }
     p
-}
-
-/// What one of the original's headers adds to the header frame.
-fn entry_size(original: &BasicProperties, name: &ShortString, value: &AMQPValue) -> usize {
-    let without = properties(original, &[], &[]);
-    let with = properties(original, &[(name, value)], &[]);
-    frame_size(&with).saturating_sub(frame_size(&without))
 }
 
 /// The encoded size of the content header frame carrying `properties`.

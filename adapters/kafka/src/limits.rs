@@ -78,14 +78,8 @@ impl Limits {
 
     /// The largest record `topic` takes from this producer.
     pub(crate) fn of(&self, topic: &str) -> usize {
-        let producer = if self.producer == 0 {
-            PRODUCER_DEFAULT
-        } else {
-            self.producer
-        };
-        self.topics
-            .get(topic)
-            .map_or(producer, |topic| producer.min(*topic))
+        let topic = self.topics.get(topic).copied().unwrap_or(usize::MAX);
+        self.producer.min(topic)
     }
 }
 

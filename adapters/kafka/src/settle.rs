@@ -12,7 +12,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
-use sluicegate::convention::{header, plan_cut, republish_headers};
+use sluicegate::convention::{header, plan_cut, republish_headers, too_large};
 use sluicegate::{Message, Settle, SettleError, SettleFuture, Settlement};
 
 use crate::config::RETRY_SUFFIX;
@@ -120,12 +120,9 @@ fn copy_for(message: &Message, settlement: &Settlement, limit: usize) -> Result<
             .chain(ours.iter().map(|(n, v)| (*n, v.len()))),
     );
     if size > limit {
-        let what = match settlement {
-            Settlement::Delay { .. } => "too large to retry",
-            _ => "too large to dead-letter",
-        };
         return Err(format!(
-            "{what}: the copy is {size} bytes, over the limit of {limit} (max.message.bytes)"
+            "{}: the copy is {size} bytes, over the limit of {limit} (max.message.bytes)",
+            too_large(settlement)
         ));
     }
     let mut headers = OwnedHeaders::new_with_capacity(kept.len() + ours.len());

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::queue::{Queue, QueueState, Stored};
-use crate::convention::{header, plan_cut, republish_headers};
+use crate::convention::{header, plan_cut, republish_headers, too_large};
 use crate::message::{Delivery, Message, Origin, Settle, SettleError, SettleFuture, Settlement};
 use crate::source::{Source, SourceError};
 
@@ -260,7 +260,7 @@ impl MemorySettle {
         let stored = self.republished(message, settlement, queue.size_limit())?;
         queue
             .fits(&stored)
-            .map_err(|e| format!("too large to retry: {e}"))?;
+            .map_err(|e| format!("{}: {e}", too_large(settlement)))?;
         let mut state = queue.lock();
         state.stats.delayed += 1;
         state.push_delayed(Instant::now() + after, stored);
@@ -275,7 +275,8 @@ impl MemorySettle {
             return Ok(());
         };
         let mut stored = self.republished(message, settlement, dlq.size_limit())?;
-        dlq.fits(&stored).map_err(|e| e.to_string())?;
+        dlq.fits(&stored)
+            .map_err(|e| format!("{}: {e}", too_large(settlement)))?;
         queue.lock().stats.dead_lettered += 1;
         stored.deliveries = 0;
         let mut dlq_state = dlq.lock();
