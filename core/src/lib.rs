@@ -59,6 +59,7 @@ pub mod outcome;
 mod rate;
 pub mod retry;
 mod runtime;
+mod settle;
 pub mod settled;
 mod settling;
 pub mod shutdown;
