@@ -1,0 +1,309 @@
+//! Reading the `SLUICEGATE_*` environment variables over a [`Config`]:
+//! the environment wins over the code, and a value that cannot be used is
+//! a [`ConfigError`] naming the variable, the value and what is allowed.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use super::{Config, ConfigError, Overflow, ShedAction};
+use crate::adaptive::{AdaptiveAlgorithm, AdaptivePolicy};
+use crate::breaker::BreakerPolicy;
+use crate::rate::RateLimit;
+use crate::retry::RetryPolicy;
+use crate::settling::Unsettleable;
+
+impl Config {
+    /// Defaults overridden by the `SLUICEGATE_*` environment variables.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::default().with_env()
+    }
+
+    /// This configuration overridden by the `SLUICEGATE_*` environment
+    /// variables (the environment wins over the code).
+    pub fn with_env(self) -> Result<Self, ConfigError> {
+        self.with_env_from(|name| std::env::var(name).ok())
+    }
+
+    /// Like [`Config::with_env`], reading variables through `lookup`.
+    pub fn with_env_from(
+        mut self,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let env = EnvReader { lookup: &lookup };
+        self.limits_from(&env)?;
+        self.retry_from(&env)?;
+        self.unsettleable_from(&env)?;
+        self.lanes_from(&env)?;
+        self.adaptive_from(&env)?;
+        self.rate_limit_from(&env)?;
+        self.breaker_from(&env)?;
+        self.validate()?;
+        Ok(self)
+    }
+
+    /// The prefetch, the handlers at once, and what overflow does.
+    fn limits_from(&mut self, env: &EnvReader<'_>) -> Result<(), ConfigError> {
+        if let Some(v) =
+            env.parse::<u16>("SLUICEGATE_PREFETCH", "a whole number from 1 to 65535")?
+        {
+            self.prefetch = v;
+        }
+        if let Some(v) = env.parse::<u16>(
+            "SLUICEGATE_MAX_IN_FLIGHT",
+            "a whole number from 1 to 65535, at most SLUICEGATE_PREFETCH",
+        )? {
+            self.max_in_flight = v;
+        }
+        if let Some(v) = env.parse::<Overflow>(
+            "SLUICEGATE_OVERFLOW",
+            &format!("one of {}", Overflow::NAMES),
+        )? {
+            self.overflow = v;
+        }
+        if let Some(v) = env.millis("SLUICEGATE_OVERFLOW_DELAY_MS")? {
+            self.overflow_delay = v;
+        }
+        if let Some(v) = env.parse::<ShedAction>(
+            "SLUICEGATE_SHED_ACTION",
+            &format!("one of {}", ShedAction::NAMES),
+        )? {
+            self.shed_action = v;
+        }
+        if let Some(v) = env.millis("SLUICEGATE_MAX_QUEUE_TIME_MS")? {
+            self.max_queue_time = (!v.is_zero()).then_some(v);
+        }
+        Ok(())
+    }
+
+    /// Retries, the handler timeout and the shutdown grace.
+    fn retry_from(&mut self, env: &EnvReader<'_>) -> Result<(), ConfigError> {
+        let mut max_retries = self.retry.max_retries();
+        let mut base = self.retry.base();
+        let mut max = self.retry.max();
+        let mut jitter = self.retry.jitter();
+        if let Some(v) =
+            env.parse::<u32>("SLUICEGATE_RETRY_MAX", "a whole number from 0 to 1000")?
+        {
+            max_retries = v;
+        }
+        if let Some(v) = env.millis("SLUICEGATE_RETRY_BASE_MS")? {
+            base = v;
+        }
+        if let Some(v) = env.millis("SLUICEGATE_RETRY_MAX_MS")? {
+            max = v;
+        }
+        if let Some(v) = env.parse::<bool>("SLUICEGATE_RETRY_JITTER", "true or false")? {
+            jitter = v;
+        }
+        self.retry = RetryPolicy::new(max_retries, base, max).with_jitter(jitter);
+        if let Some(v) = env.millis("SLUICEGATE_HANDLER_TIMEOUT_MS")? {
+            self.handler_timeout = v;
+        }
+        if let Some(v) = env.millis("SLUICEGATE_SHUTDOWN_GRACE_MS")? {
+            self.shutdown_grace = v;
+        }
+        Ok(())
+    }
+
+    /// Lane weights, per-lane rates, the starvation guard and the share
+    /// reserved for the top lane.
+    fn lanes_from(&mut self, env: &EnvReader<'_>) -> Result<(), ConfigError> {
+        if let Some(raw) = env.parse::<String>("SLUICEGATE_LANE_WEIGHTS", "weights")? {
+            let weights: Option<Vec<u32>> = raw
+                .split(',')
+                .map(|w| w.trim().parse::<u32>().ok().filter(|w| *w > 0))
+                .collect();
+            match weights {
+                Some(weights) if !weights.is_empty() => self.lane_weights = Some(weights),
+                _ => {
+                    return Err(ConfigError::new(
+                        "SLUICEGATE_LANE_WEIGHTS",
+                        raw,
+                        "whole numbers above 0, comma-separated, highest priority first (70,20,10)",
+                    ));
+                }
+            }
+        }
+        if let Some(raw) = env.parse::<String>("SLUICEGATE_LANE_RATE_LIMITS", "rate limits")? {
+            self.lane_rate_limits = parse_lane_rate_limits(&raw).ok_or_else(|| {
+                ConfigError::new(
+                    "SLUICEGATE_LANE_RATE_LIMITS",
+                    &raw,
+                    "starts per second for each lane, highest priority first, comma-separated, each optionally /burst; 0 = no limit (0,0,50/5)",
+                )
+            })?;
+        }
+        if let Some(v) = env.millis("SLUICEGATE_STARVATION_GUARD_MS")? {
+            self.starvation_guard = (!v.is_zero()).then_some(v);
+        }
+        if let Some(v) = env.parse::<f64>(
+            "SLUICEGATE_RESERVED_FOR_TOP",
+            "a share from 0 to under 1 (0.2 = a fifth)",
+        )? {
+            if !(0.0..1.0).contains(&v) {
+                return Err(ConfigError::new(
+                    "SLUICEGATE_RESERVED_FOR_TOP",
+                    v,
+                    "a share from 0 to under 1 (0.2 = a fifth)",
+                ));
+            }
+            *self = std::mem::take(self).reserved_for_top(v);
+        }
+        Ok(())
+    }
+
+    fn unsettleable_from(&mut self, env: &EnvReader<'_>) -> Result<(), ConfigError> {
+        if let Some(v) = env.parse::<Unsettleable>(
+            "SLUICEGATE_UNSETTLEABLE",
+            &format!("one of {}", Unsettleable::NAMES),
+        )? {
+            self.unsettleable = v;
+        }
+        if let Some(keep) = env.parse::<usize>(
+            "SLUICEGATE_UNSETTLEABLE_KEEP_BYTES",
+            "a whole number of bytes",
+        )? {
+            if let Unsettleable::DeadLetterTruncated { keep_bytes } = &mut self.unsettleable {
+                *keep_bytes = keep;
+            }
+        }
+        Ok(())
+    }
+
+    fn adaptive_from(&mut self, env: &EnvReader<'_>) -> Result<(), ConfigError> {
+        let algorithm = env.parse::<String>("SLUICEGATE_ADAPTIVE", "off, aimd or gradient")?;
+        let target = env.millis("SLUICEGATE_ADAPTIVE_TARGET_MS")?;
+        let min = env.parse::<u16>("SLUICEGATE_ADAPTIVE_MIN", "a whole number from 1 to 65535")?;
+        let max = env.parse::<u16>("SLUICEGATE_ADAPTIVE_MAX", "a whole number from 1 to 65535")?;
+        let algorithm = match algorithm.as_deref().map(str::trim) {
+            None => self.adaptive.map(|a| a.algorithm()),
+            Some("off") => None,
+            Some("aimd") => Some(AdaptiveAlgorithm::Aimd),
+            Some("gradient") => Some(AdaptiveAlgorithm::Gradient),
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "SLUICEGATE_ADAPTIVE",
+                    other,
+                    "off, aimd or gradient",
+                ));
+            }
+        };
+        let Some(algorithm) = algorithm else {
+            self.adaptive = None;
+            return Ok(());
+        };
+        let base = self.adaptive.unwrap_or_else(|| {
+            AdaptivePolicy::new(algorithm, Duration::from_millis(100)).bounds(1, self.max_in_flight)
+        });
+        let policy = AdaptivePolicy::new(algorithm, target.unwrap_or(base.target()))
+            .bounds(min.unwrap_or(base.min()), max.unwrap_or(base.max()));
+        self.adaptive = Some(policy);
+        Ok(())
+    }
+
+    fn rate_limit_from(&mut self, env: &EnvReader<'_>) -> Result<(), ConfigError> {
+        let rate = env.parse::<u32>(
+            "SLUICEGATE_RATE_LIMIT",
+            "a whole number of handler starts per second (0 = no limit)",
+        )?;
+        let burst = env.parse::<u32>("SLUICEGATE_BURST", "a whole number from 1")?;
+        if burst == Some(0) {
+            return Err(ConfigError::new(
+                "SLUICEGATE_BURST",
+                0,
+                "a whole number from 1",
+            ));
+        }
+        match rate {
+            Some(0) => self.rate_limit = None,
+            Some(n) => self.rate_limit = RateLimit::per_second(n),
+            None => {}
+        }
+        if let (Some(limit), Some(burst)) = (self.rate_limit, burst) {
+            self.rate_limit = limit.burst(burst);
+        }
+        Ok(())
+    }
+
+    fn breaker_from(&mut self, env: &EnvReader<'_>) -> Result<(), ConfigError> {
+        let failures =
+            env.parse::<u32>("SLUICEGATE_BREAKER_FAILURES", "a whole number (0 = off)")?;
+        let expected = "a share between 0 and 1, exclusive (0.5 = half)";
+        let rate = env.parse::<f64>("SLUICEGATE_BREAKER_FAILURE_RATE", expected)?;
+        if let Some(r) = rate.filter(|r| !(*r > 0.0 && *r < 1.0)) {
+            return Err(ConfigError::new(
+                "SLUICEGATE_BREAKER_FAILURE_RATE",
+                r,
+                expected,
+            ));
+        }
+        let window = env.parse::<u32>("SLUICEGATE_BREAKER_WINDOW", "a whole number from 1")?;
+        let cool_down = env.millis("SLUICEGATE_BREAKER_COOLDOWN_MS")?;
+        let probes = env.parse::<u32>("SLUICEGATE_BREAKER_PROBES", "a whole number from 1")?;
+        let on = failures.is_some_and(|n| n > 0) || rate.is_some();
+        let mut policy = match (self.breaker, on) {
+            (Some(policy), _) => policy,
+            (None, true) => BreakerPolicy::consecutive(0),
+            (None, false) => return Ok(()),
+        };
+        if let Some(n) = failures {
+            policy.consecutive = n;
+        }
+        if let Some(r) = rate {
+            policy = policy.failure_rate(r, window.unwrap_or(20));
+        } else if let (Some(w), Some((r, _))) = (window, policy.failure_rate_window()) {
+            policy = policy.failure_rate(r, w);
+        }
+        if let Some(d) = cool_down {
+            policy = policy.cool_down(d);
+        }
+        if let Some(n) = probes {
+            policy = policy.probes(n);
+        }
+        let disabled = policy.consecutive_failures() == 0 && policy.failure_rate_window().is_none();
+        self.breaker = (!disabled).then_some(policy);
+        Ok(())
+    }
+}
+
+struct EnvReader<'a> {
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl EnvReader<'_> {
+    fn parse<T: FromStr>(&self, name: &str, expected: &str) -> Result<Option<T>, ConfigError> {
+        match (self.lookup)(name) {
+            None => Ok(None),
+            Some(raw) => raw
+                .trim()
+                .parse::<T>()
+                .map(Some)
+                .map_err(|_| ConfigError::new(name, &raw, expected)),
+        }
+    }
+
+    fn millis(&self, name: &str) -> Result<Option<Duration>, ConfigError> {
+        Ok(self
+            .parse::<u64>(name, "a whole number of milliseconds")?
+            .map(Duration::from_millis))
+    }
+}
+
+/// `0,0,50/5`: a rate (0 = none) and an optional burst per lane.
+fn parse_lane_rate_limits(raw: &str) -> Option<Vec<Option<RateLimit>>> {
+    raw.split(',')
+        .map(|entry| {
+            let (rate, burst) = match entry.split_once('/') {
+                Some((rate, burst)) => (rate, Some(burst.trim().parse::<u32>().ok()?)),
+                None => (entry, None),
+            };
+            let rate = rate.trim().parse::<u32>().ok()?;
+            match (RateLimit::per_second(rate), burst) {
+                (None, None) => Some(None),
+                (None, Some(_)) => None,
+                (Some(limit), None) => Some(Some(limit)),
+                (Some(limit), Some(burst)) => limit.burst(burst).map(Some),
+            }
+        })
+        .collect()
+}
