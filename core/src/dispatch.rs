@@ -29,10 +29,11 @@ use crate::breaker::{Breaker, Verdict};
 use crate::convention::capped;
 use crate::gate::{Admitted, Gate, Permit};
 use crate::handler::{BoxFuture, ErasedHandler};
-use crate::message::{Delivery, Message, Settlement};
+use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::outcome::Outcome;
 use crate::retry::RetryPolicy;
+use crate::settle::{Delivery, Settlement};
 use crate::settled::{OnSettled, Settled};
 use crate::settling::{Settler, Settling, Unsettleable};
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::message::Delivery;
+use crate::settle::Delivery;
 
 /// Deliveries waiting to run, one FIFO per priority present.
 #[derive(Debug, Default)]

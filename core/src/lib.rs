@@ -38,7 +38,8 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Modules, one concern each: [`message`] (deliveries and settlement),
+//! Modules, one concern each: [`message`] (what a handler reads),
+//! [`settle`] (deliveries and settling them), [`header`] (our header names),
 //! [`convention`] (the headers every broker shares),
 //! [`handler`] (the handler API), [`outcome`], [`retry`], [`config`],
 //! [`source`] (the adapter contract), [`memory`] (the in-memory broker),
@@ -51,6 +52,7 @@ pub mod convention;
 mod dispatch;
 mod gate;
 pub mod handler;
+pub mod header;
 mod lanes;
 pub mod memory;
 pub mod message;
@@ -59,7 +61,7 @@ pub mod outcome;
 mod rate;
 pub mod retry;
 mod runtime;
-mod settle;
+pub mod settle;
 pub mod settled;
 mod settling;
 pub mod shutdown;
@@ -70,15 +72,13 @@ pub use adaptive::{AdaptiveAlgorithm, AdaptivePolicy};
 pub use breaker::{BreakerPolicy, BreakerState};
 pub use config::{Config, ConfigError, Overflow, ShedAction};
 pub use handler::{Context, FromMessage, Handler, Json, MessageHandler, Payload, Rejection};
-pub use message::{
-    Delivery, Headers, Message, Origin, Settle, SettleError, SettleErrorKind, SettleFuture,
-    Settlement,
-};
+pub use message::{Headers, Message, Origin};
 pub use metrics::{Metrics, MetricsSnapshot};
 pub use outcome::{BoxError, ErrorKind, HandlerError, IntoOutcome, Outcome};
 pub use rate::RateLimit;
 pub use retry::RetryPolicy;
 pub use runtime::{DrainReport, Error, Report, StopReason, Worker};
+pub use settle::{Delivery, Settle, SettleError, SettleErrorKind, SettleFuture, Settlement};
 pub use settled::Settled;
 pub use settling::Unsettleable;
 pub use source::{Source, SourceError};

@@ -1,35 +1,22 @@
-//! The message model: what a handler reads ([`Message`]) and the settle-once
-//! [`Delivery`] that carries it through the runtime.
-//!
-//! A `Delivery` owns the broker's settlement handle. Settling consumes the
-//! delivery, so settling twice does not compile:
-//!
-//! ```compile_fail
-//! # async fn twice(delivery: sluicegate::Delivery) {
-//! delivery.ack().await.ok();
-//! delivery.ack().await.ok(); // error[E0382]: use of moved value
-//! # }
-//! ```
-//!
-//! A delivery dropped without being settled (its task panicked or was
-//! cancelled) is handed back to the broker through [`Settle::abandon`], which
-//! requeues it: nothing is lost silently.
+//! The message model: what a handler reads ([`Message`]): its payload,
+//! [`Headers`], key, priority, attempt and [`Origin`]. The settle-once
+//! [`crate::Delivery`] that carries it through the runtime is in
+//! [`crate::settle`].
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::convention::{AttemptProblem, read_attempt};
-pub use crate::settle::{Settle, SettleError, SettleErrorKind, SettleFuture, Settlement};
+use crate::header::{AttemptProblem, read_attempt};
 
 /// Header names sluicegate writes when it republishes a message (defined
-/// in [`crate::convention`]).
-pub use crate::convention::header;
+/// in [`crate::header`]).
+pub use crate::header;
 
 /// Message headers: an ordered map from name to raw bytes.
 ///
@@ -296,141 +283,19 @@ impl Message {
     pub fn origin(&self) -> &Origin {
         &self.origin
     }
-}
 
-/// A message plus its settle-once broker handle.
-///
-/// ```
-/// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// use sluicegate::memory::MemoryBroker;
-/// use sluicegate::source::Source;
-///
-/// let broker = MemoryBroker::new();
-/// broker.publish("jobs", "hello").await.unwrap();
-/// let mut source = broker.source("jobs");
-/// let delivery = source.next().await.unwrap().unwrap();
-/// assert_eq!(delivery.message().payload().as_ref(), b"hello");
-/// delivery.ack().await.unwrap(); // consumes the delivery
-/// assert_eq!(broker.stats("jobs").acked, 1);
-/// # }
-/// ```
-pub struct Delivery {
-    message: Arc<Message>,
-    handle: Option<Box<dyn Settle>>,
-    abandoned: Option<Arc<AtomicU64>>,
-}
-
-impl Delivery {
-    /// Wraps a message and the broker handle that settles it.
-    pub fn new(message: Message, handle: impl Settle) -> Self {
-        Self {
-            message: Arc::new(message),
-            handle: Some(Box::new(handle)),
-            abandoned: None,
-        }
-    }
-
-    /// The message.
-    pub fn message(&self) -> &Message {
-        &self.message
-    }
-
-    /// A shared reference to the message, for handing to a handler.
-    pub fn shared_message(&self) -> Arc<Message> {
-        Arc::clone(&self.message)
-    }
-
-    /// Gives the message another priority (a classifier's verdict). The
-    /// runtime calls this at intake, while it holds the only reference.
+    /// Gives the message another priority (a classifier's verdict).
     pub(crate) fn set_priority(&mut self, priority: u8) {
-        if self.message.priority != priority {
-            Arc::make_mut(&mut self.message).priority = priority;
-        }
+        self.priority = priority;
     }
 
     /// Lowers an attempt number above the retry limit to the limit, noting
-    /// why (unless the header already had a problem, which is kept). The
-    /// runtime calls this at intake, while it holds the only reference.
+    /// why (unless the header already had a problem, which is kept).
     pub(crate) fn lower_attempt_to(&mut self, limit: u32) {
-        let message = Arc::make_mut(&mut self.message);
-        if message.attempt_problem.is_none() {
-            let raw = message.attempt.to_string();
-            message.attempt_problem = Some(Box::new((AttemptProblem::AboveRetryLimit, raw)));
+        if self.attempt_problem.is_none() {
+            let raw = self.attempt.to_string();
+            self.attempt_problem = Some(Box::new((AttemptProblem::AboveRetryLimit, raw)));
         }
-        message.attempt = limit;
-    }
-
-    /// Counts into `counter` if this delivery is ever dropped unsettled.
-    pub(crate) fn count_abandon_in(&mut self, counter: Arc<AtomicU64>) {
-        self.abandoned = Some(counter);
-    }
-
-    /// Settles the delivery, consuming it.
-    pub async fn settle(self, settlement: Settlement) -> Result<(), SettleError> {
-        self.begin_settle(settlement).await
-    }
-
-    /// Hands the settlement to the broker's handle: what is left to wait
-    /// for (nothing, for a settlement the handle finished at once).
-    pub(crate) fn begin_settle(mut self, settlement: Settlement) -> SettleFuture {
-        match self.handle.take() {
-            Some(handle) => handle.settle(Arc::clone(&self.message), settlement),
-            // Unreachable: the handle is only taken here and in Drop.
-            None => SettleFuture::done(Ok(())),
-        }
-    }
-
-    /// Acknowledges the delivery.
-    pub async fn ack(self) -> Result<(), SettleError> {
-        self.settle(Settlement::Ack).await
-    }
-
-    /// Gives the delivery back to the broker unchanged.
-    pub async fn requeue(self) -> Result<(), SettleError> {
-        self.settle(Settlement::Requeue).await
-    }
-
-    /// Redelivers after `after` as attempt `attempt`.
-    pub async fn delay(self, after: Duration, attempt: u32) -> Result<(), SettleError> {
-        self.settle(Settlement::Delay {
-            after,
-            attempt,
-            reason: "delayed by the handler".into(),
-        })
-        .await
-    }
-
-    /// Dead-letters the delivery with a reason.
-    pub async fn dead_letter(self, reason: impl Into<String>) -> Result<(), SettleError> {
-        self.settle(Settlement::DeadLetter {
-            reason: reason.into(),
-        })
-        .await
-    }
-}
-
-impl fmt::Debug for Delivery {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Delivery")
-            .field("origin", &self.message.origin)
-            .field("attempt", &self.message.attempt)
-            .field("settled", &self.handle.is_none())
-            .finish()
-    }
-}
-
-impl Drop for Delivery {
-    fn drop(&mut self) {
-        if let Some(handle) = self.handle.take() {
-            if let Some(counter) = &self.abandoned {
-                counter.fetch_add(1, Ordering::Relaxed);
-            }
-            tracing::warn!(
-                origin = %self.message.origin,
-                attempt = self.message.attempt,
-                "delivery dropped unsettled (panic or cancelled task): handing it back to the broker"
-            );
-            handle.abandon(&self.message);
-        }
+        self.attempt = limit;
     }
 }

@@ -14,8 +14,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use crate::convention::{cap_reason, capped};
-use crate::message::{Message, SettleError, SettleErrorKind, SettleFuture, Settlement};
+use crate::message::Message;
 use crate::metrics::Metrics;
+use crate::settle::{SettleError, SettleErrorKind, SettleFuture, Settlement};
 use crate::settled::{OnSettled, Settled};
 
 /// What happens to a message whose dead-letter the broker refuses (too

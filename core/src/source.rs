@@ -5,8 +5,8 @@
 use async_trait::async_trait;
 
 use crate::config::Overflow;
-use crate::message::Delivery;
 use crate::outcome::BoxError;
+use crate::settle::Delivery;
 
 /// An error from a source. `retryable` errors (a lost connection the adapter
 /// is re-establishing) make the runtime back off and pull again; others stop

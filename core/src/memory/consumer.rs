@@ -12,7 +12,8 @@ use tokio::time::Instant;
 
 use super::queue::{Queue, QueueState, Stored};
 use crate::convention::{header, plan_cut, republish_headers, too_large};
-use crate::message::{Delivery, Message, Origin, Settle, SettleError, SettleFuture, Settlement};
+use crate::message::{Message, Origin};
+use crate::settle::{Delivery, Settle, SettleError, SettleFuture, Settlement};
 use crate::source::{Source, SourceError};
 
 /// One consumer's prefetch window.

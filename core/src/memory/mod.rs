@@ -425,7 +425,7 @@ impl MemoryBroker {
 mod tests {
     use super::*;
     use crate::convention::header;
-    use crate::message::Delivery;
+    use crate::settle::Delivery;
     use crate::source::Source;
     use std::time::Duration;
     use tokio::time::Instant;

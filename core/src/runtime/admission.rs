@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::dispatch::{PassClock, Started};
 use crate::gate::Admitted;
 use crate::lanes::Popped;
-use crate::message::Delivery;
+use crate::settle::Delivery;
 use crate::source::Source;
 use crate::tracker::Kind;
 

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::Flow;
 use crate::config::{Overflow, ShedAction};
-use crate::message::{Delivery, Settlement};
+use crate::settle::{Delivery, Settlement};
 use crate::settled::Settled;
 use crate::source::Source;
 
