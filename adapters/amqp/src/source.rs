@@ -82,29 +82,7 @@ impl Link {
     /// Connects, opens a consuming and a publishing (confirming) channel,
     /// and declares (or checks) every work queue and dead-letter queue.
     async fn open(config: &AmqpConfig, acks_lost: &Arc<AtomicU64>) -> Result<Self, AmqpError> {
-        let url = &config.url;
-        let connecting = format!("connecting to AMQP_URL={}", redact(url));
-        let connection = match &config.tls_ca {
-            None => Connection::connect(url, ConnectionProperties::default()).await,
-            Some(path) => {
-                let pem = std::fs::read_to_string(path).map_err(|e| {
-                    AmqpError::Config(sluicegate::ConfigError::new(
-                        "SLUICEGATE_AMQP_TLS_CA",
-                        path,
-                        format!("a readable PEM file ({e})"),
-                    ))
-                })?;
-                let tls = OwnedTLSConfig {
-                    identity: None,
-                    cert_chain: Some(pem),
-                };
-                let runtime = lapin::runtime::default_runtime()
-                    .map_err(AmqpError::broker(connecting.clone()))?;
-                Connection::connect_with_config(url, ConnectionProperties::default(), tls, runtime)
-                    .await
-            }
-        }
-        .map_err(AmqpError::broker(connecting))?;
+        let connection = connect(config).await?;
         let connection = Arc::new(connection);
         let channel = connection
             .create_channel()
@@ -418,6 +396,34 @@ impl Source for AmqpSource {
             ))),
         }
     }
+}
+
+/// Connects to the broker, over TLS with the configured CA when there is
+/// one; the error names the URL without its password.
+async fn connect(config: &AmqpConfig) -> Result<Connection, AmqpError> {
+    let url = &config.url;
+    let connecting = format!("connecting to AMQP_URL={}", redact(url));
+    match &config.tls_ca {
+        None => Connection::connect(url, ConnectionProperties::default()).await,
+        Some(path) => {
+            let pem = std::fs::read_to_string(path).map_err(|e| {
+                AmqpError::Config(sluicegate::ConfigError::new(
+                    "SLUICEGATE_AMQP_TLS_CA",
+                    path,
+                    format!("a readable PEM file ({e})"),
+                ))
+            })?;
+            let tls = OwnedTLSConfig {
+                identity: None,
+                cert_chain: Some(pem),
+            };
+            let runtime =
+                lapin::runtime::default_runtime().map_err(AmqpError::broker(connecting.clone()))?;
+            Connection::connect_with_config(url, ConnectionProperties::default(), tls, runtime)
+                .await
+        }
+    }
+    .map_err(AmqpError::broker(connecting))
 }
 
 /// Sets the prefetch. `global: true` is RabbitMQ's per-channel limit, which

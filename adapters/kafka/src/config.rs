@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use sluicegate::ConfigError;
 
+use crate::ids::RETRY_SUFFIX;
+
 /// Which deliveries must be handled one after another.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ordering {
@@ -306,8 +308,6 @@ impl KafkaConfig {
         Ok(())
     }
 }
-
-pub(crate) const RETRY_SUFFIX: &str = ".retry";
 
 fn valid_topic(name: &str) -> bool {
     (1..=240).contains(&name.len())

@@ -9,16 +9,25 @@ use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError as RdKafkaError, KafkaResult};
 use rdkafka::{ClientContext, TopicPartitionList};
 
-use crate::state::Shared;
+use crate::Consumer;
 
-/// The consumer's context: routes rebalances to [`Shared`].
+/// What a rebalance tells the worker, on the poll thread (the shared state
+/// implements it; this module knows no more of it).
+pub(crate) trait Rebalancing: Send + Sync {
+    /// Partitions are about to be taken away: settle up and commit.
+    fn revoke(&self, consumer: &Consumer, tpl: &TopicPartitionList);
+    /// Partitions were assigned.
+    fn assigned(&self, tpl: &TopicPartitionList);
+}
+
+/// The consumer's context: routes rebalances to the worker's state.
 pub(crate) struct ConsumerCtx {
-    shared: Arc<Shared>,
+    rebalancing: Arc<dyn Rebalancing>,
 }
 
 impl ConsumerCtx {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+    pub(crate) fn new(rebalancing: Arc<dyn Rebalancing>) -> Self {
+        Self { rebalancing }
     }
 }
 
@@ -92,13 +101,13 @@ fn log_line(level: RDKafkaLogLevel, facility: &str, line: &str) {
 impl ConsumerContext for ConsumerCtx {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
-            self.shared.revoke(consumer, tpl);
+            self.rebalancing.revoke(consumer, tpl);
         }
     }
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
-            Rebalance::Assign(tpl) => self.shared.assigned(tpl),
+            Rebalance::Assign(tpl) => self.rebalancing.assigned(tpl),
             Rebalance::Revoke(_) => {}
             Rebalance::Error(error) => tracing::warn!(%error, "rebalance failed"),
         }

@@ -12,7 +12,7 @@ use sluicegate::convention::{header, lane_priority, read_not_before};
 use sluicegate::{Headers, Message, Origin};
 use tokio::time::Instant;
 
-use crate::state::{Fetched, PartitionId};
+use crate::ids::{Fetched, PartitionId};
 
 /// Header with the earliest time (milliseconds since the Unix epoch) a
 /// record in a retry topic may be handled (the core's convention).
@@ -49,7 +49,7 @@ impl Owner {
             for (rank, topic) in topics.iter().enumerate() {
                 let priority = lane_priority(rank, topics.len());
                 priorities.insert(topic.clone(), priority);
-                priorities.insert(format!("{topic}{}", crate::config::RETRY_SUFFIX), priority);
+                priorities.insert(format!("{topic}{}", crate::ids::RETRY_SUFFIX), priority);
             }
         }
         Self {

@@ -43,9 +43,11 @@
 //! Kafka equivalent: the record is offered again from memory after a short
 //! pause, its offset still open, so a crash meanwhile redelivers it.
 
+mod book;
 mod config;
 mod context;
 mod convert;
+mod ids;
 mod limits;
 mod offsets;
 mod reader;

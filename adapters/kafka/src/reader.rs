@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering::{Acquire, Relaxed};
 use rdkafka::consumer::base_consumer::PartitionQueue;
 
 use crate::context::ConsumerCtx;
-use crate::state::PartitionId;
+use crate::ids::PartitionId;
 use crate::stats::KafkaStats;
 
 /// Fewest unsettled records a partition may hold before reading it stops.
@@ -190,7 +190,7 @@ mod tests {
     use std::sync::atomic::Ordering::SeqCst;
 
     use super::*;
-    use crate::state::TopicId;
+    use crate::ids::TopicId;
 
     fn part(n: i32) -> PartitionId {
         PartitionId::new(TopicId::new(0), n)
@@ -201,7 +201,7 @@ mod tests {
         let mut out = Vec::new();
         let held_back = reader.readable(capacity, shares, &KafkaStats::default(), &mut out);
         (
-            out.iter().map(|r| (r.part.partition(), r.room)).collect(),
+            out.iter().map(|r| (r.part.partition, r.room)).collect(),
             held_back,
         )
     }

@@ -15,10 +15,10 @@ use rdkafka::types::RDKafkaErrorCode;
 use sluicegate::convention::{header, plan_cut, republish_headers, too_large};
 use sluicegate::{Message, Settle, SettleError, SettleFuture, Settlement};
 
-use crate::config::RETRY_SUFFIX;
 use crate::context::ClientCtx;
+use crate::ids::{RETRY_SUFFIX, Slot};
 use crate::limits::{HEADER_OVERHEAD, Limits, record_size};
-use crate::state::{Shared, Slot};
+use crate::state::Shared;
 
 /// How long a republish may wait for room in the producer's queue.
 const QUEUE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -21,6 +21,7 @@ use tokio::sync::oneshot;
 use crate::config::{KafkaConfig, TopicSetup};
 use crate::context::{ClientCtx, ConsumerCtx};
 use crate::convert::Owner;
+use crate::ids::Fetched;
 use crate::limits::Limits;
 use crate::reader::Readable;
 use crate::settle::{KafkaSettle, Settler};
@@ -65,7 +66,7 @@ pub struct KafkaSource {
     /// consumer closed.
     poller: Option<Closing>,
     /// Records taken from the schedule, on their way out as deliveries.
-    popped: Vec<crate::state::Pending>,
+    popped: Vec<crate::ids::Pending>,
 }
 
 impl KafkaSource {
@@ -96,31 +97,7 @@ impl KafkaSource {
 
         let stats = Arc::new(KafkaStats::default());
         let shared = Arc::new(Shared::new(config.ordering, config.revoke_timeout, stats));
-        let mut consumer_config = base;
-        consumer_config
-            .set("group.id", &config.group)
-            .set("enable.auto.commit", "true")
-            .set(
-                "auto.commit.interval.ms",
-                config.commit_interval.as_millis().to_string(),
-            )
-            .set("enable.auto.offset.store", "false");
-        set_default(&mut consumer_config, "auto.offset.reset", "earliest");
-        // Each partition is read from a queue of its own, and only while it
-        // holds less than its share of the prefetch. With partition queues,
-        // librdkafka applies these per partition: it stops fetching a
-        // partition whose queue holds this much (its defaults are 100,000
-        // records and 64 MiB), and checks again after the backoff (1 s by
-        // default, a stall once the worker catches up).
-        set_default(&mut consumer_config, "queued.min.messages", "10000");
-        set_default(&mut consumer_config, "queued.max.messages.kbytes", "4096");
-        set_default(&mut consumer_config, "fetch.queue.backoff.ms", "20");
-        // A partition whose queue fell below those thresholds joins the next
-        // fetch request only when the one in flight returns, and the broker
-        // holds a fetch of idle partitions (a retry topic, say) for up to
-        // this long: 500 ms by default. The throughput bench: 77k msg/s at
-        // 500 ms, 415k at 20 ms.
-        set_default(&mut consumer_config, "fetch.wait.max.ms", "20");
+        let consumer_config = consumer_config(base, &config);
         let mut consumer: Consumer = consumer_config
             .create_with_context(ConsumerCtx::new(shared.clone()))
             .map_err(KafkaError::client("creating the consumer"))?;
@@ -167,7 +144,7 @@ impl KafkaSource {
 }
 
 /// A fetched record as the runtime's delivery.
-fn delivery(settler: &Arc<Settler>, pending: crate::state::Pending) -> Delivery {
+fn delivery(settler: &Arc<Settler>, pending: crate::ids::Pending) -> Delivery {
     Delivery::new(
         pending.message,
         KafkaSettle {
@@ -316,27 +293,15 @@ fn poll_loop(
         }
         // Each partition's own queue, as far as it has room.
         shared.readable(&mut readable);
-        for Readable {
-            part,
-            queue,
-            room,
-            retry,
-        } in readable.drain(..)
-        {
-            for _ in 0..room.min(POLL_BATCH) {
-                match queue.poll(Duration::ZERO) {
-                    None => break,
-                    Some(Ok(record)) => {
-                        batch.push(owner.fetched(&record, Some((part, retry)), received_at));
-                    }
-                    Some(Err(error)) => errors.note(&error),
-                }
-            }
-            if !batch.is_empty() {
-                taken += batch.len();
-                shared.took(part, batch.len());
-                shared.deliver(&mut batch);
-            }
+        for readable in readable.drain(..) {
+            taken += read_partition(
+                shared,
+                readable,
+                &mut owner,
+                &mut batch,
+                &mut errors,
+                received_at,
+            );
         }
         if now.duration_since(stored_at) >= STORE_EVERY {
             shared.store_due(&consumer);
@@ -368,6 +333,86 @@ fn poll_loop(
     let _ = closed.send(());
 }
 
+/// Creates the missing retry and dead-letter topics, each with as many
+/// partitions as its topic; one that exists already (another worker was
+/// quicker) is fine.
+async fn create_topics(
+    base: &ClientConfig,
+    create: &[(String, usize)],
+    timeout: Duration,
+) -> Result<(), KafkaError> {
+    if create.is_empty() {
+        return Ok(());
+    }
+    let new: Vec<NewTopic<'_>> = create
+        .iter()
+        .map(|(name, count)| {
+            NewTopic::new(
+                name,
+                i32::try_from(*count).unwrap_or(i32::MAX),
+                TopicReplication::Fixed(-1),
+            )
+        })
+        .collect();
+    let admin: AdminClient<ClientCtx> = base
+        .create_with_context(ClientCtx::default())
+        .map_err(KafkaError::client("creating the admin client"))?;
+    let results = admin
+        .create_topics(&new, &AdminOptions::new().operation_timeout(Some(timeout)))
+        .await
+        .map_err(KafkaError::client(
+            "creating the retry and dead-letter topics",
+        ))?;
+    for result in results {
+        match result {
+            Ok(name) => tracing::info!(topic = %name, "created topic"),
+            Err((name, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {
+                tracing::debug!(topic = %name, "topic exists already");
+            }
+            Err((name, code)) => {
+                return Err(KafkaError::CreateTopic {
+                    topic: name,
+                    reason: code.to_string(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Takes what one partition's own queue has, up to its room, and hands it
+/// over; returns how many records that was.
+fn read_partition(
+    shared: &Shared,
+    readable: Readable,
+    owner: &mut Owner,
+    batch: &mut Vec<Fetched>,
+    errors: &mut ErrorLog,
+    received_at: tokio::time::Instant,
+) -> usize {
+    let Readable {
+        part,
+        queue,
+        room,
+        retry,
+    } = readable;
+    for _ in 0..room.min(POLL_BATCH) {
+        match queue.poll(Duration::ZERO) {
+            None => break,
+            Some(Ok(record)) => {
+                batch.push(owner.fetched(&record, Some((part, retry)), received_at));
+            }
+            Some(Err(error)) => errors.note(&error),
+        }
+    }
+    let taken = batch.len();
+    if taken > 0 {
+        shared.took(part, taken);
+        shared.deliver(batch);
+    }
+    taken
+}
+
 /// The poll thread's two signals at shutdown.
 struct Closing {
     committed: oneshot::Receiver<bool>,
@@ -388,6 +433,35 @@ impl ErrorLog {
             self.last = text;
         }
     }
+}
+
+/// The consumer's settings: the group, automatic commits of the offsets
+/// the worker stores, and fetching that follows the partition queues.
+fn consumer_config(mut consumer_config: ClientConfig, config: &KafkaConfig) -> ClientConfig {
+    consumer_config
+        .set("group.id", &config.group)
+        .set("enable.auto.commit", "true")
+        .set(
+            "auto.commit.interval.ms",
+            config.commit_interval.as_millis().to_string(),
+        )
+        .set("enable.auto.offset.store", "false");
+    set_default(&mut consumer_config, "auto.offset.reset", "earliest");
+    // Each partition is read from a queue of its own, and only while it
+    // holds less than its share of the prefetch. With partition queues,
+    // librdkafka applies these per partition: it stops fetching a
+    // partition whose queue holds this much (its defaults are 100,000
+    // records and 64 MiB), and checks again after the backoff (1 s by
+    // default, a stall once the worker catches up).
+    set_default(&mut consumer_config, "queued.min.messages", "10000");
+    set_default(&mut consumer_config, "queued.max.messages.kbytes", "4096");
+    set_default(&mut consumer_config, "fetch.queue.backoff.ms", "20");
+    // A partition whose queue fell below those thresholds joins the next
+    // fetch request only when the one in flight returns, and the broker
+    // holds a fetch of idle partitions (a retry topic, say) for up to
+    // this long: 500 ms by default.
+    set_default(&mut consumer_config, "fetch.wait.max.ms", "20");
+    consumer_config
 }
 
 fn set_default(config: &mut ClientConfig, name: &str, value: &str) {
@@ -452,41 +526,5 @@ async fn prepare_topics(config: &KafkaConfig, base: &ClientConfig) -> Result<(),
             }
         }
     }
-    if create.is_empty() {
-        return Ok(());
-    }
-    let new: Vec<NewTopic<'_>> = create
-        .iter()
-        .map(|(name, count)| {
-            NewTopic::new(
-                name,
-                i32::try_from(*count).unwrap_or(i32::MAX),
-                TopicReplication::Fixed(-1),
-            )
-        })
-        .collect();
-    let admin: AdminClient<ClientCtx> = base
-        .create_with_context(ClientCtx::default())
-        .map_err(KafkaError::client("creating the admin client"))?;
-    let results = admin
-        .create_topics(&new, &AdminOptions::new().operation_timeout(Some(timeout)))
-        .await
-        .map_err(KafkaError::client(
-            "creating the retry and dead-letter topics",
-        ))?;
-    for result in results {
-        match result {
-            Ok(name) => tracing::info!(topic = %name, "created topic"),
-            Err((name, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {
-                tracing::debug!(topic = %name, "topic exists already");
-            }
-            Err((name, code)) => {
-                return Err(KafkaError::CreateTopic {
-                    topic: name,
-                    reason: code.to_string(),
-                });
-            }
-        }
-    }
-    Ok(())
+    create_topics(base, &create, config.connect_timeout).await
 }

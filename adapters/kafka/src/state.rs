@@ -5,149 +5,33 @@
 //! stores, and a look while reading is held back. librdkafka calls made
 //! under it (partition queues, offset store) only enqueue work and return.
 
-use std::collections::HashMap;
-use std::sync::atomic::Ordering::{Relaxed, Release, SeqCst};
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread::Thread;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use bytes::Bytes;
+use rdkafka::TopicPartitionList;
 use rdkafka::consumer::Consumer as _;
-use rdkafka::{Offset, TopicPartitionList};
 use sluicegate::Message;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::Consumer;
+use crate::book::Book;
 use crate::config::Ordering;
-use crate::offsets::PartitionOffsets;
+use crate::context::Rebalancing;
+use crate::ids::{Fetched, PartitionId, Pending, Slot};
 use crate::reader::{Readable, Reader};
-use crate::schedule::Schedule;
 use crate::stats::KafkaStats;
-use crate::{Consumer, config::RETRY_SUFFIX};
 
 /// How long a record handed back (requeued, abandoned) waits before it is
 /// offered again: long enough that a saturated worker does not spin.
 const REQUEUE_PAUSE: Duration = Duration::from_millis(50);
 
-/// A topic's number in the worker's table of topic names ([`Topics`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct TopicId(u32);
-
-#[cfg(test)]
-impl TopicId {
-    pub(crate) fn new(n: u32) -> Self {
-        Self(n)
-    }
-}
-
-/// A partition, its topic by number: copied and hashed for every record,
-/// so it holds no name (a shared name's reference count, counted up on the
-/// poll thread and down on the runtime's, bounced between the cores).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct PartitionId {
-    topic: TopicId,
-    partition: i32,
-}
-
-#[cfg(test)]
-impl PartitionId {
-    pub(crate) fn new(topic: TopicId, partition: i32) -> Self {
-        Self { topic, partition }
-    }
-
-    pub(crate) fn partition(&self) -> i32 {
-        self.partition
-    }
-}
-
-/// The topic names this worker has seen, numbered in order.
-#[derive(Default)]
-struct Topics {
-    names: Vec<Arc<str>>,
-    ids: HashMap<Arc<str>, TopicId, foldhash::fast::RandomState>,
-}
-
-impl Topics {
-    fn id(&mut self, name: &str) -> TopicId {
-        if let Some(id) = self.ids.get(name) {
-            return *id;
-        }
-        let id = TopicId(u32::try_from(self.names.len()).unwrap_or(u32::MAX));
-        let name: Arc<str> = name.into();
-        self.names.push(name.clone());
-        self.ids.insert(name, id);
-        id
-    }
-
-    fn part(&mut self, topic: &str, partition: i32) -> PartitionId {
-        PartitionId {
-            topic: self.id(topic),
-            partition,
-        }
-    }
-
-    fn name(&self, id: TopicId) -> &str {
-        self.names.get(id.0 as usize).map_or("", |name| name)
-    }
-
-    fn is_retry(&self, id: TopicId) -> bool {
-        self.name(id).ends_with(RETRY_SUFFIX)
-    }
-}
-
-/// What must finish before the next record of a chain may run.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct ChainKey {
-    part: PartitionId,
-    key: Option<Bytes>,
-}
-
-/// Where a record sits: its partition's assignment (generation) and offset.
-#[derive(Clone, Debug)]
-pub(crate) struct Slot {
-    pub(crate) part: PartitionId,
-    pub(crate) offset: i64,
-    generation: u64,
-    chain: Option<ChainKey>,
-}
-
-pub(crate) struct Pending {
-    pub(crate) message: Message,
-    pub(crate) slot: Slot,
-}
-
-/// A record the poll thread took, on its way into the schedule.
-pub(crate) struct Fetched {
-    pub(crate) message: Message,
-    pub(crate) offset: i64,
-    /// Its partition, and whether it is a retry topic's, when it was read
-    /// from the partition's own queue (otherwise looked up on intake).
-    pub(crate) located: Option<(PartitionId, bool)>,
-    pub(crate) not_before: Option<SystemTime>,
-}
-
-struct PartitionState {
-    offsets: PartitionOffsets,
-    generation: u64,
-    /// Fetched and not finished: waiting here or out with the runtime.
-    unsettled: usize,
-    /// Handed to the runtime and not yet settled or handed back.
-    out: usize,
-    /// Records finished or skipped, for the poll thread's count of what
-    /// the partition holds ([`Reader`]).
-    released: Arc<AtomicUsize>,
-    /// The commit point moved since offsets were last stored.
-    store_due: bool,
-}
-
 struct State {
     consumer: Option<Arc<Consumer>>,
-    partitions: HashMap<PartitionId, PartitionState, foldhash::fast::RandomState>,
-    topics: Topics,
-    schedule: Schedule<ChainKey, Pending>,
-    generations: u64,
-    held: usize,
+    book: Book,
     failure: Option<String>,
     /// `Shared::finished`, swapped in to be taken in.
     absorbing: Vec<Slot>,
@@ -215,7 +99,6 @@ pub(crate) struct Shared {
     /// Wakes a revoke waiting for the runtime's in-flight records.
     settled: Condvar,
     pub(crate) stats: Arc<KafkaStats>,
-    ordering: Ordering,
     revoke_timeout: Duration,
 }
 
@@ -228,11 +111,7 @@ impl Shared {
         Self {
             state: Mutex::new(State {
                 consumer: None,
-                partitions: HashMap::default(),
-                topics: Topics::default(),
-                schedule: Schedule::default(),
-                generations: 0,
-                held: 0,
+                book: Book::new(ordering),
                 failure: None,
                 absorbing: Vec::new(),
                 intake: Vec::new(),
@@ -249,7 +128,6 @@ impl Shared {
             poller: Arc::default(),
             settled: Condvar::new(),
             stats,
-            ordering,
             revoke_timeout,
         }
     }
@@ -329,21 +207,7 @@ impl Shared {
         // Finished records first: they may release the next of a chain.
         let released = self.absorb(&mut state);
         self.take_inbox(&mut state);
-        let before = out.len();
-        while out.len() - before < max {
-            let Some(pending) = state.schedule.pop() else {
-                break;
-            };
-            if let Some(p) = state.partitions.get_mut(&pending.slot.part) {
-                p.out += 1;
-            }
-            out.push(pending);
-        }
-        let due = if out.len() == before {
-            state.schedule.next_due()
-        } else {
-            None
-        };
+        let due = state.book.pop(max, out);
         drop(state);
         if released && self.held_back.load(SeqCst) {
             self.poller.notify();
@@ -363,75 +227,11 @@ impl Shared {
         let mut intake = std::mem::take(&mut state.intake);
         let mut accepted = 0;
         for fetched in intake.drain(..) {
-            accepted += usize::from(self.accept_one(state, fetched));
+            accepted += usize::from(state.book.accept(fetched, &self.stats));
         }
         state.intake = intake;
         self.stats.fetched.fetch_add(accepted as u64, Relaxed);
-        self.stats.note_held(state.held);
-    }
-
-    /// Takes in one fetched record; `false` when it is skipped.
-    fn accept_one(&self, state: &mut State, fetched: Fetched) -> bool {
-        let Fetched {
-            message,
-            offset,
-            located,
-            not_before,
-        } = fetched;
-        let (part, retry) = located.unwrap_or_else(|| {
-            let origin = message.origin();
-            let topic = state.topics.id(&origin.source);
-            let part = PartitionId {
-                topic,
-                partition: origin.partition.unwrap_or_default(),
-            };
-            (part, state.topics.is_retry(topic))
-        });
-        let State {
-            partitions,
-            schedule,
-            held,
-            ..
-        } = state;
-        let Some(p) = partitions.get_mut(&part) else {
-            // Not assigned (any more): whoever owns it fetches it again.
-            self.stats.skipped.fetch_add(1, Relaxed);
-            return false;
-        };
-        // Every record poll returned is kept, even past the partition's
-        // share: librdkafka resumes from the position after the last record
-        // it handed out, so one let go here would be skipped for good (and
-        // a later commit would pass it).
-        if !p.offsets.fetched(offset) {
-            self.stats.skipped.fetch_add(1, Relaxed);
-            p.released.fetch_add(1, Release);
-            return false;
-        }
-        p.unsettled += 1;
-        let chain = match (self.ordering, retry) {
-            (_, true) | (Ordering::Unordered, _) => None,
-            (Ordering::Partition, false) => Some(ChainKey { part, key: None }),
-            (Ordering::Key, false) => message.key().map(|key| ChainKey {
-                part,
-                key: Some(key.clone()),
-            }),
-        };
-        let not_before = not_before.and_then(|at| {
-            let wait = at.duration_since(SystemTime::now()).ok()?;
-            Some(Instant::now() + wait)
-        });
-        let record = Pending {
-            message,
-            slot: Slot {
-                part,
-                offset,
-                generation: p.generation,
-                chain: chain.clone(),
-            },
-        };
-        schedule.admit(record, chain.as_ref(), not_before);
-        *held += 1;
-        true
+        self.stats.note_held(state.book.held);
     }
 
     /// A record finished (acked, retried, dead-lettered or dropped): its
@@ -473,59 +273,23 @@ impl Shared {
         }
         let mut slots = std::mem::take(&mut state.absorbing);
         for slot in slots.drain(..) {
-            self.absorb_one(state, &slot);
+            state.book.finish(&slot, &self.stats);
         }
         state.absorbing = slots;
         true
-    }
-
-    fn absorb_one(&self, state: &mut State, slot: &Slot) {
-        let State {
-            partitions,
-            schedule,
-            held,
-            ..
-        } = state;
-        let Some(p) = partitions
-            .get_mut(&slot.part)
-            .filter(|p| p.generation == slot.generation)
-        else {
-            // Revoked meanwhile: the new owner handles it again from the
-            // last commit (a duplicate, never a loss).
-            self.stats.late_settlements.fetch_add(1, Relaxed);
-            return;
-        };
-        p.out = p.out.saturating_sub(1);
-        p.unsettled = p.unsettled.saturating_sub(1);
-        p.released.fetch_add(1, Release);
-        *held = held.saturating_sub(1);
-        if p.offsets.done(slot.offset).is_some() {
-            // Stored by the poll thread, a batch at a time (a librdkafka
-            // call per record cost more than the rest of the settle).
-            p.store_due = true;
-        }
-        if let Some(chain) = &slot.chain {
-            schedule.finished(chain);
-        }
     }
 
     /// A record handed back unfinished (requeue, abandoned, a republish
     /// that failed): offered again shortly, its offset still open.
     pub(crate) fn requeue(&self, message: Message, slot: Slot) {
         let mut state = self.lock();
-        let Some(p) = state
-            .partitions
-            .get_mut(&slot.part)
-            .filter(|p| p.generation == slot.generation)
-        else {
-            self.stats.late_settlements.fetch_add(1, Relaxed);
+        let again = Instant::now() + REQUEUE_PAUSE;
+        if !state
+            .book
+            .requeue(Pending { message, slot }, again, &self.stats)
+        {
             return;
-        };
-        p.out = p.out.saturating_sub(1);
-        self.stats.requeued.fetch_add(1, Relaxed);
-        state
-            .schedule
-            .requeue(Pending { message, slot }, Instant::now() + REQUEUE_PAUSE);
+        }
         drop(state);
         if self.revoking.load(SeqCst) {
             self.settled.notify_all();
@@ -536,43 +300,27 @@ impl Shared {
 
     /// Partitions assigned to this worker (on the poll thread).
     pub(crate) fn assigned(&self, tpl: &TopicPartitionList) {
+        let elements = tpl.elements();
         let mut state = self.lock();
-        let mut names = Vec::new();
-        for elem in tpl.elements() {
-            state.generations += 1;
-            let part = state.topics.part(elem.topic(), elem.partition());
-            names.push(format!("{}[{}]", elem.topic(), elem.partition()));
-            let generation = state.generations;
-            state.partitions.insert(
-                part,
-                PartitionState {
-                    offsets: PartitionOffsets::default(),
-                    generation,
-                    unsettled: 0,
-                    out: 0,
-                    released: Arc::default(),
-                    store_due: false,
-                },
-            );
-        }
+        let assigned = state
+            .book
+            .assign(elements.iter().map(|e| (e.topic(), e.partition())));
+        let names: Vec<String> = elements
+            .iter()
+            .map(|e| format!("{}[{}]", e.topic(), e.partition()))
+            .collect();
         // Each partition gets a queue of its own, so it can be left unread
         // while it holds its share (librdkafka then stops fetching it)
         // without holding up the others. Split before any record of it is
         // fetched: fetching starts only once the committed offset is known.
-        let consumer = state.consumer.clone();
-        if let Some(consumer) = consumer {
+        if let Some(consumer) = state.consumer.clone() {
             let mut reader = self.reader();
-            for elem in tpl.elements() {
-                let part = state.topics.part(elem.topic(), elem.partition());
-                let retry = state.topics.is_retry(part.topic);
-                let Some(released) = state.partitions.get(&part).map(|p| p.released.clone()) else {
-                    continue;
-                };
+            for (elem, new) in elements.iter().zip(assigned) {
                 match consumer.split_partition_queue(elem.topic(), elem.partition()) {
                     Some(mut queue) => {
                         let poller = self.poller.clone();
                         queue.set_nonempty_callback(move || poller.notify());
-                        reader.add(part, Arc::new(queue), retry, released);
+                        reader.add(new.part, Arc::new(queue), new.retry, new.released);
                     }
                     None => {
                         tracing::warn!(
@@ -599,25 +347,16 @@ impl Shared {
         // Everything the poll thread took so far (the revoke runs on it, so
         // nothing more is on its way).
         self.take_inbox(&mut state);
-        let parts: Vec<PartitionId> = tpl
-            .elements()
-            .iter()
-            .map(|e| state.topics.part(e.topic(), e.partition()))
-            .collect();
-        let dropped = state.schedule.remove(
-            |pending| parts.contains(&pending.slot.part),
-            |chain| parts.contains(&chain.part),
-        );
+        let elements = tpl.elements();
+        let parts = state
+            .book
+            .parts(elements.iter().map(|e| (e.topic(), e.partition())));
         // Counted out of `held` with their partitions' unsettled records.
-        drop(dropped);
+        state.book.forget_waiting(&parts);
         self.revoking.store(true, SeqCst);
         loop {
             self.absorb(&mut state);
-            let out: usize = parts
-                .iter()
-                .filter_map(|part| state.partitions.get(part))
-                .map(|p| p.out)
-                .sum();
+            let out = state.book.out(&parts);
             let now = std::time::Instant::now();
             if out == 0 || now >= deadline {
                 if out > 0 {
@@ -632,14 +371,7 @@ impl Shared {
                 .0;
         }
         self.revoking.store(false, SeqCst);
-        let mut released = Vec::new();
-        for part in &parts {
-            if let Some(p) = state.partitions.remove(part) {
-                state.held = state.held.saturating_sub(p.unsettled);
-                released.push((part, p.offsets));
-            }
-        }
-        let commit = commit_points(&state.topics, released.iter().map(|(part, o)| (*part, o)));
+        let commit = state.book.close(&parts);
         drop(state);
         self.reader()
             .remove(|part| parts.contains(part), &self.stats);
@@ -663,15 +395,7 @@ impl Shared {
         let store = {
             let mut state = self.lock();
             self.absorb(&mut state);
-            let State {
-                partitions, topics, ..
-            } = &mut *state;
-            commit_points(
-                topics,
-                partitions.iter_mut().filter_map(|(part, p)| {
-                    std::mem::take(&mut p.store_due).then_some((part, &p.offsets))
-                }),
-            )
+            state.book.take_due()
         };
         if store.count() > 0 {
             if let Err(error) = consumer.store_offsets(&store) {
@@ -689,7 +413,7 @@ impl Shared {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .is_empty();
-        finished || self.lock().partitions.values().any(|p| p.store_due)
+        finished || self.lock().book.store_due()
     }
 
     /// Commits what is done now, synchronously (on the poll thread, at
@@ -699,10 +423,7 @@ impl Shared {
         let commit = {
             let mut state = self.lock();
             self.absorb(&mut state);
-            commit_points(
-                &state.topics,
-                state.partitions.iter().map(|(part, p)| (part, &p.offsets)),
-            )
+            state.book.all_points()
         };
         commit.count() == 0 || store_and_commit(consumer, &commit, "final offsets")
     }
@@ -757,20 +478,12 @@ fn store_and_commit(consumer: &Consumer, offsets: &TopicPartitionList, what: &st
     }
 }
 
-/// The commit points of the given partitions, as librdkafka takes them.
-/// Partitions that fetched nothing yet have none and are left out.
-fn commit_points<'a>(
-    topics: &Topics,
-    partitions: impl Iterator<Item = (&'a PartitionId, &'a PartitionOffsets)>,
-) -> TopicPartitionList {
-    let mut tpl = TopicPartitionList::new();
-    for (part, offsets) in partitions {
-        if let Some(next) = offsets.commit_point() {
-            // Infallible for a valid partition; a failure only leaves this
-            // partition out of this store or commit.
-            let topic = topics.name(part.topic);
-            let _ = tpl.add_partition_offset(topic, part.partition, Offset::Offset(next));
-        }
+impl Rebalancing for Shared {
+    fn revoke(&self, consumer: &Consumer, tpl: &TopicPartitionList) {
+        Shared::revoke(self, consumer, tpl);
     }
-    tpl
+
+    fn assigned(&self, tpl: &TopicPartitionList) {
+        Shared::assigned(self, tpl);
+    }
 }

@@ -48,64 +48,11 @@ impl<S: Source> Flow<S> {
                     break;
                 }
             };
-            // The worker's token is held until a message starts: a pass that
-            // starts none (every waiting lane out of its own tokens) keeps it.
-            if let (Some(limiter), false) = (&self.limiter, self.token_in_hand) {
-                match limiter.try_take() {
-                    Ok(()) => self.token_in_hand = true,
-                    Err(at) => {
-                        self.hold_until(at, probe);
-                        break;
-                    }
-                }
-            }
-            let delivery = match &mut self.lane_limits {
-                None => self.lanes.pop(),
-                Some(limits) => match self.lanes.pop_admitted(|rank| limits.take(rank)) {
-                    Popped::Ready(delivery) => Some(delivery),
-                    Popped::Empty => None,
-                    Popped::Wait(at) => {
-                        self.hold_until(at, probe);
-                        break;
-                    }
-                },
-            };
-            let Some(delivery) = delivery else {
+            let Some(delivery) = self.next_to_start(probe) else {
                 break;
             };
-            // A share of the handlers kept for the top priority: the others
-            // wait when they hold the rest.
-            let below_top = self
-                .lanes
-                .top_priority()
-                .is_some_and(|top| delivery.message().priority() < top);
+            let below_top = self.below_top(&delivery);
             let reserved = self.config.reserved_for_top_share();
-            let delivery = if below_top
-                && reserved > 0.0
-                && self.gate.below_top() >= self.gate.below_top_limit(reserved)
-            {
-                self.lanes.unpop(delivery);
-                // The reserved slots are the top lane's: start one of its
-                // messages if it has any (weighted lanes may have picked
-                // another lane first); otherwise only a top-priority arrival
-                // or a freed slot can change this.
-                let top_may_start = self.lane_limits.as_mut().is_none_or(|l| l.take(0).is_ok());
-                match self.lanes.pop_top().filter(|_| top_may_start) {
-                    Some(top) => top,
-                    None => {
-                        if let Some(breaker) = &self.breaker {
-                            breaker.unadmit(probe);
-                        }
-                        break;
-                    }
-                }
-            } else {
-                delivery
-            };
-            let below_top = self
-                .lanes
-                .top_priority()
-                .is_some_and(|top| delivery.message().priority() < top);
             let Some(mut admitted) = self.gate.try_admit() else {
                 self.lanes.unpop(delivery);
                 break;
@@ -120,6 +67,63 @@ impl<S: Source> Flow<S> {
             self.dispatch.note_first_polls(pass.elapsed(), started);
         }
         finished
+    }
+
+    /// The next delivery to start, past the rate limits and the share of
+    /// handlers reserved for the top lane; `None` ends the pass (held
+    /// back, or nothing to start).
+    fn next_to_start(&mut self, probe: bool) -> Option<Delivery> {
+        // The worker's token is held until a message starts: a pass that
+        // starts none (every waiting lane out of its own tokens) keeps it.
+        if let (Some(limiter), false) = (&self.limiter, self.token_in_hand) {
+            match limiter.try_take() {
+                Ok(()) => self.token_in_hand = true,
+                Err(at) => {
+                    self.hold_until(at, probe);
+                    return None;
+                }
+            }
+        }
+        let delivery = match &mut self.lane_limits {
+            None => self.lanes.pop(),
+            Some(limits) => match self.lanes.pop_admitted(|rank| limits.take(rank)) {
+                Popped::Ready(delivery) => Some(delivery),
+                Popped::Empty => None,
+                Popped::Wait(at) => {
+                    self.hold_until(at, probe);
+                    return None;
+                }
+            },
+        }?;
+        // A share of the handlers kept for the top priority: the others
+        // wait when they hold the rest.
+        let reserved = self.config.reserved_for_top_share();
+        if !(self.below_top(&delivery)
+            && reserved > 0.0
+            && self.gate.below_top() >= self.gate.below_top_limit(reserved))
+        {
+            return Some(delivery);
+        }
+        self.lanes.unpop(delivery);
+        // The reserved slots are the top lane's: start one of its messages
+        // if it has any (weighted lanes may have picked another lane first);
+        // otherwise only a top-priority arrival or a freed slot can change
+        // this.
+        let top_may_start = self.lane_limits.as_mut().is_none_or(|l| l.take(0).is_ok());
+        let top = self.lanes.pop_top().filter(|_| top_may_start);
+        if top.is_none() {
+            if let Some(breaker) = &self.breaker {
+                breaker.unadmit(probe);
+            }
+        }
+        top
+    }
+
+    /// Whether `delivery` is below the top priority waiting.
+    fn below_top(&self, delivery: &Delivery) -> bool {
+        self.lanes
+            .top_priority()
+            .is_some_and(|top| delivery.message().priority() < top)
     }
 
     /// A rate limit holds the lanes until `at`.

@@ -246,6 +246,16 @@ impl<S: Source> Flow<S> {
                 () = std::future::ready(()), if more_ready => {}
             }
         };
+        self.stop(stopped_by, failure).await
+    }
+
+    /// Drains (unless the source finished with nothing held), closes the
+    /// source, and reports.
+    async fn stop(
+        mut self,
+        stopped_by: StopReason,
+        failure: Option<SourceError>,
+    ) -> Result<Report, Error> {
         let drain = if stopped_by == StopReason::SourceFinished {
             DrainReport::default()
         } else {
