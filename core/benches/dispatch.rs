@@ -161,12 +161,6 @@ impl Source for ChannelSource {
         }
         Ok(())
     }
-    async fn pause(&mut self) -> Result<(), SourceError> {
-        Ok(())
-    }
-    async fn resume(&mut self) -> Result<(), SourceError> {
-        Ok(())
-    }
     async fn set_prefetch(&mut self, _: u16) -> Result<(), SourceError> {
         Ok(())
     }

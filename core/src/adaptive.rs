@@ -16,6 +16,7 @@ use std::time::Duration;
 
 /// How the limit reacts to latency.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum AdaptiveAlgorithm {
     /// Additive increase, multiplicative decrease.
     Aimd,

@@ -95,6 +95,7 @@ impl BreakerPolicy {
 
 /// Where the breaker stands.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum BreakerState {
     /// Handlers run.
     #[default]

@@ -81,4 +81,4 @@ pub use runtime::{DrainReport, Error, Report, StopReason, Worker};
 pub use settle::{Delivery, Settle, SettleError, SettleErrorKind, SettleFuture, Settlement};
 pub use settled::Settled;
 pub use settling::Unsettleable;
-pub use source::{Source, SourceError};
+pub use source::{HoldBack, Source, SourceError};

@@ -9,6 +9,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// The decision about one message.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Outcome {
     /// Processed: acknowledge it.
     Ack,
@@ -47,6 +48,7 @@ impl Outcome {
 
 /// Whether a handler error is worth retrying.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ErrorKind {
     /// Transient: retried with backoff up to the attempt limit.
     Retryable,

@@ -4,7 +4,6 @@
 
 use async_trait::async_trait;
 
-use crate::config::Overflow;
 use crate::outcome::BoxError;
 use crate::settle::Delivery;
 
@@ -51,6 +50,19 @@ impl SourceError {
     }
 }
 
+/// How a source may hold back at the broker ([`Source::set_hold_back`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HoldBack {
+    /// The runtime blocks when full (`SLUICEGATE_OVERFLOW=block`): hold
+    /// back in any way that keeps what is handed over within the prefetch
+    /// (Kafka leaves each partition unread at its share of it).
+    Freely,
+    /// The runtime sheds, drops or defers what is past its limit, so it
+    /// must see the excess: hold back only at the prefetch as a whole.
+    AtPrefetch,
+}
+
 /// Where deliveries come from: implemented by each broker adapter and by
 /// [`crate::memory::MemorySource`].
 ///
@@ -75,24 +87,27 @@ pub trait Source: Send + 'static {
     }
 
     /// The runtime holds all it may: stop fetching from the broker
-    /// (deliveries already fetched may still be returned by `next`).
-    async fn pause(&mut self) -> Result<(), SourceError>;
+    /// (deliveries already fetched may still be returned by `next`). The
+    /// default does nothing: a pull-based source stops when `next` is not
+    /// called, and a broker-side prefetch stops the broker at the limit.
+    async fn pause(&mut self) -> Result<(), SourceError> {
+        Ok(())
+    }
 
-    /// The runtime has room again: fetch from the broker again.
-    async fn resume(&mut self) -> Result<(), SourceError>;
+    /// The runtime has room again: fetch from the broker again. The
+    /// default does nothing, like `pause`'s.
+    async fn resume(&mut self) -> Result<(), SourceError> {
+        Ok(())
+    }
 
     /// The most unsettled deliveries the broker should hand this consumer.
     async fn set_prefetch(&mut self, prefetch: u16) -> Result<(), SourceError>;
 
-    /// The runtime's overflow policy, told once before the first
-    /// `set_prefetch`. With [`Overflow::Block`] a source may hold back at the
-    /// broker by itself in any way that keeps what it hands over within the
-    /// prefetch (Kafka leaves each partition unread at its share of it).
-    /// With any other policy the runtime must see the excess to shed, drop
-    /// or defer it: hold back only at the prefetch as a whole. The default
-    /// does nothing (a broker-side prefetch, like AMQP's, is one limit
-    /// either way).
-    fn set_overflow(&mut self, _overflow: Overflow) {}
+    /// How the source may hold back at the broker, told once before the
+    /// first `set_prefetch` (it follows from the runtime's overflow
+    /// policy). The default does nothing: a broker-side prefetch, like
+    /// AMQP's, is one limit either way.
+    fn set_hold_back(&mut self, _hold_back: HoldBack) {}
 
     /// The worker has stopped and every delivery it took is settled or
     /// handed back: commit what is done and let go of the broker (Kafka

@@ -5,6 +5,7 @@ use sluicegate::ConfigError;
 
 /// Whether the worker creates its topology or only checks that it exists.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Declare {
     /// Declare the work queue, the dead-letter queue and the delay queues
     /// (idempotent when they exist with the same arguments).

@@ -55,6 +55,7 @@ pub use source::AmqpSource;
 
 /// An error from the AMQP adapter, naming what it was doing.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum AmqpError {
     /// A configuration value is invalid.
     #[error(transparent)]

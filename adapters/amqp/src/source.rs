@@ -345,14 +345,8 @@ impl Source for AmqpSource {
         }
     }
 
-    async fn pause(&mut self) -> Result<(), SourceError> {
-        // The channel-wide prefetch already stops the broker at the limit.
-        Ok(())
-    }
-
-    async fn resume(&mut self) -> Result<(), SourceError> {
-        Ok(())
-    }
+    // `pause` and `resume` keep their defaults: the channel-wide prefetch
+    // already stops the broker at the limit.
 
     async fn set_prefetch(&mut self, prefetch: u16) -> Result<(), SourceError> {
         let prefetch = prefetch.max(1);

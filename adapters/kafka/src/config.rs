@@ -11,6 +11,7 @@ use crate::ids::RETRY_SUFFIX;
 
 /// Which deliveries must be handled one after another.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Ordering {
     /// One message at a time per partition, partitions in parallel (the
     /// default, and what a plain Kafka consumer gives).
@@ -36,6 +37,7 @@ impl Ordering {
 
 /// Whether the worker creates the retry and dead-letter topics it needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum TopicSetup {
     /// Create `<topic>.retry` and `<topic>.dlq` when missing, with as many
     /// partitions as `<topic>`.

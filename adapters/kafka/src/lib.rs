@@ -66,6 +66,7 @@ pub(crate) type Consumer = rdkafka::consumer::BaseConsumer<context::ConsumerCtx>
 
 /// An error from the Kafka adapter, naming what it was doing.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum KafkaError {
     /// A configuration value is invalid.
     #[error(transparent)]

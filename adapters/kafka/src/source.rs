@@ -15,7 +15,7 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::producer::FutureProducer;
-use sluicegate::{Delivery, Overflow, Source, SourceError};
+use sluicegate::{Delivery, HoldBack, Source, SourceError};
 use tokio::sync::oneshot;
 
 use crate::config::{KafkaConfig, TopicSetup};
@@ -191,27 +191,20 @@ impl Source for KafkaSource {
         Ok(())
     }
 
-    /// Nothing to do: a partition is left unread while it holds its share
-    /// of the prefetch, which bounds what the worker holds, and a runtime
-    /// that stops pulling fills those shares.
-    async fn pause(&mut self) -> Result<(), SourceError> {
-        Ok(())
-    }
-
-    async fn resume(&mut self) -> Result<(), SourceError> {
-        Ok(())
-    }
+    // `pause` and `resume` keep their defaults: a partition is left unread
+    // while it holds its share of the prefetch, which bounds what the
+    // worker holds, and a runtime that stops pulling fills those shares.
 
     async fn set_prefetch(&mut self, prefetch: u16) -> Result<(), SourceError> {
         self.shared.set_capacity(prefetch.into());
         Ok(())
     }
 
-    fn set_overflow(&mut self, overflow: Overflow) {
+    fn set_hold_back(&mut self, hold_back: HoldBack) {
         // Blocking: each partition stops at its share, and the others go on.
         // Shedding, dropping or deferring: the runtime must see the excess,
         // so partitions read up to the prefetch as a whole.
-        self.shared.set_shares(overflow == Overflow::Block);
+        self.shared.set_shares(hold_back == HoldBack::Freely);
     }
 
     /// Commits what is done and closes the consumer (leaving the group),

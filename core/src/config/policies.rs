@@ -6,6 +6,7 @@ use std::str::FromStr;
 
 /// What the runtime does with an arriving message when its lanes are full.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Overflow {
     /// Stop pulling and pause the source: the broker holds the backlog.
     Block,
@@ -31,6 +32,7 @@ pub enum Overflow {
 
 /// What happens to a shed message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ShedAction {
     /// Requeue it at the broker (for another worker); intake holds until a
     /// slot frees, so a lone worker does not spin.

@@ -149,14 +149,8 @@ impl Source for MemorySource {
         Ok(())
     }
 
-    async fn pause(&mut self) -> Result<(), SourceError> {
-        // Pull-based: not calling `next` is all the pausing it needs.
-        Ok(())
-    }
-
-    async fn resume(&mut self) -> Result<(), SourceError> {
-        Ok(())
-    }
+    // `pause` and `resume` keep their defaults: pull-based, not calling
+    // `next` is all the pausing it needs.
 
     async fn set_prefetch(&mut self, prefetch: u16) -> Result<(), SourceError> {
         self.window

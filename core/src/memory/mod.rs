@@ -39,6 +39,7 @@ use queue::{Delayed, Queue, QueueState, Stored};
 
 /// What `publish` does when a bounded queue is full.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum WhenFull {
     /// Wait until a consumer makes room (backpressure on the producer).
     Wait,

@@ -5,15 +5,16 @@ use std::future::Future;
 use std::sync::Arc;
 
 use super::Flow;
-use crate::config::Config;
+use crate::config::{Config, Overflow};
 use crate::handler::{ErasedHandler, Handler, erase};
 use crate::message::Message;
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::settled::{OnSettled, Settled};
-use crate::source::{Source, SourceError};
+use crate::source::{HoldBack, Source, SourceError};
 
 /// Why the worker stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum StopReason {
     /// The source said it has nothing more; everything held was processed.
     SourceFinished,
@@ -48,6 +49,7 @@ pub struct Report {
 
 /// Errors that stop a worker.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The configuration is invalid: the worker did not start.
     #[error(transparent)]
@@ -207,7 +209,11 @@ impl<S: Source> Worker<S> {
             self.on_settled,
         );
         flow.classify = self.classify;
-        flow.source.set_overflow(flow.config.overflow_policy());
+        flow.source
+            .set_hold_back(match flow.config.overflow_policy() {
+                Overflow::Block => HoldBack::Freely,
+                _ => HoldBack::AtPrefetch,
+            });
         flow.source
             .set_prefetch(u16::try_from(flow.prefetch_now).unwrap_or(u16::MAX))
             .await?;
