@@ -167,8 +167,8 @@ async fn sluicegate(topic: &str, n: usize, ordering: Ordering) -> Run {
     let run = Run::new(n, *first.get().unwrap(), *done.get().unwrap());
     println!(
         "  sluicegate {ordering:?}: {} partition pauses, {} refetched records skipped",
-        stats.pauses.load(Relaxed),
-        stats.skipped.load(Relaxed)
+        stats.snapshot().pauses,
+        stats.snapshot().skipped
     );
     run
 }

@@ -60,7 +60,7 @@ mod stats;
 pub use config::{ENV_VARS, KafkaConfig, Ordering, TopicSetup};
 pub use convert::NOT_BEFORE;
 pub use source::KafkaSource;
-pub use stats::KafkaStats;
+pub use stats::{KafkaStats, KafkaStatsSnapshot};
 
 pub(crate) type Consumer = rdkafka::consumer::BaseConsumer<context::ConsumerCtx>;
 

@@ -101,9 +101,9 @@ async fn twenty_thousand_over_six_partitions_end_exactly_where_they_should() {
     let m = &report.metrics;
     println!(
         "20k over 6 partitions: {elapsed:?}, {m}, adapter max held {}, pauses {}, skipped refetches {}",
-        stats.max_held.load(SeqCst),
-        stats.pauses.load(SeqCst),
-        stats.skipped.load(SeqCst)
+        stats.snapshot().max_held,
+        stats.snapshot().pauses,
+        stats.snapshot().skipped
     );
     assert_eq!(
         (m.acked, m.dead_lettered, m.retried),
@@ -313,8 +313,8 @@ async fn two_workers_and_a_third_joining_lose_nothing_and_never_commit_past_unpr
     println!(
         "group: {N} records, {} handled twice (rebalance), joiner handled {} after {} rebalances, {} commit samples",
         total - N,
-        joiner_stats.fetched.load(SeqCst),
-        joiner_stats.rebalances.load(SeqCst),
+        joiner_stats.snapshot().fetched,
+        joiner_stats.snapshot().rebalances,
         samples.load(SeqCst)
     );
     for (p, end) in ends.iter().enumerate() {
@@ -326,7 +326,7 @@ async fn two_workers_and_a_third_joining_lose_nothing_and_never_commit_past_unpr
         }
     }
     assert!(
-        joiner_stats.fetched.load(SeqCst) > 0,
+        joiner_stats.snapshot().fetched > 0,
         "the third worker got partitions"
     );
     assert!(samples.load(SeqCst) > 3);
@@ -465,12 +465,12 @@ async fn memory_stays_bounded_under_a_handler_100x_slower_than_the_producer_and_
     stop.stop();
     let report = finished(run, Duration::from_secs(30)).await;
     let handler_rate = report.metrics.acked as f64 / started.elapsed().as_secs_f64();
-    let max_held = stats.max_held.load(SeqCst);
+    let max_held = stats.snapshot().max_held;
     println!(
         "slow handler: producer {produce_rate:.0}/s, handler {handler_rate:.0}/s ({:.0}x slower); held at most {max_held} records (prefetch 64), runtime max held {}, {} pauses; RSS {} KiB before, {} KiB max (+{} KiB), process peak {} KiB",
         produce_rate / handler_rate,
         metrics.snapshot().max_held,
-        stats.pauses.load(SeqCst),
+        stats.snapshot().pauses,
         rss_before,
         rss_max,
         rss_max.saturating_sub(rss_before),
@@ -547,12 +547,12 @@ async fn a_handler_slower_than_max_poll_interval_keeps_the_worker_in_the_group()
     let report = finished(run, Duration::from_secs(60)).await;
     assert_eq!(report.metrics.acked, 20);
     assert_eq!(
-        stats.rebalances.load(SeqCst),
+        stats.snapshot().rebalances,
         // One assignment, and the revoke of leaving at the end.
         2,
         "the worker was never dropped from the group"
     );
-    assert_eq!(stats.late_settlements.load(SeqCst), 0);
+    assert_eq!(stats.snapshot().late_settlements, 0);
     assert_eq!(committed(&group, &topic, 1).await, log_end(&topic).await);
 }
 
@@ -677,16 +677,16 @@ async fn the_breaker_holds_intake_while_the_dependency_is_down_and_commits_every
     println!(
         "Kafka breaker: opened {} times, {down_calls} handler calls in {down_for:?} down, adapter held at most {}, {}",
         report.metrics.breaker_opened,
-        stats.max_held.load(SeqCst),
+        stats.snapshot().max_held,
         report.metrics
     );
     assert!(report.metrics.breaker_opened >= 1);
     assert!(down_calls <= 3 + 4 + 8, "{down_calls} calls while down");
     // Intake stopped at the prefetch: each partition's share, not the topic.
     assert!(
-        stats.max_held.load(SeqCst) <= 60 + 3 * 20,
+        stats.snapshot().max_held <= 60 + 3 * 20,
         "held {}",
-        stats.max_held.load(SeqCst)
+        stats.snapshot().max_held
     );
     assert_eq!(report.metrics.acked, 3000);
     assert_eq!(committed(&group, &topic, 3).await, log_end(&topic).await);
