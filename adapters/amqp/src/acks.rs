@@ -47,8 +47,33 @@ pub(crate) fn batch_for(prefetch: u16) -> u64 {
     (u64::from(prefetch) / 20).max(1)
 }
 
+/// Why an ack did not reach the broker. Each one means the broker still
+/// has the message and redelivers it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum AckError {
+    /// The coalescer's channel is closed.
+    #[error("the channel is closed; the broker redelivers the message")]
+    Closed,
+    /// The channel closed before the ack was sent.
+    #[error("the channel closed before the ack was sent; the broker redelivers the message")]
+    Unsent,
+    /// The flusher stopped before it told this ack's waiter.
+    #[error("the ack flusher stopped; the broker redelivers the message")]
+    FlusherStopped,
+    /// lapin could not send the frame (the reason is lapin's, as text: one
+    /// failed flush is told to every waiter it carried).
+    #[error(
+        "basic.ack (tag {tag}, multiple={multiple}): {reason}; the broker redelivers the message"
+    )]
+    Send {
+        tag: u64,
+        multiple: bool,
+        reason: String,
+    },
+}
+
 /// Told whether the ack of one delivery went out.
-type AckSent = oneshot::Sender<Result<(), String>>;
+type AckSent = oneshot::Sender<Result<(), AckError>>;
 
 #[derive(Debug)]
 enum Resolved {
@@ -117,25 +142,23 @@ impl Acks {
 
     /// The handler of `tag` finished: ack it with the next flush. Resolves
     /// once the ack was sent (or failed).
-    pub(crate) async fn ack(&self, tag: u64) -> Result<(), String> {
+    pub(crate) async fn ack(&self, tag: u64) -> Result<(), AckError> {
         let (tx, rx) = oneshot::channel();
         self.ack_due(tag, Some(tx))?;
-        rx.await.unwrap_or_else(|_| {
-            Err("the ack flusher stopped; the broker redelivers the message".into())
-        })
+        rx.await.unwrap_or(Err(AckError::FlusherStopped))
     }
 
     /// The handler of `tag` finished: ack it with the next flush, without
     /// waiting for it. A flush that fails is logged; the broker redelivers.
-    pub(crate) fn ack_later(&self, tag: u64) -> Result<(), String> {
+    pub(crate) fn ack_later(&self, tag: u64) -> Result<(), AckError> {
         self.ack_due(tag, None)
     }
 
-    fn ack_due(&self, tag: u64, done: Option<AckSent>) -> Result<(), String> {
+    fn ack_due(&self, tag: u64, done: Option<AckSent>) -> Result<(), AckError> {
         let wake = {
             let mut state = self.lock();
             if state.closed {
-                return Err("the channel is closed; the broker redelivers the message".into());
+                return Err(AckError::Closed);
             }
             state.resolved.insert(
                 tag,
@@ -311,33 +334,31 @@ async fn flush_loop(acks: Arc<Acks>, channel: Channel) {
     }
 }
 
-async fn send(channel: &Channel, tag: u64, multiple: bool) -> Result<(), String> {
+async fn send(channel: &Channel, tag: u64, multiple: bool) -> Result<(), AckError> {
     channel
         .basic_ack(tag, BasicAckOptions { multiple })
         .await
-        .map_err(|e| {
-            format!(
-                "basic.ack (tag {tag}, multiple={multiple}): {e}; the broker redelivers the message"
-            )
+        .map_err(|e| AckError::Send {
+            tag,
+            multiple,
+            reason: e.to_string(),
         })
 }
 
 fn fail_pending(acks: &Acks) {
-    const WHY: &str =
-        "the channel closed before the ack was sent; the broker redelivers the message";
     let mut state = acks.lock();
     let mut unsent = 0;
     for (_, entry) in std::mem::take(&mut state.resolved) {
         if let Resolved::AckDue { done, .. } = entry {
             unsent += 1;
             if let Some(done) = done {
-                let _ = done.send(Err(WHY.into()));
+                let _ = done.send(Err(AckError::Unsent));
             }
         }
     }
     acks.lost.fetch_add(unsent, Relaxed);
     if unsent > 0 {
-        tracing::warn!(acks = unsent, "{WHY}");
+        tracing::warn!(acks = unsent, "{}", AckError::Unsent);
     }
 }
 

@@ -242,7 +242,7 @@ impl AmqpSettle {
             .acks
             .ack(self.delivery.delivery_tag)
             .await
-            .map_err(unsettled)
+            .map_err(|e| unsettled(e.to_string()))
     }
 
     /// Gives the delivery back to the broker (a nack with requeue) without
@@ -272,7 +272,7 @@ impl Settle for AmqpSettle {
                 self.topology
                     .acks
                     .ack_later(tag)
-                    .map_err(|e| SettleError::unsettled(&message, settlement, e)),
+                    .map_err(|e| SettleError::unsettled(&message, settlement, e.to_string())),
             );
         }
         SettleFuture::pending(self.run(message, settlement))
