@@ -339,10 +339,18 @@ impl Config {
     /// overflowing messages: none with `Block`, an eighth (at least one)
     /// otherwise.
     pub fn intake_reserve(&self) -> usize {
-        match self.overflow {
-            Overflow::Block => 0,
-            _ => (usize::from(self.prefetch) / 8).max(1),
-        }
+        intake_reserve(self.overflow, usize::from(self.prefetch))
+    }
+}
+
+/// The slots of `prefetch` kept free to see and settle overflowing
+/// messages under `overflow`: none with `Block`, an eighth (at least one)
+/// otherwise. The runtime applies it to the prefetch in force (which the
+/// adaptive limit moves).
+pub(crate) fn intake_reserve(overflow: Overflow, prefetch: usize) -> usize {
+    match overflow {
+        Overflow::Block => 0,
+        _ => (prefetch / 8).max(1),
     }
 }
 

@@ -68,28 +68,19 @@ impl<S: Source> Flow<S> {
             // `can_pull` keeps held < prefetch = accept limit, so Block never
             // overflows; keep the delivery rather than lose it if it ever did.
             Overflow::Block => self.lanes.push(delivery),
+            // Nack, delay and drop settle the arriving message as the shed
+            // actions of the same names do.
             Overflow::Nack => {
-                self.metrics.requeued.fetch_add(1, Relaxed);
-                self.nack_hold = true;
-                self.settle_in_background(delivery, Settlement::Requeue, Settled::Requeued);
+                let reason = "overflow: the worker was full (SLUICEGATE_OVERFLOW=nack)";
+                self.settle_shed(ShedAction::Requeue, delivery, reason.into());
             }
             Overflow::Delay => {
-                self.metrics.deferred.fetch_add(1, Relaxed);
-                let after = self.config.overflow_delay_duration();
-                let settlement = Settlement::Delay {
-                    after,
-                    attempt: delivery.message().attempt(),
-                    reason: "worker saturated (overflow policy delay)".into(),
-                };
-                self.settle_in_background(delivery, settlement, Settled::Delayed { after });
+                let reason = "worker saturated (overflow policy delay)";
+                self.settle_shed(ShedAction::Delay, delivery, reason.into());
             }
             Overflow::Drop => {
-                self.metrics.dropped.fetch_add(1, Relaxed);
-                let origin = delivery.message().origin().to_string();
-                tracing::debug!(%origin, "lanes full: message dropped (overflow policy drop)");
-                self.log_drops_now_and_then();
-                let reason = "overflow: the worker was full (SLUICEGATE_OVERFLOW=drop)".to_owned();
-                self.settle_in_background(delivery, Settlement::Ack, Settled::Dropped { reason });
+                let reason = "overflow: the worker was full (SLUICEGATE_OVERFLOW=drop)";
+                self.settle_shed(ShedAction::Drop, delivery, reason.into());
             }
             Overflow::Shed => {
                 let arriving = delivery.message().priority();
@@ -148,7 +139,13 @@ impl<S: Source> Flow<S> {
 
     /// Settles a delivery shed for load by the shed action.
     fn shed(&mut self, delivery: Delivery, reason: String) {
-        match self.config.shed_action_policy() {
+        self.settle_shed(self.config.shed_action_policy(), delivery, reason);
+    }
+
+    /// Settles a delivery the worker has no room for by `action`: counted,
+    /// and settled in the background.
+    fn settle_shed(&mut self, action: ShedAction, delivery: Delivery, reason: String) {
+        match action {
             ShedAction::Requeue => {
                 self.metrics.requeued.fetch_add(1, Relaxed);
                 self.nack_hold = true;
@@ -173,6 +170,8 @@ impl<S: Source> Flow<S> {
             }
             ShedAction::Drop => {
                 self.metrics.dropped.fetch_add(1, Relaxed);
+                let origin = delivery.message().origin();
+                tracing::debug!(%origin, %reason, "message dropped for load");
                 self.log_drops_now_and_then();
                 self.settle_in_background(delivery, Settlement::Ack, Settled::Dropped { reason });
             }

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use crate::adaptive::{Controller, Samples};
 use crate::breaker::Breaker;
-use crate::config::{Config, Overflow};
+use crate::config::{Config, intake_reserve};
 use crate::dispatch::{Dispatch, settle};
 use crate::gate::Gate;
 use crate::handler::ErasedHandler;
@@ -165,10 +165,7 @@ impl<S: Source> Flow<S> {
     }
 
     fn accept_limit(&self) -> usize {
-        let reserve = match self.config.overflow_policy() {
-            Overflow::Block => 0,
-            _ => (self.prefetch() / 8).max(1),
-        };
+        let reserve = intake_reserve(self.config.overflow_policy(), self.prefetch());
         self.prefetch().saturating_sub(reserve).max(1)
     }
 
