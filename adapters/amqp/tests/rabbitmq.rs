@@ -904,13 +904,27 @@ async fn the_adaptive_limit_re_tunes_the_prefetch_the_broker_applies() {
     let worker = Worker::new(source, handler).config(config);
     let metrics = worker.metrics();
     let (stop, run) = run_until_stopped(worker);
-    // The broker's view next to the runtime's, read around it (the limit
-    // keeps moving while rabbitmqctl answers).
+    // The broker's view next to the runtime's: every prefetch the runtime
+    // set while rabbitmqctl answered (a second or two, while the limit
+    // keeps moving), watched every millisecond.
     let sample = || {
-        let set_before = metrics.snapshot().prefetch;
+        let watching = Arc::new(AtomicBool::new(true));
+        let watcher = {
+            let (watching, metrics) = (Arc::clone(&watching), Arc::clone(&metrics));
+            std::thread::spawn(move || {
+                let mut set = BTreeSet::new();
+                while watching.load(Ordering::SeqCst) {
+                    set.insert(metrics.snapshot().prefetch);
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                set.insert(metrics.snapshot().prefetch);
+                set
+            })
+        };
         let broker = broker_channel_prefetch();
-        let now = metrics.snapshot();
-        (now.limit, broker, [set_before, now.prefetch])
+        watching.store(false, Ordering::SeqCst);
+        let set: Vec<u64> = watcher.join().unwrap().into_iter().collect();
+        (metrics.snapshot().limit, broker, set)
     };
     tokio::time::sleep(step - Duration::from_millis(200)).await;
     let before = sample();
