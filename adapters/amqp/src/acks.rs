@@ -18,9 +18,8 @@
 //! difference delivering.
 //!
 //! A plain ack's settle is done once the coalescer holds it: AMQP 0-9-1
-//! acks get no reply, so waiting for the frame to be written told the
-//! runtime little, and cost a task per message (at prefetch 1000: 48k
-//! msg/s waiting, 57k not). A flush that fails (a dead channel) is logged
+//! acks get no reply, so waiting for the frame to be written would tell
+//! the runtime little and cost a task per message. A flush that fails (a dead channel) is logged
 //! with the number of acks it carried; the broker redelivers those
 //! messages. The ack after a republish (delay, dead-letter) still waits
 //! for its flush, so a failure there is reported for that message.

@@ -29,8 +29,8 @@ use crate::state::Shared;
 use crate::stats::KafkaStats;
 use crate::{Consumer, KafkaError};
 
-/// How long `close` waits for the final commit. librdkafka's own wait, with
-/// the broker unreachable, was 45 s in the fault test.
+/// How long `close` waits for the final commit: librdkafka's own wait,
+/// with the broker unreachable, outlasts a worker told to stop.
 const COMMIT_WAIT: Duration = Duration::from_secs(30);
 /// How long `close` then waits for librdkafka to close the consumer (with
 /// the broker unreachable it never does).

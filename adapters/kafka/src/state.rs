@@ -70,9 +70,8 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     /// Records the poll thread took, not yet in the schedule: it hands a
     /// batch over with a swap or an append under this short lock, and the
-    /// runtime's side takes them in under the state's lock. When the poll
-    /// thread put them in the schedule itself, the two threads queued for
-    /// the state's lock, and each handover cost both a futex call.
+    /// runtime's side takes them in under the state's lock, so the two
+    /// threads do not queue for one lock at every handover.
     inbox: Mutex<Vec<Fetched>>,
     /// Records finished since the state last took them in. Settling takes
     /// only this short lock, never the state's.
