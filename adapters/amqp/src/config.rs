@@ -2,6 +2,7 @@
 //! `SLUICEGATE_*` environment variables.
 
 use sluicegate::ConfigError;
+use sluicegate::config::Env;
 
 /// Whether the worker creates its topology or only checks that it exists.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,11 +87,12 @@ impl AmqpConfig {
     /// From `AMQP_URL`, `SLUICEGATE_QUEUE`, `SLUICEGATE_AMQP_DECLARE`,
     /// `SLUICEGATE_DLQ` and `SLUICEGATE_AMQP_MAX_PRIORITY`.
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(|name| std::env::var(name).ok())
+        Self::from_env_in(&Env::process())
     }
 
-    /// Like [`AmqpConfig::from_env`], reading variables through `lookup`.
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+    /// Like [`AmqpConfig::from_env`], reading the variables in `env`.
+    pub fn from_env_in(env: &Env) -> Result<Self, ConfigError> {
+        let lookup = |name: &str| env.get(name).map(str::to_owned);
         let url = lookup("AMQP_URL").unwrap_or_else(|| "amqp://127.0.0.1:5672/%2f".into());
         if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
             return Err(ConfigError::new(
@@ -245,7 +247,7 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        AmqpConfig::from_lookup(|name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
+        AmqpConfig::from_env_in(&Env::from_pairs(vars))
     }
 
     #[test]

@@ -678,12 +678,11 @@ async fn amqps_with_a_private_ca_consumes_and_tls_errors_name_what_failed() {
     );
     assert!(error.to_string().contains("/nonexistent/ca.pem"), "{error}");
 
-    let config = AmqpConfig::from_lookup(|name| match name {
-        "AMQP_URL" => Some(tls_url.to_owned()),
-        "SLUICEGATE_QUEUE" => Some(queue.clone()),
-        "SLUICEGATE_AMQP_TLS_CA" => Some(ca.clone()),
-        _ => None,
-    })
+    let config = AmqpConfig::from_env_in(&sluicegate::config::Env::from_pairs([
+        ("AMQP_URL", tls_url.to_owned()),
+        ("SLUICEGATE_QUEUE", queue.clone()),
+        ("SLUICEGATE_AMQP_TLS_CA", ca.clone()),
+    ]))
     .unwrap();
     let source = AmqpSource::connect(config).await.unwrap();
     let (_conn, ch) = channel().await;

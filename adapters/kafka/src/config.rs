@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use sluicegate::ConfigError;
+use sluicegate::config::Env;
 
 use crate::ids::RETRY_SUFFIX;
 
@@ -146,16 +147,12 @@ impl KafkaConfig {
 
     /// From the variables in [`ENV_VARS`].
     pub fn from_env() -> Result<Self, ConfigError> {
-        let vars: Vec<(String, String)> = std::env::vars().collect();
-        Self::from_vars(vars)
+        Self::from_env_in(&Env::process())
     }
 
-    /// Like [`KafkaConfig::from_env`], from the given name/value pairs.
-    pub fn from_vars(
-        vars: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Self, ConfigError> {
-        let vars: BTreeMap<String, String> = vars.into_iter().collect();
-        let get = |name: &str| vars.get(name).map(|v| v.trim().to_owned());
+    /// Like [`KafkaConfig::from_env`], reading the variables in `env`.
+    pub fn from_env_in(env: &Env) -> Result<Self, ConfigError> {
+        let get = |name: &str| env.get(name).map(|v| v.trim().to_owned());
         let brokers = get("KAFKA_BROKERS").unwrap_or_else(|| "127.0.0.1:9092".into());
         if brokers.is_empty() || brokers.split(',').any(|b| !b.trim().contains(':')) {
             return Err(ConfigError::new(
@@ -207,14 +204,12 @@ impl KafkaConfig {
         if let Some(raw) = get("SLUICEGATE_REVOKE_TIMEOUT_MS") {
             config.revoke_timeout = millis("SLUICEGATE_REVOKE_TIMEOUT_MS", &raw, 0, 300_000)?;
         }
-        for (name, value) in &vars {
-            let Some(property) = name.strip_prefix(PROPERTY_PREFIX) else {
-                continue;
-            };
+        for (name, value) in env.with_prefix(PROPERTY_PREFIX) {
+            let property = &name[PROPERTY_PREFIX.len()..];
             let property = property.to_ascii_lowercase().replace('_', ".");
             if property.is_empty() || RESERVED.contains(&property.as_str()) {
                 return Err(ConfigError::new(
-                    name.as_str(),
+                    name,
                     value,
                     format!(
                         "a librdkafka property other than {} (the adapter sets those)",
@@ -222,7 +217,7 @@ impl KafkaConfig {
                     ),
                 ));
             }
-            config.properties.insert(property, value.clone());
+            config.properties.insert(property, value.to_owned());
         }
         config.validate()?;
         Ok(config)
@@ -337,16 +332,13 @@ fn millis(variable: &str, raw: &str, min: u64, max: u64) -> Result<Duration, Con
 mod tests {
     use super::*;
 
-    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
+    fn vars(pairs: &[(&str, &str)]) -> Env {
+        Env::from_pairs(pairs.iter().copied())
     }
 
     #[test]
     fn reads_every_variable() {
-        let config = KafkaConfig::from_vars(vars(&[
+        let config = KafkaConfig::from_env_in(&vars(&[
             ("KAFKA_BROKERS", "a:1,b:2"),
             ("SLUICEGATE_TOPICS", "orders, refunds"),
             ("SLUICEGATE_GROUP", "billing"),
@@ -385,10 +377,9 @@ mod tests {
             ("KAFKA_BROKERS", "localhost"),
             ("SLUICEGATE_KAFKA_ENABLE_AUTO_OFFSET_STORE", "true"),
         ] {
-            let mut all = vars(&base);
-            all.retain(|(k, _)| k != name);
-            all.push((name.to_owned(), value.to_owned()));
-            let error = KafkaConfig::from_vars(all).unwrap_err();
+            let mut all: BTreeMap<&str, &str> = base.into_iter().collect();
+            all.insert(name, value);
+            let error = KafkaConfig::from_env_in(&Env::from_pairs(all)).unwrap_err();
             assert_eq!(error.variable, name);
             assert_eq!(error.value, value);
         }
@@ -396,9 +387,9 @@ mod tests {
 
     #[test]
     fn topics_and_group_are_required() {
-        let error = KafkaConfig::from_vars(vars(&[("SLUICEGATE_GROUP", "g")])).unwrap_err();
+        let error = KafkaConfig::from_env_in(&vars(&[("SLUICEGATE_GROUP", "g")])).unwrap_err();
         assert_eq!(error.variable, "SLUICEGATE_TOPICS");
-        let error = KafkaConfig::from_vars(vars(&[("SLUICEGATE_TOPICS", "t")])).unwrap_err();
+        let error = KafkaConfig::from_env_in(&vars(&[("SLUICEGATE_TOPICS", "t")])).unwrap_err();
         assert_eq!(error.variable, "SLUICEGATE_GROUP");
     }
 }

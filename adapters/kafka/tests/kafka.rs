@@ -576,7 +576,7 @@ async fn tls_with_scram_sasl_works_from_env_properties_and_a_wrong_password_fail
     produce(&topic, records).await;
 
     let vars = |password: &str| {
-        [
+        let pairs = [
             ("KAFKA_BROKERS", "127.0.0.1:9094"),
             ("SLUICEGATE_TOPICS", topic.as_str()),
             ("SLUICEGATE_GROUP", group.as_str()),
@@ -586,9 +586,10 @@ async fn tls_with_scram_sasl_works_from_env_properties_and_a_wrong_password_fail
             ("SLUICEGATE_KAFKA_SASL_PASSWORD", password),
             ("SLUICEGATE_KAFKA_SSL_CA_LOCATION", ca.as_str()),
         ]
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        sluicegate::config::Env::from_pairs(pairs)
     };
-    let wrong = KafkaConfig::from_vars(vars("not-the-password"))
+    let wrong = KafkaConfig::from_env_in(&vars("not-the-password"))
         .unwrap()
         .connect_timeout(Duration::from_secs(5));
     let error = KafkaSource::connect(wrong).await.err().unwrap();
@@ -600,7 +601,7 @@ async fn tls_with_scram_sasl_works_from_env_properties_and_a_wrong_password_fail
         "the error says why: {error}"
     );
 
-    let config = KafkaConfig::from_vars(vars("sluicegate-secret")).unwrap();
+    let config = KafkaConfig::from_env_in(&vars("sluicegate-secret")).unwrap();
     let source = KafkaSource::connect(config).await.unwrap();
     let handler = |Json(job): Json<Job>| async move {
         if job.fail {

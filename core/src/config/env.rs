@@ -2,6 +2,7 @@
 //! the environment wins over the code, and a value that cannot be used is
 //! a [`ConfigError`] naming the variable, the value and what is allowed.
 
+use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -15,34 +16,37 @@ use crate::settling::Unsettleable;
 impl Config {
     /// Defaults overridden by the `SLUICEGATE_*` environment variables.
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::default().with_env()
+        Self::from_env_in(&Env::process())
+    }
+
+    /// Defaults overridden by the variables in `env`: what every
+    /// configuration of the workspace offers (`AmqpConfig::from_env_in`,
+    /// `KafkaConfig::from_env_in`).
+    pub fn from_env_in(env: &Env) -> Result<Self, ConfigError> {
+        Self::default().with_env_in(env)
     }
 
     /// This configuration overridden by the `SLUICEGATE_*` environment
     /// variables (the environment wins over the code).
     pub fn with_env(self) -> Result<Self, ConfigError> {
-        self.with_env_from(|name| std::env::var(name).ok())
+        self.with_env_in(&Env::process())
     }
 
-    /// Like [`Config::with_env`], reading variables through `lookup`.
-    pub fn with_env_from(
-        mut self,
-        lookup: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, ConfigError> {
-        let env = EnvReader { lookup: &lookup };
-        self.limits_from(&env)?;
-        self.retry_from(&env)?;
-        self.unsettleable_from(&env)?;
-        self.lanes_from(&env)?;
-        self.adaptive_from(&env)?;
-        self.rate_limit_from(&env)?;
-        self.breaker_from(&env)?;
+    /// This configuration overridden by the variables in `env`.
+    pub fn with_env_in(mut self, env: &Env) -> Result<Self, ConfigError> {
+        self.limits_from(env)?;
+        self.retry_from(env)?;
+        self.unsettleable_from(env)?;
+        self.lanes_from(env)?;
+        self.adaptive_from(env)?;
+        self.rate_limit_from(env)?;
+        self.breaker_from(env)?;
         self.validate()?;
         Ok(self)
     }
 
     /// The prefetch, the handlers at once, and what overflow does.
-    fn limits_from(&mut self, env: &EnvReader<'_>) -> Result<(), ConfigError> {
+    fn limits_from(&mut self, env: &Env) -> Result<(), ConfigError> {
         if let Some(v) =
             env.parse::<u16>("SLUICEGATE_PREFETCH", "a whole number from 1 to 65535")?
         {
@@ -76,7 +80,7 @@ impl Config {
     }
 
     /// Retries, the handler timeout and the shutdown grace.
-    fn retry_from(&mut self, env: &EnvReader<'_>) -> Result<(), ConfigError> {
+    fn retry_from(&mut self, env: &Env) -> Result<(), ConfigError> {
         let mut max_retries = self.retry.max_retries();
         let mut base = self.retry.base();
         let mut max = self.retry.max();
@@ -107,7 +111,7 @@ impl Config {
 
     /// Lane weights, per-lane rates, the starvation guard and the share
     /// reserved for the top lane.
-    fn lanes_from(&mut self, env: &EnvReader<'_>) -> Result<(), ConfigError> {
+    fn lanes_from(&mut self, env: &Env) -> Result<(), ConfigError> {
         if let Some(raw) = env.parse::<String>("SLUICEGATE_LANE_WEIGHTS", "weights")? {
             let weights: Option<Vec<u32>> = raw
                 .split(',')
@@ -152,7 +156,7 @@ impl Config {
         Ok(())
     }
 
-    fn unsettleable_from(&mut self, env: &EnvReader<'_>) -> Result<(), ConfigError> {
+    fn unsettleable_from(&mut self, env: &Env) -> Result<(), ConfigError> {
         if let Some(v) = env.parse::<Unsettleable>(
             "SLUICEGATE_UNSETTLEABLE",
             &format!("one of {}", Unsettleable::NAMES),
@@ -170,7 +174,7 @@ impl Config {
         Ok(())
     }
 
-    fn adaptive_from(&mut self, env: &EnvReader<'_>) -> Result<(), ConfigError> {
+    fn adaptive_from(&mut self, env: &Env) -> Result<(), ConfigError> {
         let algorithm = env.parse::<String>("SLUICEGATE_ADAPTIVE", "off, aimd or gradient")?;
         let target = env.millis("SLUICEGATE_ADAPTIVE_TARGET_MS")?;
         let min = env.parse::<u16>("SLUICEGATE_ADAPTIVE_MIN", "a whole number from 1 to 65535")?;
@@ -201,7 +205,7 @@ impl Config {
         Ok(())
     }
 
-    fn rate_limit_from(&mut self, env: &EnvReader<'_>) -> Result<(), ConfigError> {
+    fn rate_limit_from(&mut self, env: &Env) -> Result<(), ConfigError> {
         let rate = env.parse::<u32>(
             "SLUICEGATE_RATE_LIMIT",
             "a whole number of handler starts per second (0 = no limit)",
@@ -225,7 +229,7 @@ impl Config {
         Ok(())
     }
 
-    fn breaker_from(&mut self, env: &EnvReader<'_>) -> Result<(), ConfigError> {
+    fn breaker_from(&mut self, env: &Env) -> Result<(), ConfigError> {
         let failures =
             env.parse::<u32>("SLUICEGATE_BREAKER_FAILURES", "a whole number (0 = off)")?;
         let expected = "a share between 0 and 1, exclusive (0.5 = half)";
@@ -266,23 +270,68 @@ impl Config {
     }
 }
 
-struct EnvReader<'a> {
-    lookup: &'a dyn Fn(&str) -> Option<String>,
+/// The variables a configuration is read from: the process's environment
+/// ([`Env::process`]), or given name/value pairs ([`Env::from_pairs`]: for
+/// tests, or settings kept elsewhere). Every configuration in the
+/// workspace reads through one: `Config::from_env_in`,
+/// `AmqpConfig::from_env_in`, `KafkaConfig::from_env_in`.
+///
+/// ```
+/// use sluicegate::config::{Config, Env};
+/// let env = Env::from_pairs([("SLUICEGATE_PREFETCH", "256")]);
+/// assert_eq!(Config::from_env_in(&env).unwrap().prefetch_limit(), 256);
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct Env {
+    vars: BTreeMap<String, String>,
 }
 
-impl EnvReader<'_> {
-    fn parse<T: FromStr>(&self, name: &str, expected: &str) -> Result<Option<T>, ConfigError> {
-        match (self.lookup)(name) {
+impl Env {
+    /// The process's environment, as it is now.
+    pub fn process() -> Self {
+        Self::from_pairs(std::env::vars())
+    }
+
+    /// These name/value pairs.
+    pub fn from_pairs<K: Into<String>, V: Into<String>>(
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        Self {
+            vars: pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        }
+    }
+
+    /// A variable's value, if it is set.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.vars.get(name).map(String::as_str)
+    }
+
+    /// The variables whose names start with `prefix`, in name order.
+    pub fn with_prefix<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a str, &'a str)> {
+        self.vars
+            .range(prefix.to_owned()..)
+            .take_while(move |(name, _)| name.starts_with(prefix))
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+    }
+
+    /// A variable parsed (white space around it ignored), or a
+    /// [`ConfigError`] naming it, its value and `expected`.
+    pub fn parse<T: FromStr>(&self, name: &str, expected: &str) -> Result<Option<T>, ConfigError> {
+        match self.get(name) {
             None => Ok(None),
             Some(raw) => raw
                 .trim()
                 .parse::<T>()
                 .map(Some)
-                .map_err(|_| ConfigError::new(name, &raw, expected)),
+                .map_err(|_| ConfigError::new(name, raw, expected)),
         }
     }
 
-    fn millis(&self, name: &str) -> Result<Option<Duration>, ConfigError> {
+    /// A variable as whole milliseconds.
+    pub fn millis(&self, name: &str) -> Result<Option<Duration>, ConfigError> {
         Ok(self
             .parse::<u64>(name, "a whole number of milliseconds")?
             .map(Duration::from_millis))

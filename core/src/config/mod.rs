@@ -2,19 +2,19 @@
 //! `SLUICEGATE_*` environment variables that override the code.
 //!
 //! ```
-//! use sluicegate::{Config, Overflow};
+//! use sluicegate::config::{Config, Env, Overflow};
 //!
 //! let config = Config::default()
 //!     .prefetch(128)
 //!     .max_in_flight(32)
 //!     .overflow(Overflow::Nack)
-//!     .with_env_from(|name| (name == "SLUICEGATE_PREFETCH").then(|| "256".to_string()))
+//!     .with_env_in(&Env::from_pairs([("SLUICEGATE_PREFETCH", "256")]))
 //!     .unwrap();
 //! assert_eq!(config.prefetch_limit(), 256); // the environment wins
 //! assert_eq!(config.max_in_flight_limit(), 32);
 //!
 //! let err = Config::default()
-//!     .with_env_from(|name| (name == "SLUICEGATE_OVERFLOW").then(|| "explode".to_string()))
+//!     .with_env_in(&Env::from_pairs([("SLUICEGATE_OVERFLOW", "explode")]))
 //!     .unwrap_err();
 //! assert!(err.to_string().contains("SLUICEGATE_OVERFLOW=\"explode\""), "{err}");
 //! ```
@@ -38,6 +38,7 @@ mod policies;
 mod validate;
 mod vars;
 
+pub use env::Env;
 pub use policies::{Overflow, ShedAction};
 pub use vars::ENV_VARS;
 

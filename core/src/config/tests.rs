@@ -7,7 +7,7 @@ fn from(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    Config::default().with_env_from(|name| map.get(name).cloned())
+    Config::default().with_env_in(&Env::from_pairs(map))
 }
 
 #[test]
