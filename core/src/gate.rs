@@ -1,7 +1,9 @@
 //! The gate between the lanes and the handler: a concurrency limit whose
 //! permit lives inside the handler's task and is released on every path
-//! (success, error, panic, timeout, cancellation). Rate limits, the circuit
-//! breaker and the adaptive limit attach here.
+//! (success, error, panic, timeout, cancellation). What decides whether a
+//! waiting delivery may take a slot (the breaker, the rate limits, the
+//! reserved share) is [`crate::admission`]; the adaptive limit moves the
+//! gate's limit.
 //!
 //! A count, not a semaphore: only the worker's loop admits (and never
 //! waits to), so a permit is an increment and its release a decrement, with

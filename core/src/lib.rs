@@ -46,6 +46,7 @@
 //! [`metrics`], [`shutdown`], and the runtime ([`Worker`]).
 
 mod adaptive;
+mod admission;
 mod breaker;
 pub mod config;
 pub mod convention;

@@ -1,9 +1,10 @@
 //! The worker loop: pull only while there is room, queue in the lanes, admit
 //! through the gate, apply the overflow policy when full, and drain on
 //! shutdown. Split by concern: [`worker`] is the public builder and its
-//! report, `intake` what happens to an arriving delivery, `admission` what
-//! starts next (breaker, rate limit, reserved share, adaptive limit), and
-//! this module the loop itself, steering the source, and the drain.
+//! report, `intake` what happens to an arriving delivery, `starts` starting
+//! what [`crate::admission`] lets start (breaker, rate limits, reserved
+//! share, adaptive limit), and this module the loop itself, steering the
+//! source, and the drain.
 //!
 //! Bounds it keeps at every moment:
 //! - held (lanes + running handlers + settlements in flight) ≤ prefetch
@@ -21,6 +22,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::adaptive::{Controller, Samples};
+use crate::admission::Admission;
 use crate::breaker::Breaker;
 use crate::config::{Config, intake_reserve};
 use crate::dispatch::{Dispatch, settle};
@@ -28,17 +30,16 @@ use crate::gate::Gate;
 use crate::handler::ErasedHandler;
 use crate::lanes::Lanes;
 use crate::metrics::Metrics;
-use crate::rate::{LaneLimits, Limiter};
 use crate::settle::{Delivery, Settlement};
 use crate::settled::{OnSettled, Settled};
 use crate::source::{Source, SourceError};
 use crate::tracker::{Kind, Tracker};
 
-mod admission;
 mod intake;
+mod starts;
 mod worker;
 
-use admission::{ADAPT_EVERY, follow_prefetch};
+use starts::{ADAPT_EVERY, follow_prefetch};
 use worker::Classify;
 pub use worker::{DrainReport, Error, Report, StopReason, Worker};
 
@@ -60,17 +61,11 @@ pub(crate) struct Flow<S> {
     retry_source_at: Option<Instant>,
     source_failures: u32,
     last_drop_log: Option<Instant>,
-    limiter: Option<Limiter>,
-    /// A token of `limiter` taken but not used yet.
-    token_in_hand: bool,
-    /// Rate limits of single lanes.
-    lane_limits: Option<LaneLimits>,
-    breaker: Option<Arc<Breaker>>,
+    /// The breaker, the rate limits and the reserved share.
+    admission: Admission,
     /// The rate limit or the open breaker hold the lanes until then.
     dispatch_at: Option<Instant>,
     classify: Option<Classify>,
-    /// The adaptive limit and the handler times it reads.
-    adaptive: Option<(Controller, Arc<Samples>)>,
     /// When the adaptive limit moves next.
     adaptive_at: Option<Instant>,
     /// The prefetch now: the configured one, or one following the limit.
@@ -106,8 +101,6 @@ impl<S: Source> Flow<S> {
             first_poll_nanos: AtomicU64::new(0),
         });
         let freed = Arc::new(tokio::sync::Notify::new());
-        let limiter = config.rate_limit_policy().map(Limiter::new);
-        let lane_limits = LaneLimits::new(config.lane_rate_limits_policy());
         let lanes = Lanes::new(
             config.lane_weights_policy().map(<[u32]>::to_vec),
             config.starvation_guard_limit(),
@@ -125,6 +118,7 @@ impl<S: Source> Flow<S> {
         };
         metrics.limit.store(limit as u64, Relaxed);
         metrics.prefetch.store(prefetch_now as u64, Relaxed);
+        let admission = Admission::new(&config, breaker, adaptive, Arc::clone(&metrics));
         Self {
             source,
             gate,
@@ -139,13 +133,9 @@ impl<S: Source> Flow<S> {
             retry_source_at: None,
             source_failures: 0,
             last_drop_log: None,
-            limiter,
-            token_in_hand: false,
-            lane_limits,
-            breaker,
             dispatch_at: None,
             classify: None,
-            adaptive,
+            admission,
             adaptive_at: None,
             prefetch_now,
             more_ready: false,
@@ -207,7 +197,7 @@ impl<S: Source> Flow<S> {
             let can_pull = self.can_pull();
             let retry_at = self.retry_source_at;
             let dispatch_at = self.dispatch_at;
-            if self.adaptive.is_some() && self.adaptive_at.is_none() {
+            if self.admission.adapts() && self.adaptive_at.is_none() {
                 self.adaptive_at = Some(Instant::now() + ADAPT_EVERY);
             }
             let adaptive_at = self.adaptive_at;
