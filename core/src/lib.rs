@@ -68,6 +68,7 @@ mod settling;
 pub mod shutdown;
 pub mod source;
 mod tracker;
+pub mod watermark;
 
 pub use adaptive::{AdaptiveAlgorithm, AdaptivePolicy};
 pub use breaker::{BreakerPolicy, BreakerState};

@@ -24,13 +24,13 @@
 //! messages. The ack after a republish (delay, dead-letter) still waits
 //! for its flush, so a failure there is reported for that message.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lapin::Channel;
 use lapin::options::BasicAckOptions;
+use sluicegate::watermark::Watermark;
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
@@ -87,10 +87,9 @@ enum Resolved {
 
 #[derive(Debug)]
 struct State {
-    /// The lowest tag not resolved yet.
-    floor: u64,
-    /// Resolved tags at or above `floor`.
-    resolved: BTreeMap<u64, Resolved>,
+    /// Resolved tags at and above the lowest one not resolved yet (the
+    /// floor): the channel's tags count from 1.
+    marks: Watermark<Resolved>,
     /// Acks due since the last flush: the flusher is woken at the first
     /// (to arm its timer) and at a batch, not at every one.
     due: u64,
@@ -115,8 +114,7 @@ impl Acks {
     pub(crate) fn start(channel: Channel, lost: Arc<AtomicU64>) -> Arc<Self> {
         let acks = Arc::new(Self {
             state: Mutex::new(State {
-                floor: 1,
-                resolved: BTreeMap::new(),
+                marks: Watermark::new(1),
                 due: 0,
                 closed: false,
                 finishing: None,
@@ -159,16 +157,13 @@ impl Acks {
             if state.closed {
                 return Err(AckError::Closed);
             }
-            state.resolved.insert(
-                tag,
-                Resolved::AckDue {
-                    since: Instant::now(),
-                    done,
-                },
-            );
+            let since = Instant::now();
+            state.marks.finish(tag, Resolved::AckDue { since, done });
             state.due += 1;
             // The head of the window completing may release a whole batch.
-            tag == state.floor || state.due == 1 || state.due % self.batch.load(Relaxed) == 0
+            tag == state.marks.floor()
+                || state.due == 1
+                || state.due % self.batch.load(Relaxed) == 0
         };
         if wake {
             self.wake.notify_one();
@@ -178,7 +173,7 @@ impl Acks {
 
     /// `tag` was settled another way (its nack was already sent).
     pub(crate) fn settled(&self, tag: u64) {
-        self.lock().resolved.insert(tag, Resolved::Settled);
+        self.lock().marks.finish(tag, Resolved::Settled);
         self.wake.notify_one();
     }
 
@@ -229,10 +224,7 @@ fn plan(state: &mut State, now: Instant, batch: u64) -> Flush {
     // A prefix shorter than a batch waits for more, up to FLUSH_WAIT.
     let mut prefix = 0;
     let mut oldest: Option<Instant> = None;
-    for (tag, entry) in state.resolved.range(state.floor..) {
-        if *tag != state.floor + prefix {
-            break;
-        }
+    for (_, entry) in state.marks.prefix() {
         prefix += 1;
         if let Resolved::AckDue { since, .. } = entry {
             oldest = Some(oldest.map_or(*since, |o| o.min(*since)));
@@ -250,13 +242,12 @@ fn plan(state: &mut State, now: Instant, batch: u64) -> Flush {
     // ack names the highest tag whose ack is due: RabbitMQ refuses (and
     // closes the channel) a multiple ack whose own tag is not outstanding,
     // such as a nacked one or a straggler already acked alone.
-    while let Some(entry) = state.resolved.remove(&state.floor) {
+    for (tag, entry) in state.marks.take_prefix() {
         if let Resolved::AckDue { done, .. } = entry {
-            flush.through = Some(state.floor);
+            flush.through = Some(tag);
             flush.through_count += 1;
             flush.through_waiters.extend(done);
         }
-        state.floor += 1;
     }
     stragglers(state, now, flush)
 }
@@ -264,11 +255,11 @@ fn plan(state: &mut State, now: Instant, batch: u64) -> Flush {
 /// Completed tags above the floor: the ones that waited long enough are
 /// acked alone.
 fn stragglers(state: &mut State, now: Instant, mut flush: Flush) -> Flush {
-    for (tag, entry) in state.resolved.iter_mut() {
+    for (tag, entry) in state.marks.finished_mut() {
         if let Resolved::AckDue { since, done } = entry {
             let due = *since + STRAGGLER_WAIT;
             if due <= now {
-                flush.single.push((*tag, done.take()));
+                flush.single.push((tag, done.take()));
                 *entry = Resolved::Settled;
             } else {
                 flush.next_check = Some(flush.next_check.map_or(due, |c| c.min(due)));
@@ -347,7 +338,7 @@ async fn send(channel: &Channel, tag: u64, multiple: bool) -> Result<(), AckErro
 fn fail_pending(acks: &Acks) {
     let mut state = acks.lock();
     let mut unsent = 0;
-    for (_, entry) in std::mem::take(&mut state.resolved) {
+    for (_, entry) in state.marks.take_finished() {
         if let Resolved::AckDue { done, .. } = entry {
             unsent += 1;
             if let Some(done) = done {
@@ -367,8 +358,7 @@ mod tests {
 
     fn fresh() -> State {
         State {
-            floor: 1,
-            resolved: BTreeMap::new(),
+            marks: Watermark::new(1),
             due: 0,
             closed: false,
             finishing: None,
@@ -377,8 +367,8 @@ mod tests {
 
     fn due(state: &mut State, tag: u64, since: Instant) {
         state
-            .resolved
-            .insert(tag, Resolved::AckDue { since, done: None });
+            .marks
+            .finish(tag, Resolved::AckDue { since, done: None });
     }
 
     #[tokio::test(start_paused = true)]
@@ -394,7 +384,7 @@ mod tests {
         due(&mut state, 1, now);
         let flush = plan(&mut state, now, 1);
         assert_eq!(flush.through, Some(3), "1..=3 with one multiple ack");
-        assert_eq!(state.floor, 4);
+        assert_eq!(state.marks.floor(), 4);
     }
 
     #[tokio::test(start_paused = true)]
@@ -411,15 +401,15 @@ mod tests {
         );
         // 1 was nacked, 2 completes: the floor passes 3 too, but the multiple
         // ack names 2: 1 and 3 are no longer outstanding at the broker.
-        state.resolved.insert(1, Resolved::Settled);
+        state.marks.finish(1, Resolved::Settled);
         due(&mut state, 2, later);
         let flush = plan(&mut state, later, 1);
         assert_eq!(flush.through, Some(2));
-        assert_eq!(state.floor, 4);
+        assert_eq!(state.marks.floor(), 4);
         // Only nacks: no ack at all.
-        state.resolved.insert(4, Resolved::Settled);
+        state.marks.finish(4, Resolved::Settled);
         assert_eq!(plan(&mut state, later, 1).through, None);
-        assert_eq!(state.floor, 5);
+        assert_eq!(state.marks.floor(), 5);
     }
 
     #[tokio::test(start_paused = true)]
@@ -444,6 +434,6 @@ mod tests {
             Some(51),
             "a short prefix goes after the wait"
         );
-        assert_eq!(state.floor, 52);
+        assert_eq!(state.marks.floor(), 52);
     }
 }

@@ -5,55 +5,62 @@
 
 use std::collections::VecDeque;
 
+use sluicegate::watermark::Watermark;
+
 /// The open offsets of one partition, in order.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct PartitionOffsets {
-    /// Fetched offsets not yet behind the commit point, ascending (they are
-    /// fetched in order): `true` once done.
-    open: VecDeque<(i64, bool)>,
-    /// The next offset to commit (everything below it is done); `None`
-    /// until the first fetch.
-    commit_point: Option<i64>,
-    /// The offset after the highest fetched one.
+    /// One position per fetched record, in fetch order: done or not.
+    marks: Watermark<()>,
+    /// The offset of each position from the watermark's floor, ascending
+    /// (records are fetched in order; offsets may have gaps).
+    offsets: VecDeque<i64>,
+    /// The offset after the highest fetched one; `None` until the first
+    /// fetch.
     next_fetch: Option<i64>,
+}
+
+impl Default for PartitionOffsets {
+    fn default() -> Self {
+        Self {
+            marks: Watermark::new(0),
+            offsets: VecDeque::new(),
+            next_fetch: None,
+        }
+    }
 }
 
 impl PartitionOffsets {
     /// Records a fetched offset. Returns `false` for an offset fetched
-    /// before (after a rebalance, say, or a fetch repeated by librdkafka): the caller
-    /// skips it, as it is already being handled or done.
+    /// before (after a rebalance, say, or a fetch repeated by librdkafka):
+    /// the caller skips it, as it is already being handled or done.
     pub(crate) fn fetched(&mut self, offset: i64) -> bool {
         if self.next_fetch.is_some_and(|next| offset < next) {
             return false;
         }
         self.next_fetch = Some(offset + 1);
-        self.commit_point.get_or_insert(offset);
-        self.open.push_back((offset, false));
+        self.marks.open();
+        self.offsets.push_back(offset);
         true
     }
 
     /// Marks an offset done. Returns the new commit point when it moved.
     pub(crate) fn done(&mut self, offset: i64) -> Option<i64> {
-        let index = self.open.binary_search_by_key(&offset, |(o, _)| *o).ok()?;
-        self.open[index].1 = true;
-        if index != 0 {
+        let index = self.offsets.binary_search(&offset).ok()?;
+        let pos = self.marks.floor() + index as u64;
+        if !self.marks.finish(pos, ()) || index != 0 {
             return None;
         }
-        while let Some((o, true)) = self.open.front().copied() {
-            self.open.pop_front();
-            self.commit_point = Some(o + 1);
-        }
-        if let Some((o, _)) = self.open.front() {
-            self.commit_point = Some(*o);
-        } else {
-            self.commit_point = self.next_fetch;
-        }
-        self.commit_point
+        let taken = self.marks.take_prefix().count();
+        self.offsets.drain(..taken);
+        self.commit_point()
     }
 
-    /// The next offset to commit, if anything was fetched.
+    /// The next offset to commit (everything below it is done), if
+    /// anything was fetched: the first offset not done, or the one after
+    /// the highest fetched when all are.
     pub(crate) fn commit_point(&self) -> Option<i64> {
-        self.commit_point
+        self.offsets.front().copied().or(self.next_fetch)
     }
 
     /// The offset after the highest fetched one.
@@ -65,7 +72,7 @@ impl PartitionOffsets {
     /// Offsets fetched and not yet done.
     #[cfg(test)]
     pub(crate) fn unfinished(&self) -> usize {
-        self.open.iter().filter(|(_, done)| !*done).count()
+        self.marks.unfinished()
     }
 }
 
