@@ -47,6 +47,7 @@ mod book;
 mod config;
 mod context;
 mod convert;
+mod handover;
 mod ids;
 mod limits;
 mod offsets;

@@ -101,7 +101,7 @@ impl KafkaSource {
         let mut consumer: Consumer = consumer_config
             .create_with_context(ConsumerCtx::new(shared.clone()))
             .map_err(KafkaError::client("creating the consumer"))?;
-        let poller = shared.poller.clone();
+        let poller = shared.poller().clone();
         consumer.set_nonempty_callback(move || poller.notify());
         let topics = config.subscriptions();
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -264,7 +264,7 @@ fn poll_loop(
     let mut batch = Vec::with_capacity(POLL_BATCH);
     let mut readable = Vec::new();
     let mut stored_at = Instant::now();
-    shared.poller.register();
+    shared.poller().register();
     while !shared.stopping() {
         // One clock read a round, for every record taken in it.
         let now = Instant::now();
@@ -315,7 +315,7 @@ fn poll_loop(
             } else {
                 POLL_WAIT
             };
-            shared.poller.wait(wait);
+            shared.poller().wait(wait);
         }
     }
     let _ = committed.send(shared.commit_now(&consumer));

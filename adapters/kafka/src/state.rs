@@ -7,8 +7,7 @@
 
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::atomic::{AtomicBool, AtomicUsize};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
-use std::thread::Thread;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use rdkafka::TopicPartitionList;
@@ -21,6 +20,7 @@ use crate::Consumer;
 use crate::book::Book;
 use crate::config::Ordering;
 use crate::context::Rebalancing;
+use crate::handover::{Handover, Poller};
 use crate::ids::{Fetched, PartitionId, Pending, Slot};
 use crate::reader::{Readable, Reader};
 use crate::stats::KafkaStats;
@@ -39,51 +39,16 @@ struct State {
     intake: Vec<Fetched>,
 }
 
-/// Wakes the poll thread when it may have work: a queue got records (a
-/// librdkafka callback), or records finished (their partitions may have
-/// room again). An unpark costs an atomic swap unless the thread sleeps.
-#[derive(Default)]
-pub(crate) struct Poller {
-    thread: OnceLock<Thread>,
-}
-
-impl Poller {
-    /// Called on the poll thread before it first waits.
-    pub(crate) fn register(&self) {
-        let _ = self.thread.set(std::thread::current());
-    }
-
-    pub(crate) fn notify(&self) {
-        if let Some(thread) = self.thread.get() {
-            thread.unpark();
-        }
-    }
-
-    /// Waits for a notification, at most `timeout` (on the poll thread).
-    pub(crate) fn wait(&self, timeout: Duration) {
-        std::thread::park_timeout(timeout);
-    }
-}
-
 /// The state shared by the poll thread, the source and the settle handles.
 pub(crate) struct Shared {
     state: Mutex<State>,
-    /// Records the poll thread took, not yet in the schedule: it hands a
-    /// batch over with a swap or an append under this short lock, and the
-    /// runtime's side takes them in under the state's lock, so the two
-    /// threads do not queue for one lock at every handover.
-    inbox: Mutex<Vec<Fetched>>,
-    /// Records finished since the state last took them in. Settling takes
-    /// only this short lock, never the state's.
-    finished: Mutex<Vec<Slot>>,
+    /// Records on their way in (fetched) and out (finished), and the
+    /// poll thread's wake-ups: never under the state's lock.
+    handover: Handover,
     /// The partitions' queues and shares: the poll thread's alone.
     reader: Mutex<Reader>,
     /// A revoke waits for the runtime's in-flight records.
     revoking: AtomicBool,
-    /// Reading is held back: a partition holds its share, or the worker
-    /// the whole capacity. Only then does a finished record wake the poll
-    /// thread, which then takes the finished records in itself.
-    held_back: AtomicBool,
     stopping: AtomicBool,
     /// The most unsettled records the worker may hold.
     capacity: AtomicUsize,
@@ -91,8 +56,6 @@ pub(crate) struct Shared {
     /// when full); otherwise partitions read up to `capacity` as a whole
     /// (the runtime sheds, drops or defers what is past its limit).
     shares: AtomicBool,
-    /// Wakes the poll thread.
-    pub(crate) poller: Arc<Poller>,
     /// Wakes the source when a record becomes ready or the source fails.
     pub(crate) wake: Notify,
     /// Wakes a revoke waiting for the runtime's in-flight records.
@@ -115,16 +78,13 @@ impl Shared {
                 absorbing: Vec::new(),
                 intake: Vec::new(),
             }),
-            inbox: Mutex::new(Vec::new()),
-            finished: Mutex::new(Vec::new()),
+            handover: Handover::default(),
             reader: Mutex::new(Reader::default()),
             revoking: AtomicBool::new(false),
-            held_back: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             capacity: AtomicUsize::new(64),
             shares: AtomicBool::new(true),
             wake: Notify::new(),
-            poller: Arc::default(),
             settled: Condvar::new(),
             stats,
             revoke_timeout,
@@ -148,15 +108,13 @@ impl Shared {
     /// Records taken by the poll thread, handed over at once (the runtime's
     /// side puts them in the schedule at its next look).
     pub(crate) fn deliver(&self, batch: &mut Vec<Fetched>) {
-        {
-            let mut inbox = self.inbox.lock().unwrap_or_else(PoisonError::into_inner);
-            if inbox.is_empty() {
-                std::mem::swap(&mut *inbox, batch);
-            } else {
-                inbox.append(batch);
-            }
-        }
+        self.handover.deliver(batch);
         self.wake.notify_one();
+    }
+
+    /// Wakes the poll thread.
+    pub(crate) fn poller(&self) -> &Arc<Poller> {
+        &self.handover.poller
     }
 
     /// `count` records were taken from `part`'s own queue (on the poll
@@ -170,7 +128,7 @@ impl Shared {
     pub(crate) fn readable(&self, out: &mut Vec<Readable>) {
         let (capacity, shares) = (self.capacity.load(Relaxed), self.shares.load(Relaxed));
         if !self.reader().readable(capacity, shares, &self.stats, out) {
-            self.held_back.store(false, SeqCst);
+            self.handover.set_held_back(false);
             return;
         }
         // Held back: from now on a record taken in wakes this thread. Take
@@ -178,11 +136,11 @@ impl Shared {
         // `finished` until someone does) and look again: room freed by a
         // take-in that did not see the flag yet is seen here (the state's
         // lock orders the two), so this thread never sleeps past it.
-        self.held_back.store(true, SeqCst);
+        self.handover.set_held_back(true);
         self.absorb(&mut self.lock());
         out.clear();
         let held_back = self.reader().readable(capacity, shares, &self.stats, out);
-        self.held_back.store(held_back, SeqCst);
+        self.handover.set_held_back(held_back);
     }
 
     /// Lets go of every partition queue (they hold the consumer), before
@@ -208,20 +166,16 @@ impl Shared {
         self.take_inbox(&mut state);
         let due = state.book.pop(max, out);
         drop(state);
-        if released && self.held_back.load(SeqCst) {
-            self.poller.notify();
+        if released {
+            self.handover.released();
         }
         Ok(due)
     }
 
     /// Puts the records the poll thread delivered into the schedule.
     fn take_inbox(&self, state: &mut State) {
-        {
-            let mut inbox = self.inbox.lock().unwrap_or_else(PoisonError::into_inner);
-            if inbox.is_empty() {
-                return;
-            }
-            std::mem::swap(&mut *inbox, &mut state.intake);
+        if !self.handover.take_delivered(&mut state.intake) {
+            return;
         }
         let mut intake = std::mem::take(&mut state.intake);
         let mut accepted = 0;
@@ -239,18 +193,10 @@ impl Shared {
     /// thread's look while reading is held back, a store, a revoke).
     pub(crate) fn complete(&self, slot: Slot) {
         let chained = slot.chain.is_some();
-        let first = {
-            let mut finished = self.finished.lock().unwrap_or_else(PoisonError::into_inner);
-            finished.push(slot);
-            finished.len() == 1
-        };
-        // Whoever may wait for it: the poll thread for room (once per
-        // batch taken in, and only while reading is held back), a revoke
-        // for the in-flight count, the source for the next record of the
-        // chain.
-        if first && self.held_back.load(SeqCst) {
-            self.poller.notify();
-        }
+        // Whoever may wait for it: the poll thread for room (the handover
+        // wakes it while reading is held back), a revoke for the in-flight
+        // count, the source for the next record of the chain.
+        self.handover.finish(slot);
         if self.revoking.load(SeqCst) {
             let _guard = self.lock();
             self.settled.notify_all();
@@ -263,12 +209,8 @@ impl Shared {
     /// Takes in the records finished since the last look. Returns whether
     /// any was.
     fn absorb(&self, state: &mut State) -> bool {
-        {
-            let mut finished = self.finished.lock().unwrap_or_else(PoisonError::into_inner);
-            if finished.is_empty() {
-                return false;
-            }
-            std::mem::swap(&mut *finished, &mut state.absorbing);
+        if !self.handover.take_finished(&mut state.absorbing) {
+            return false;
         }
         let mut slots = std::mem::take(&mut state.absorbing);
         for slot in slots.drain(..) {
@@ -317,7 +259,7 @@ impl Shared {
             for (elem, new) in elements.iter().zip(assigned) {
                 match consumer.split_partition_queue(elem.topic(), elem.partition()) {
                     Some(mut queue) => {
-                        let poller = self.poller.clone();
+                        let poller = self.handover.poller.clone();
                         queue.set_nonempty_callback(move || poller.notify());
                         reader.add(new.part, Arc::new(queue), new.retry, new.released);
                     }
@@ -332,7 +274,7 @@ impl Shared {
             }
         }
         drop(state);
-        self.poller.notify();
+        self.handover.poller.notify();
         self.stats.rebalances.fetch_add(1, Relaxed);
         tracing::info!(partitions = %names.join(","), "partitions assigned");
     }
@@ -407,12 +349,7 @@ impl Shared {
     /// poll thread then sleeps no longer than until the next store (a
     /// finished record wakes it only while reading is held back).
     pub(crate) fn store_pending(&self) -> bool {
-        let finished = !self
-            .finished
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_empty();
-        finished || self.lock().book.store_due()
+        self.handover.any_finished() || self.lock().book.store_due()
     }
 
     /// Commits what is done now, synchronously (on the poll thread, at
@@ -431,13 +368,13 @@ impl Shared {
     /// default), or all read up to the capacity as a whole.
     pub(crate) fn set_shares(&self, shares: bool) {
         self.shares.store(shares, Relaxed);
-        self.poller.notify();
+        self.handover.poller.notify();
     }
 
     /// The most unsettled records the worker may hold.
     pub(crate) fn set_capacity(&self, capacity: usize) {
         self.capacity.store(capacity.max(1), Relaxed);
-        self.poller.notify();
+        self.handover.poller.notify();
     }
 
     pub(crate) fn fail(&self, failure: String) {
@@ -448,7 +385,7 @@ impl Shared {
     pub(crate) fn stop(&self) {
         self.stopping.store(true, SeqCst);
         // The poll thread may be parked: it closes now, not at its next look.
-        self.poller.notify();
+        self.handover.poller.notify();
     }
 
     pub(crate) fn stopping(&self) -> bool {
