@@ -68,6 +68,7 @@ impl Admission {
     }
 
     /// The next delivery to start from `lanes`, with a slot of `gate`.
+    #[inline]
     pub(crate) fn next(&mut self, lanes: &mut Lanes, gate: &Gate) -> Next {
         let probe = match self.breaker.as_ref().map(|b| b.admit()) {
             None => false,

@@ -237,29 +237,32 @@ pub trait Settle: Send + 'static {
 
 /// The result of [`Settle::settle`]: finished already, or a future to await.
 /// Brokers that settle without a round trip allocate nothing.
-pub enum SettleFuture {
-    /// Settled (or failed) already.
-    Done(Option<Result<(), SettleError>>),
-    /// Settling needs a round trip to the broker.
+pub struct SettleFuture(Settling);
+
+/// A failed settlement is boxed: the handle passes through the loop for
+/// every message, and the error is rare and large.
+enum Settling {
+    Done(Option<Result<(), Box<SettleError>>>),
     Pending(Pin<Box<dyn Future<Output = Result<(), SettleError>> + Send + 'static>>),
 }
 
 impl SettleFuture {
     /// Finished with `result`.
     pub fn done(result: Result<(), SettleError>) -> Self {
-        SettleFuture::Done(Some(result))
+        SettleFuture(Settling::Done(Some(result.map_err(Box::new))))
     }
 
     /// Finishes when `future` does.
     pub fn pending(future: impl Future<Output = Result<(), SettleError>> + Send + 'static) -> Self {
-        SettleFuture::Pending(Box::pin(future))
+        SettleFuture(Settling::Pending(Box::pin(future)))
     }
 
     /// The result of a settlement that finished at once, without polling.
-    pub(crate) fn take_done(&mut self) -> Option<Result<(), SettleError>> {
-        match self {
-            SettleFuture::Done(result) => Some(result.take().unwrap_or(Ok(()))),
-            SettleFuture::Pending(_) => None,
+    #[inline]
+    pub(crate) fn take_done(&mut self) -> Option<Result<(), Box<SettleError>>> {
+        match &mut self.0 {
+            Settling::Done(result) => Some(result.take().unwrap_or(Ok(()))),
+            Settling::Pending(_) => None,
         }
     }
 }
@@ -268,18 +271,18 @@ impl Future for SettleFuture {
     type Output = Result<(), SettleError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.get_mut() {
-            SettleFuture::Done(result) => Poll::Ready(result.take().unwrap_or(Ok(()))),
-            SettleFuture::Pending(future) => future.as_mut().poll(cx),
+        match &mut self.get_mut().0 {
+            Settling::Done(result) => Poll::Ready(result.take().unwrap_or(Ok(())).map_err(|e| *e)),
+            Settling::Pending(future) => future.as_mut().poll(cx),
         }
     }
 }
 
 impl fmt::Debug for SettleFuture {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SettleFuture::Done(result) => f.debug_tuple("Done").field(result).finish(),
-            SettleFuture::Pending(_) => f.write_str("Pending(..)"),
+        match &self.0 {
+            Settling::Done(result) => f.debug_tuple("Done").field(result).finish(),
+            Settling::Pending(_) => f.write_str("Pending(..)"),
         }
     }
 }

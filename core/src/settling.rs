@@ -138,6 +138,7 @@ pub(crate) struct Settling {
 
 impl Settling {
     /// A settlement begun; `message` is there when an observer is.
+    #[inline]
     pub(crate) fn new(future: SettleFuture, how: Settled, message: Option<Arc<Message>>) -> Self {
         Self {
             future,
@@ -148,11 +149,28 @@ impl Settling {
 
     /// Goes as far as it can without waiting: `None` once it is over,
     /// itself when the broker's answer must be awaited ([`Settling::finish`]).
+    /// A settlement the broker took at once (the loop's common case) only
+    /// tells the observer.
+    #[inline]
     pub(crate) fn advance(mut self, settler: &Settler<'_>) -> Option<Self> {
+        match self.future.take_done() {
+            None => Some(self),
+            Some(Ok(())) => {
+                if let (Some(observe), Some(message)) = (settler.on_settled, &self.message) {
+                    observe(message, &self.how);
+                }
+                None
+            }
+            Some(Err(error)) => self.answered(Err(*error), settler)?.advance_slow(settler),
+        }
+    }
+
+    /// `advance` after a refusal: each step down may be refused again.
+    fn advance_slow(mut self, settler: &Settler<'_>) -> Option<Self> {
         loop {
             match self.future.take_done() {
                 None => return Some(self),
-                Some(result) => self = self.answered(result, settler)?,
+                Some(result) => self = self.answered(result.map_err(|e| *e), settler)?,
             }
         }
     }
