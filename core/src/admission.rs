@@ -104,6 +104,7 @@ impl Admission {
         }
     }
 
+    #[inline]
     fn pick(&mut self, lanes: &mut Lanes, gate: &Gate, probe: bool) -> Next {
         if let (Some(limiter), false) = (&self.limiter, self.token_in_hand) {
             match limiter.try_take() {
