@@ -114,6 +114,31 @@ async fn delete(ch: &Channel, queues: &[&str]) {
     }
 }
 
+/// A fresh work queue (and its dead-letter queue's name), a publishing
+/// channel, and a source consuming the queue.
+struct Setup {
+    queue: String,
+    dlq: String,
+    _conn: Connection,
+    ch: Channel,
+    source: AmqpSource,
+}
+
+async fn setup(name: &str) -> Setup {
+    let queue = unique(name);
+    let (conn, ch) = channel().await;
+    let source = AmqpSource::connect(AmqpConfig::new(url(), &queue))
+        .await
+        .unwrap();
+    Setup {
+        dlq: format!("{queue}.dlq"),
+        queue,
+        _conn: conn,
+        ch,
+        source,
+    }
+}
+
 /// One delay tier (100 ms) for the retries: RetryPolicy without jitter.
 fn retry() -> RetryPolicy {
     RetryPolicy::new(1, Duration::from_millis(100), Duration::from_millis(100)).without_jitter()
@@ -123,12 +148,13 @@ fn retry() -> RetryPolicy {
 async fn a_message_too_large_to_retry_among_200_good_jobs_is_parked_and_nothing_stalls() {
     let log = log_bytes();
     let _serial = SERIAL.lock().await;
-    let queue = unique("big");
-    let dlq = format!("{queue}.dlq");
-    let (_conn, ch) = channel().await;
-    let source = AmqpSource::connect(AmqpConfig::new(url(), &queue))
-        .await
-        .unwrap();
+    let Setup {
+        queue,
+        dlq,
+        _conn,
+        ch,
+        source,
+    } = setup("big").await;
     let acks_lost = source.acks_lost_counter();
     // Its headers fill the frame nearly to the 128 KiB RabbitMQ negotiates,
     // its body is close to the 16 MiB `scripts/test` sets as the broker's
@@ -233,12 +259,13 @@ async fn a_message_too_large_to_retry_among_200_good_jobs_is_parked_and_nothing_
 async fn a_dead_lettered_message_keeps_every_property_and_typed_header() {
     let _log = log_bytes();
     let _serial = SERIAL.lock().await;
-    let queue = unique("whole");
-    let dlq = format!("{queue}.dlq");
-    let (_conn, ch) = channel().await;
-    let source = AmqpSource::connect(AmqpConfig::new(url(), &queue))
-        .await
-        .unwrap();
+    let Setup {
+        queue,
+        dlq,
+        _conn,
+        ch,
+        source,
+    } = setup("whole").await;
     let mut nested = FieldTable::default();
     nested.insert("region".into(), AMQPValue::LongString("eu".into()));
     nested.insert("shard".into(), AMQPValue::ShortInt(7));
