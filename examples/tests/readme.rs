@@ -10,7 +10,8 @@ use sluicegate_kafka::ENV_VARS as KAFKA;
 fn readme_lists_every_variable_with_its_default() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
     let readme = std::fs::read_to_string(path).expect("README.md at the workspace root");
-    for (name, default, _) in CORE.iter().chain(AMQP).chain(KAFKA) {
+    for var in CORE.iter().chain(AMQP).chain(KAFKA) {
+        let (name, default) = (var.name, var.default);
         let row = readme
             .lines()
             .find(|line| line.starts_with(&format!("| `{name}` |")))

@@ -2,7 +2,7 @@
 //! `SLUICEGATE_*` environment variables.
 
 use sluicegate::ConfigError;
-use sluicegate::config::Env;
+use sluicegate::config::{Env, Var};
 
 /// Whether the worker creates its topology or only checks that it exists.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,37 +37,43 @@ pub struct AmqpConfig {
     pub(crate) tls_ca: Option<String>,
 }
 
-/// The environment variables the adapter reads: name, default, meaning.
-pub const ENV_VARS: &[(&str, &str, &str)] = &[
-    (
+/// The environment variables the adapter reads.
+pub const ENV_VARS: &[Var] = &[
+    Var::new(
         "AMQP_URL",
         "amqp://127.0.0.1:5672/%2f",
         "the broker (amqp:// or amqps://)",
+        "a URL starting with amqp:// or amqps://",
     ),
-    (
+    Var::new(
         "SLUICEGATE_QUEUE",
         "(required)",
         "the work queue to consume; several, comma-separated, are consumed as priority lanes, the first highest",
+        "queue names of 1 to 255 bytes, comma-separated, each once",
     ),
-    (
+    Var::new(
         "SLUICEGATE_AMQP_DECLARE",
         "create",
         "create the topology, or only check it: create | passive",
+        "create or passive",
     ),
-    (
+    Var::new(
         "SLUICEGATE_DLQ",
         "<queue>.dlq",
         "the dead-letter queue (one for every work queue when set)",
+        "a queue name other than SLUICEGATE_QUEUE",
     ),
-    (
+    Var::new(
         "SLUICEGATE_AMQP_TLS_CA",
         "(system roots)",
         "a PEM file of CA certificates to trust for amqps:// (a private CA)",
+        "the path of a PEM file",
     ),
-    (
+    Var::new(
         "SLUICEGATE_AMQP_MAX_PRIORITY",
         "0",
         "x-max-priority of the work queue (0 = no priorities). 0-255",
+        "a whole number from 0 to 255",
     ),
 ];
 
@@ -95,11 +101,7 @@ impl AmqpConfig {
         let lookup = |name: &str| env.get(name).map(str::to_owned);
         let url = lookup("AMQP_URL").unwrap_or_else(|| "amqp://127.0.0.1:5672/%2f".into());
         if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
-            return Err(ConfigError::new(
-                "AMQP_URL",
-                &url,
-                "a URL starting with amqp:// or amqps://",
-            ));
+            return Err(invalid("AMQP_URL", &url));
         }
         let queues: Vec<String> = match lookup("SLUICEGATE_QUEUE") {
             Some(raw) => {
@@ -108,11 +110,7 @@ impl AmqpConfig {
                 if names.iter().any(|q| q.is_empty() || q.len() > 255)
                     || distinct.len() != names.len()
                 {
-                    return Err(ConfigError::new(
-                        "SLUICEGATE_QUEUE",
-                        raw,
-                        "queue names of 1 to 255 bytes, comma-separated, each once",
-                    ));
+                    return Err(invalid("SLUICEGATE_QUEUE", raw));
                 }
                 names
             }
@@ -128,42 +126,27 @@ impl AmqpConfig {
             None | Some("create") => Declare::Create,
             Some("passive") => Declare::Passive,
             Some(other) => {
-                return Err(ConfigError::new(
-                    "SLUICEGATE_AMQP_DECLARE",
-                    other,
-                    "create or passive",
-                ));
+                return Err(invalid("SLUICEGATE_AMQP_DECLARE", other));
             }
         };
         let max_priority = match lookup("SLUICEGATE_AMQP_MAX_PRIORITY") {
             None => 0,
-            Some(raw) => raw.trim().parse::<u8>().map_err(|_| {
-                ConfigError::new(
-                    "SLUICEGATE_AMQP_MAX_PRIORITY",
-                    &raw,
-                    "a whole number from 0 to 255",
-                )
-            })?,
+            Some(raw) => raw
+                .trim()
+                .parse::<u8>()
+                .map_err(|_| invalid("SLUICEGATE_AMQP_MAX_PRIORITY", &raw))?,
         };
         let mut config = Self::lanes(url, queues).max_priority(max_priority);
         config.declare = declare;
         if let Some(dlq) = lookup("SLUICEGATE_DLQ") {
             if dlq.trim().is_empty() || config.queues.iter().any(|q| *q == dlq.trim()) {
-                return Err(ConfigError::new(
-                    "SLUICEGATE_DLQ",
-                    dlq,
-                    "a queue name other than SLUICEGATE_QUEUE",
-                ));
+                return Err(invalid("SLUICEGATE_DLQ", dlq));
             }
             config.dead_letter_queue = Some(dlq.trim().to_owned());
         }
         if let Some(ca) = lookup("SLUICEGATE_AMQP_TLS_CA") {
             if ca.trim().is_empty() {
-                return Err(ConfigError::new(
-                    "SLUICEGATE_AMQP_TLS_CA",
-                    ca,
-                    "the path of a PEM file",
-                ));
+                return Err(invalid("SLUICEGATE_AMQP_TLS_CA", ca));
             }
             config.tls_ca = Some(ca.trim().to_owned());
         }
@@ -236,6 +219,16 @@ impl AmqpConfig {
             .clone()
             .unwrap_or_else(|| format!("{queue}.dlq"))
     }
+}
+
+/// `name` holds `value`, which it may not: the error says what the table
+/// ([`ENV_VARS`]) says a value must be.
+fn invalid(name: &str, value: impl std::fmt::Display) -> ConfigError {
+    let expected = ENV_VARS
+        .iter()
+        .find(|v| v.name == name)
+        .map_or("a value", |v| v.expected);
+    ConfigError::new(name, value, expected)
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use sluicegate::ConfigError;
-use sluicegate::config::Env;
+use sluicegate::config::{Env, Var};
 
 use crate::ids::RETRY_SUFFIX;
 
@@ -73,43 +73,55 @@ pub struct KafkaConfig {
     pub(crate) properties: BTreeMap<String, String>,
 }
 
-/// The environment variables the adapter reads: name, default, meaning.
-pub const ENV_VARS: &[(&str, &str, &str)] = &[
-    (
+/// The environment variables the adapter reads.
+pub const ENV_VARS: &[Var] = &[
+    Var::new(
         "KAFKA_BROKERS",
         "127.0.0.1:9092",
         "bootstrap servers, comma-separated host:port",
+        "host:port pairs, comma-separated",
     ),
-    (
+    Var::new(
         "SLUICEGATE_TOPICS",
         "(required)",
         "topics to consume, comma-separated; `<topic>.retry` is consumed too",
+        "topic names of 1 to 240 characters from [a-zA-Z0-9._-], comma-separated",
     ),
-    ("SLUICEGATE_GROUP", "(required)", "the consumer group id"),
-    (
+    Var::new(
+        "SLUICEGATE_GROUP",
+        "(required)",
+        "the consumer group id",
+        "the consumer group id",
+    ),
+    Var::new(
         "SLUICEGATE_ORDERING",
         "partition",
         "what is handled in order: partition | key | unordered",
+        "partition, key or unordered",
     ),
-    (
+    Var::new(
         "SLUICEGATE_COMMIT_INTERVAL_MS",
         "1000",
         "how often completed offsets are committed. 10-60000",
+        "a whole number of milliseconds from 10 to 60000",
     ),
-    (
+    Var::new(
         "SLUICEGATE_REVOKE_TIMEOUT_MS",
         "10000",
         "on revoke, how long to wait for in-flight work before committing. 0-300000",
+        "a whole number of milliseconds from 0 to 300000",
     ),
-    (
+    Var::new(
         "SLUICEGATE_TOPIC_SETUP",
         "create",
         "create missing retry and dlq topics, or only check: create | passive",
+        "create or passive",
     ),
-    (
+    Var::new(
         "SLUICEGATE_KAFKA_<PROPERTY>",
         "",
         "any librdkafka property, dots as underscores (SLUICEGATE_KAFKA_SECURITY_PROTOCOL=SASL_SSL)",
+        "a librdkafka property other than the ones the adapter sets",
     ),
 ];
 
@@ -155,21 +167,13 @@ impl KafkaConfig {
         let get = |name: &str| env.get(name).map(|v| v.trim().to_owned());
         let brokers = get("KAFKA_BROKERS").unwrap_or_else(|| "127.0.0.1:9092".into());
         if brokers.is_empty() || brokers.split(',').any(|b| !b.trim().contains(':')) {
-            return Err(ConfigError::new(
-                "KAFKA_BROKERS",
-                &brokers,
-                "host:port pairs, comma-separated",
-            ));
+            return Err(invalid("KAFKA_BROKERS", &brokers));
         }
         let topics = match get("SLUICEGATE_TOPICS") {
             Some(raw) => {
                 let names: Vec<String> = raw.split(',').map(|t| t.trim().to_owned()).collect();
                 if names.iter().any(|t| !valid_topic(t)) {
-                    return Err(ConfigError::new(
-                        "SLUICEGATE_TOPICS",
-                        raw,
-                        "topic names of 1 to 240 characters from [a-zA-Z0-9._-], comma-separated",
-                    ));
+                    return Err(invalid("SLUICEGATE_TOPICS", raw));
                 }
                 names
             }
@@ -181,20 +185,15 @@ impl KafkaConfig {
         };
         let mut config = Self::new(brokers, group, topics);
         if let Some(raw) = get("SLUICEGATE_ORDERING") {
-            config.ordering = Ordering::parse(&raw).ok_or_else(|| {
-                ConfigError::new("SLUICEGATE_ORDERING", &raw, "partition, key or unordered")
-            })?;
+            config.ordering =
+                Ordering::parse(&raw).ok_or_else(|| invalid("SLUICEGATE_ORDERING", &raw))?;
         }
         if let Some(raw) = get("SLUICEGATE_TOPIC_SETUP") {
             config.setup = match raw.as_str() {
                 "create" => TopicSetup::Create,
                 "passive" => TopicSetup::Passive,
                 _ => {
-                    return Err(ConfigError::new(
-                        "SLUICEGATE_TOPIC_SETUP",
-                        raw,
-                        "create or passive",
-                    ));
+                    return Err(invalid("SLUICEGATE_TOPIC_SETUP", raw));
                 }
             };
         }
@@ -320,12 +319,18 @@ fn missing(variable: &str, what: &str) -> ConfigError {
 fn millis(variable: &str, raw: &str, min: u64, max: u64) -> Result<Duration, ConfigError> {
     match raw.parse::<u64>() {
         Ok(ms) if (min..=max).contains(&ms) => Ok(Duration::from_millis(ms)),
-        _ => Err(ConfigError::new(
-            variable,
-            raw,
-            format!("milliseconds from {min} to {max}"),
-        )),
+        _ => Err(invalid(variable, raw)),
     }
+}
+
+/// `name` holds `value`, which it may not: the error says what the table
+/// ([`ENV_VARS`]) says a value must be.
+fn invalid(name: &str, value: impl std::fmt::Display) -> ConfigError {
+    let expected = ENV_VARS
+        .iter()
+        .find(|v| v.name == name)
+        .map_or("a value", |v| v.expected);
+    ConfigError::new(name, value, expected)
 }
 
 #[cfg(test)]

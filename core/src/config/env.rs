@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
-use super::{Config, ConfigError, Overflow, ShedAction};
+use super::vars::var;
+use super::{Config, ConfigError, Overflow, ShedAction, Var};
 use crate::adaptive::{AdaptiveAlgorithm, AdaptivePolicy};
 use crate::breaker::BreakerPolicy;
 use crate::rate::RateLimit;
@@ -47,33 +48,22 @@ impl Config {
 
     /// The prefetch, the handlers at once, and what overflow does.
     fn limits_from(&mut self, env: &Env) -> Result<(), ConfigError> {
-        if let Some(v) =
-            env.parse::<u16>("SLUICEGATE_PREFETCH", "a whole number from 1 to 65535")?
-        {
+        if let Some(v) = env.read::<u16>(var("SLUICEGATE_PREFETCH"))? {
             self.prefetch = v;
         }
-        if let Some(v) = env.parse::<u16>(
-            "SLUICEGATE_MAX_IN_FLIGHT",
-            "a whole number from 1 to 65535, at most SLUICEGATE_PREFETCH",
-        )? {
+        if let Some(v) = env.read::<u16>(var("SLUICEGATE_MAX_IN_FLIGHT"))? {
             self.max_in_flight = v;
         }
-        if let Some(v) = env.parse::<Overflow>(
-            "SLUICEGATE_OVERFLOW",
-            &format!("one of {}", Overflow::NAMES),
-        )? {
+        if let Some(v) = env.read::<Overflow>(var("SLUICEGATE_OVERFLOW"))? {
             self.overflow = v;
         }
-        if let Some(v) = env.millis("SLUICEGATE_OVERFLOW_DELAY_MS")? {
+        if let Some(v) = env.read_millis(var("SLUICEGATE_OVERFLOW_DELAY_MS"))? {
             self.overflow_delay = v;
         }
-        if let Some(v) = env.parse::<ShedAction>(
-            "SLUICEGATE_SHED_ACTION",
-            &format!("one of {}", ShedAction::NAMES),
-        )? {
+        if let Some(v) = env.read::<ShedAction>(var("SLUICEGATE_SHED_ACTION"))? {
             self.shed_action = v;
         }
-        if let Some(v) = env.millis("SLUICEGATE_MAX_QUEUE_TIME_MS")? {
+        if let Some(v) = env.read_millis(var("SLUICEGATE_MAX_QUEUE_TIME_MS"))? {
             self.max_queue_time = (!v.is_zero()).then_some(v);
         }
         Ok(())
@@ -85,25 +75,23 @@ impl Config {
         let mut base = self.retry.base();
         let mut max = self.retry.max();
         let mut jitter = self.retry.jitter();
-        if let Some(v) =
-            env.parse::<u32>("SLUICEGATE_RETRY_MAX", "a whole number from 0 to 1000")?
-        {
+        if let Some(v) = env.read::<u32>(var("SLUICEGATE_RETRY_MAX"))? {
             max_retries = v;
         }
-        if let Some(v) = env.millis("SLUICEGATE_RETRY_BASE_MS")? {
+        if let Some(v) = env.read_millis(var("SLUICEGATE_RETRY_BASE_MS"))? {
             base = v;
         }
-        if let Some(v) = env.millis("SLUICEGATE_RETRY_MAX_MS")? {
+        if let Some(v) = env.read_millis(var("SLUICEGATE_RETRY_MAX_MS"))? {
             max = v;
         }
-        if let Some(v) = env.parse::<bool>("SLUICEGATE_RETRY_JITTER", "true or false")? {
+        if let Some(v) = env.read::<bool>(var("SLUICEGATE_RETRY_JITTER"))? {
             jitter = v;
         }
         self.retry = RetryPolicy::new(max_retries, base, max).with_jitter(jitter);
-        if let Some(v) = env.millis("SLUICEGATE_HANDLER_TIMEOUT_MS")? {
+        if let Some(v) = env.read_millis(var("SLUICEGATE_HANDLER_TIMEOUT_MS"))? {
             self.handler_timeout = v;
         }
-        if let Some(v) = env.millis("SLUICEGATE_SHUTDOWN_GRACE_MS")? {
+        if let Some(v) = env.read_millis(var("SLUICEGATE_SHUTDOWN_GRACE_MS"))? {
             self.shutdown_grace = v;
         }
         Ok(())
@@ -112,7 +100,7 @@ impl Config {
     /// Lane weights, per-lane rates, the starvation guard and the share
     /// reserved for the top lane.
     fn lanes_from(&mut self, env: &Env) -> Result<(), ConfigError> {
-        if let Some(raw) = env.parse::<String>("SLUICEGATE_LANE_WEIGHTS", "weights")? {
+        if let Some(raw) = env.read::<String>(var("SLUICEGATE_LANE_WEIGHTS"))? {
             let weights: Option<Vec<u32>> = raw
                 .split(',')
                 .map(|w| w.trim().parse::<u32>().ok().filter(|w| *w > 0))
@@ -120,36 +108,20 @@ impl Config {
             match weights {
                 Some(weights) if !weights.is_empty() => self.lane_weights = Some(weights),
                 _ => {
-                    return Err(ConfigError::new(
-                        "SLUICEGATE_LANE_WEIGHTS",
-                        raw,
-                        "whole numbers above 0, comma-separated, highest priority first (70,20,10)",
-                    ));
+                    return Err(invalid("SLUICEGATE_LANE_WEIGHTS", raw));
                 }
             }
         }
-        if let Some(raw) = env.parse::<String>("SLUICEGATE_LANE_RATE_LIMITS", "rate limits")? {
-            self.lane_rate_limits = parse_lane_rate_limits(&raw).ok_or_else(|| {
-                ConfigError::new(
-                    "SLUICEGATE_LANE_RATE_LIMITS",
-                    &raw,
-                    "starts per second for each lane, highest priority first, comma-separated, each optionally /burst; 0 = no limit (0,0,50/5)",
-                )
-            })?;
+        if let Some(raw) = env.read::<String>(var("SLUICEGATE_LANE_RATE_LIMITS"))? {
+            self.lane_rate_limits = parse_lane_rate_limits(&raw)
+                .ok_or_else(|| invalid("SLUICEGATE_LANE_RATE_LIMITS", &raw))?;
         }
-        if let Some(v) = env.millis("SLUICEGATE_STARVATION_GUARD_MS")? {
+        if let Some(v) = env.read_millis(var("SLUICEGATE_STARVATION_GUARD_MS"))? {
             self.starvation_guard = (!v.is_zero()).then_some(v);
         }
-        if let Some(v) = env.parse::<f64>(
-            "SLUICEGATE_RESERVED_FOR_TOP",
-            "a share from 0 to under 1 (0.2 = a fifth)",
-        )? {
+        if let Some(v) = env.read::<f64>(var("SLUICEGATE_RESERVED_FOR_TOP"))? {
             if !(0.0..1.0).contains(&v) {
-                return Err(ConfigError::new(
-                    "SLUICEGATE_RESERVED_FOR_TOP",
-                    v,
-                    "a share from 0 to under 1 (0.2 = a fifth)",
-                ));
+                return Err(invalid("SLUICEGATE_RESERVED_FOR_TOP", v));
             }
             *self = std::mem::take(self).reserved_for_top(v);
         }
@@ -157,16 +129,10 @@ impl Config {
     }
 
     fn unsettleable_from(&mut self, env: &Env) -> Result<(), ConfigError> {
-        if let Some(v) = env.parse::<Unsettleable>(
-            "SLUICEGATE_UNSETTLEABLE",
-            &format!("one of {}", Unsettleable::NAMES),
-        )? {
+        if let Some(v) = env.read::<Unsettleable>(var("SLUICEGATE_UNSETTLEABLE"))? {
             self.unsettleable = v;
         }
-        if let Some(keep) = env.parse::<usize>(
-            "SLUICEGATE_UNSETTLEABLE_KEEP_BYTES",
-            "a whole number of bytes",
-        )? {
+        if let Some(keep) = env.read::<usize>(var("SLUICEGATE_UNSETTLEABLE_KEEP_BYTES"))? {
             if let Unsettleable::DeadLetterTruncated { keep_bytes } = &mut self.unsettleable {
                 *keep_bytes = keep;
             }
@@ -175,21 +141,17 @@ impl Config {
     }
 
     fn adaptive_from(&mut self, env: &Env) -> Result<(), ConfigError> {
-        let algorithm = env.parse::<String>("SLUICEGATE_ADAPTIVE", "off, aimd or gradient")?;
-        let target = env.millis("SLUICEGATE_ADAPTIVE_TARGET_MS")?;
-        let min = env.parse::<u16>("SLUICEGATE_ADAPTIVE_MIN", "a whole number from 1 to 65535")?;
-        let max = env.parse::<u16>("SLUICEGATE_ADAPTIVE_MAX", "a whole number from 1 to 65535")?;
+        let algorithm = env.read::<String>(var("SLUICEGATE_ADAPTIVE"))?;
+        let target = env.read_millis(var("SLUICEGATE_ADAPTIVE_TARGET_MS"))?;
+        let min = env.read::<u16>(var("SLUICEGATE_ADAPTIVE_MIN"))?;
+        let max = env.read::<u16>(var("SLUICEGATE_ADAPTIVE_MAX"))?;
         let algorithm = match algorithm.as_deref().map(str::trim) {
             None => self.adaptive.map(|a| a.algorithm()),
             Some("off") => None,
             Some("aimd") => Some(AdaptiveAlgorithm::Aimd),
             Some("gradient") => Some(AdaptiveAlgorithm::Gradient),
             Some(other) => {
-                return Err(ConfigError::new(
-                    "SLUICEGATE_ADAPTIVE",
-                    other,
-                    "off, aimd or gradient",
-                ));
+                return Err(invalid("SLUICEGATE_ADAPTIVE", other));
             }
         };
         let Some(algorithm) = algorithm else {
@@ -206,17 +168,10 @@ impl Config {
     }
 
     fn rate_limit_from(&mut self, env: &Env) -> Result<(), ConfigError> {
-        let rate = env.parse::<u32>(
-            "SLUICEGATE_RATE_LIMIT",
-            "a whole number of handler starts per second (0 = no limit)",
-        )?;
-        let burst = env.parse::<u32>("SLUICEGATE_BURST", "a whole number from 1")?;
+        let rate = env.read::<u32>(var("SLUICEGATE_RATE_LIMIT"))?;
+        let burst = env.read::<u32>(var("SLUICEGATE_BURST"))?;
         if burst == Some(0) {
-            return Err(ConfigError::new(
-                "SLUICEGATE_BURST",
-                0,
-                "a whole number from 1",
-            ));
+            return Err(invalid("SLUICEGATE_BURST", 0));
         }
         match rate {
             Some(0) => self.rate_limit = None,
@@ -230,20 +185,14 @@ impl Config {
     }
 
     fn breaker_from(&mut self, env: &Env) -> Result<(), ConfigError> {
-        let failures =
-            env.parse::<u32>("SLUICEGATE_BREAKER_FAILURES", "a whole number (0 = off)")?;
-        let expected = "a share between 0 and 1, exclusive (0.5 = half)";
-        let rate = env.parse::<f64>("SLUICEGATE_BREAKER_FAILURE_RATE", expected)?;
+        let failures = env.read::<u32>(var("SLUICEGATE_BREAKER_FAILURES"))?;
+        let rate = env.read::<f64>(var("SLUICEGATE_BREAKER_FAILURE_RATE"))?;
         if let Some(r) = rate.filter(|r| !(*r > 0.0 && *r < 1.0)) {
-            return Err(ConfigError::new(
-                "SLUICEGATE_BREAKER_FAILURE_RATE",
-                r,
-                expected,
-            ));
+            return Err(invalid("SLUICEGATE_BREAKER_FAILURE_RATE", r));
         }
-        let window = env.parse::<u32>("SLUICEGATE_BREAKER_WINDOW", "a whole number from 1")?;
-        let cool_down = env.millis("SLUICEGATE_BREAKER_COOLDOWN_MS")?;
-        let probes = env.parse::<u32>("SLUICEGATE_BREAKER_PROBES", "a whole number from 1")?;
+        let window = env.read::<u32>(var("SLUICEGATE_BREAKER_WINDOW"))?;
+        let cool_down = env.read_millis(var("SLUICEGATE_BREAKER_COOLDOWN_MS"))?;
+        let probes = env.read::<u32>(var("SLUICEGATE_BREAKER_PROBES"))?;
         let on = failures.is_some_and(|n| n > 0) || rate.is_some();
         let mut policy = match (self.breaker, on) {
             (Some(policy), _) => policy,
@@ -330,6 +279,17 @@ impl Env {
         }
     }
 
+    /// A table variable parsed, or an error naming it, its value and what
+    /// the table says a value must be.
+    pub fn read<T: FromStr>(&self, var: &Var) -> Result<Option<T>, ConfigError> {
+        self.parse(var.name, var.expected)
+    }
+
+    /// A table variable as whole milliseconds.
+    pub fn read_millis(&self, var: &Var) -> Result<Option<Duration>, ConfigError> {
+        self.millis(var.name)
+    }
+
     /// A variable as whole milliseconds.
     pub fn millis(&self, name: &str) -> Result<Option<Duration>, ConfigError> {
         Ok(self
@@ -355,4 +315,10 @@ fn parse_lane_rate_limits(raw: &str) -> Option<Vec<Option<RateLimit>>> {
             }
         })
         .collect()
+}
+
+/// `name` holds `value`, which it may not: the error says what the table
+/// says a value must be.
+fn invalid(name: &str, value: impl std::fmt::Display) -> ConfigError {
+    ConfigError::new(name, value, var(name).expected)
 }

@@ -168,18 +168,33 @@ fn lane_rate_limits_read_rates_bursts_and_zeros() {
 }
 
 #[test]
-fn the_env_table_lists_every_variable_read() {
+fn the_env_table_lists_every_variable_read_and_each_is_read_through_it() {
     let source = include_str!("env.rs");
-    for (name, _, _) in ENV_VARS {
-        assert!(
-            source.matches(name).count() >= 1,
-            "{name} is documented but never read"
-        );
-    }
-    let read = source.matches("env.parse::<").count() + source.matches("env.millis(\"").count();
+    let read: std::collections::BTreeSet<&str> = source
+        .match_indices("var(\"")
+        .map(|(at, _)| {
+            let rest = &source[at + 5..];
+            &rest[..rest.find('"').unwrap_or(0)]
+        })
+        .collect();
+    let table: std::collections::BTreeSet<&str> = ENV_VARS.iter().map(|v| v.name).collect();
+    assert_eq!(read, table, "read and documented differ");
+    assert!(ENV_VARS.iter().all(|v| !v.expected.is_empty()));
+}
+
+#[test]
+fn the_tables_choices_are_the_parsers() {
+    let expected = |name: &str| ENV_VARS.iter().find(|v| v.name == name).map(|v| v.expected);
     assert_eq!(
-        read,
-        ENV_VARS.len(),
-        "a variable is read but missing from ENV_VARS"
+        expected("SLUICEGATE_OVERFLOW"),
+        Some(format!("one of {}", Overflow::NAMES).as_str())
+    );
+    assert_eq!(
+        expected("SLUICEGATE_SHED_ACTION"),
+        Some(format!("one of {}", ShedAction::NAMES).as_str())
+    );
+    assert_eq!(
+        expected("SLUICEGATE_UNSETTLEABLE"),
+        Some(format!("one of {}", crate::Unsettleable::NAMES).as_str())
     );
 }
