@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures_util::FutureExt;
 use futures_util::future::CatchUnwind;
@@ -87,6 +87,8 @@ struct Run<D: Deref<Target = Dispatch>> {
     ended: Option<Instant>,
     probe: bool,
     verdict: Verdict,
+    /// The broker's timestamp of the message, for end-to-end latency.
+    sent_at: Option<SystemTime>,
 }
 
 /// The loop's clock for a pass of starts: a run that finished on the loop
@@ -112,6 +114,7 @@ impl<'a> Run<&'a Dispatch> {
             ended: None,
             probe,
             verdict: Verdict::Neither,
+            sent_at: message.broker_timestamp(),
         }
     }
 
@@ -124,6 +127,7 @@ impl<'a> Run<&'a Dispatch> {
             ended: run.ended,
             probe: run.probe,
             verdict: run.verdict,
+            sent_at: run.sent_at,
         }
     }
 }
@@ -151,7 +155,7 @@ impl<D: Deref<Target = Dispatch>> Drop for Run<D> {
         let ended = self.ended.unwrap_or_else(Instant::now);
         dispatch
             .metrics
-            .handler_finished(ended.saturating_duration_since(self.started));
+            .handler_finished(ended.saturating_duration_since(self.started), self.sent_at);
         if let Some(breaker) = &dispatch.breaker {
             breaker.record(self.probe, self.verdict);
         }

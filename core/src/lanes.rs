@@ -58,6 +58,11 @@ impl Lanes {
         self.len
     }
 
+    /// Each lane's priority and how many wait in it.
+    pub(crate) fn depths(&self) -> impl Iterator<Item = (u8, usize)> + '_ {
+        self.lanes.iter().map(|(p, lane)| (*p, lane.len()))
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }

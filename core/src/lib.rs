@@ -43,7 +43,8 @@
 //! [`convention`] (the headers every broker shares),
 //! [`handler`] (the handler API), [`outcome`], [`retry`], [`config`],
 //! [`source`] (the adapter contract), [`memory`] (the in-memory broker),
-//! [`metrics`], [`shutdown`], and the runtime ([`Worker`]).
+//! [`metrics`], [`ops`] (what an operator sees: Prometheus families,
+//! readiness, scale signals), [`shutdown`], and the runtime ([`Worker`]).
 
 mod adaptive;
 mod admission;
@@ -58,6 +59,7 @@ mod lanes;
 pub mod memory;
 pub mod message;
 pub mod metrics;
+pub mod ops;
 pub mod outcome;
 mod rate;
 pub mod retry;
@@ -75,7 +77,7 @@ pub use breaker::{BreakerPolicy, BreakerState};
 pub use config::{Config, ConfigError, Overflow, ShedAction};
 pub use handler::{Context, FromMessage, Handler, Json, MessageHandler, Payload, Rejection};
 pub use message::{Headers, Message, Origin};
-pub use metrics::{Metrics, MetricsSnapshot};
+pub use metrics::{Metrics, MetricsSnapshot, WorkerState};
 pub use outcome::{BoxError, ErrorKind, HandlerError, IntoOutcome, Outcome};
 pub use rate::RateLimit;
 pub use retry::RetryPolicy;

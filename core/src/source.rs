@@ -2,8 +2,11 @@
 //! paused, resumed and re-tuned. Settling goes through each delivery's own
 //! handle ([`crate::message::Settle`]), so it can happen on any task.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 
+use crate::ops::Probe;
 use crate::outcome::BoxError;
 use crate::settle::Delivery;
 
@@ -108,6 +111,14 @@ pub trait Source: Send + 'static {
     /// policy). The default does nothing: a broker-side prefetch, like
     /// AMQP's, is one limit either way.
     fn set_hold_back(&mut self, _hold_back: HoldBack) {}
+
+    /// What the operations surface may ask of the broker while the worker
+    /// runs (its name, the connection, the backlog, the adapter's own
+    /// metrics): a handle apart from the source, which the loop owns. The
+    /// default has nothing to say.
+    fn probe(&self) -> Option<Arc<dyn Probe>> {
+        None
+    }
 
     /// The worker has stopped and every delivery it took is settled or
     /// handed back: commit what is done and let go of the broker (Kafka

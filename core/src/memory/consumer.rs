@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use super::queue::{Queue, QueueState, Stored};
 use crate::convention::{header, plan_cut, republish_headers, too_large};
 use crate::message::{Message, Origin};
+use crate::ops::Probe;
 use crate::settle::{Delivery, Settle, SettleError, SettleFuture, Settlement};
 use crate::source::{Source, SourceError};
 
@@ -107,8 +108,27 @@ impl MemorySource {
     }
 }
 
+/// What the operations surface sees of an in-memory queue.
+struct QueueProbe(Arc<Queue>);
+
+#[async_trait]
+impl Probe for QueueProbe {
+    fn source(&self) -> String {
+        self.0.name.to_string()
+    }
+
+    async fn waiting(&self) -> Option<u64> {
+        let stats = self.0.stats();
+        Some((stats.ready + stats.delayed_now) as u64)
+    }
+}
+
 #[async_trait]
 impl Source for MemorySource {
+    fn probe(&self) -> Option<Arc<dyn Probe>> {
+        Some(Arc::new(QueueProbe(Arc::clone(&self.queue))))
+    }
+
     async fn next(&mut self) -> Result<Option<Delivery>, SourceError> {
         loop {
             let notified = self.queue.consumers.notified();

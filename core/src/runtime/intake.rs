@@ -49,9 +49,9 @@ impl<S: Source> Flow<S> {
             let priority = classify(delivery.message());
             delivery.set_priority(priority);
         }
-        let lane_full = self
-            .lanes
-            .lane_full(delivery.message().priority(), self.accept_limit());
+        let priority = delivery.message().priority();
+        self.metrics.saw_lane(priority);
+        let lane_full = self.lanes.lane_full(priority, self.accept_limit());
         if self.accepted() < self.accept_limit() && !lane_full {
             if self.config.overflow_policy() == Overflow::EarlyDrop && self.drop_early() {
                 self.metrics.early_dropped.fetch_add(1, Relaxed);

@@ -23,13 +23,13 @@ use tokio::time::Instant;
 
 use crate::adaptive::{Controller, Samples};
 use crate::admission::Admission;
-use crate::breaker::Breaker;
+use crate::breaker::{Breaker, BreakerPolicy};
 use crate::config::{Config, intake_reserve};
 use crate::dispatch::{Dispatch, settle};
 use crate::gate::Gate;
 use crate::handler::ErasedHandler;
 use crate::lanes::Lanes;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, WorkerState};
 use crate::settle::{Delivery, Settlement};
 use crate::settled::{OnSettled, Settled};
 use crate::source::{Source, SourceError};
@@ -118,6 +118,13 @@ impl<S: Source> Flow<S> {
         };
         metrics.limit.store(limit as u64, Relaxed);
         metrics.prefetch.store(prefetch_now as u64, Relaxed);
+        let cool_down = config
+            .breaker_policy()
+            .map(BreakerPolicy::cool_down_duration);
+        metrics.breaker_cool_down_ms.store(
+            cool_down.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            Relaxed,
+        );
         let admission = Admission::new(&config, breaker, adaptive, Arc::clone(&metrics));
         Self {
             source,
@@ -190,7 +197,7 @@ impl<S: Source> Flow<S> {
                 }
             }
             self.steer_source().await;
-            self.metrics.set_held(self.held(), self.lanes.len());
+            self.publish_gauges();
             if self.source_done && self.held() == 0 {
                 break StopReason::SourceFinished;
             }
@@ -243,12 +250,13 @@ impl<S: Source> Flow<S> {
         stopped_by: StopReason,
         failure: Option<SourceError>,
     ) -> Result<Report, Error> {
+        self.metrics.set_state(WorkerState::Draining);
         let drain = if stopped_by == StopReason::SourceFinished {
             DrainReport::default()
         } else {
             self.drain().await
         };
-        self.metrics.set_held(self.held(), self.lanes.len());
+        self.publish_gauges();
         if let Err(error) = self.source.close().await {
             self.metrics.source_errors.fetch_add(1, Relaxed);
             tracing::warn!(%error, "source did not close cleanly");
@@ -263,6 +271,18 @@ impl<S: Source> Flow<S> {
             Some(error) => Err(Error::Source(error)),
             None => Ok(report),
         }
+    }
+
+    /// What the operations surface reads of the loop: held, the lanes'
+    /// depths and what they may hold (a few stores a turn, no lock).
+    fn publish_gauges(&self) {
+        self.metrics.set_held(self.held(), self.lanes.len());
+        for (priority, depth) in self.lanes.depths() {
+            self.metrics.set_lane_depth(priority, depth);
+        }
+        let lanes = self.config.lane_weights_policy().map_or(1, <[u32]>::len);
+        let part = (self.accept_limit() / lanes.max(1)).max(1);
+        self.metrics.lane_capacity.store(part as u64, Relaxed);
     }
 
     /// Takes what the source has ready now, as far as there is room, without

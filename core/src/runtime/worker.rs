@@ -8,7 +8,8 @@ use super::Flow;
 use crate::config::{Config, Overflow};
 use crate::handler::{ErasedHandler, Handler, erase};
 use crate::message::Message;
-use crate::metrics::{Metrics, MetricsSnapshot};
+use crate::metrics::{Metrics, MetricsSnapshot, WorkerState};
+use crate::ops::Ops;
 use crate::settled::{OnSettled, Settled};
 use crate::source::{HoldBack, Source, SourceError};
 
@@ -185,6 +186,12 @@ impl<S: Source> Worker<S> {
         Arc::clone(&self.metrics)
     }
 
+    /// The worker as an operator sees it: what `sluicegate-http` serves
+    /// as `/metrics`, `/readyz` and `/scale` (see [`crate::ops`]).
+    pub fn ops(&self) -> Ops {
+        Ops::new(Arc::clone(&self.metrics), self.source.probe())
+    }
+
     /// Runs until the source finishes or SIGINT/SIGTERM arrives.
     pub async fn run(self) -> Result<Report, Error> {
         self.run_until(crate::shutdown::signal()).await
@@ -217,7 +224,11 @@ impl<S: Source> Worker<S> {
         flow.source
             .set_prefetch(u16::try_from(flow.prefetch_now).unwrap_or(u16::MAX))
             .await?;
-        match tokio::spawn(flow.run(shutdown)).await {
+        let metrics = Arc::clone(&flow.metrics);
+        metrics.set_state(WorkerState::Running);
+        let ended = tokio::spawn(flow.run(shutdown)).await;
+        metrics.set_state(WorkerState::Stopped);
+        match ended {
             Ok(result) => result,
             Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
             // Only a runtime shutting down cancels the loop; every delivery it

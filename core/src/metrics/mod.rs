@@ -10,11 +10,14 @@
 //! ```
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, SystemTime};
 
-use hdrhistogram::Histogram;
+mod timings;
+
+use timings::Timings;
+pub use timings::{BUCKETS, Distribution};
 
 /// Live counters and gauges of one worker. Cheap to share (`Arc`).
 #[derive(Debug)]
@@ -47,8 +50,100 @@ pub struct Metrics {
     held: Gauge,
     running: Gauge,
     queued: AtomicU64,
-    handler_time: Mutex<Histogram<u64>>,
-    queue_time: Mutex<Histogram<u64>>,
+    /// What one lane may hold now: the prefetch less the intake reserve,
+    /// or its part of that when lanes share it by weight.
+    pub(crate) lane_capacity: AtomicU64,
+    /// How long an open breaker waits before it lets a probe through.
+    pub(crate) breaker_cool_down_ms: AtomicU64,
+    lane_depth: LaneDepths,
+    pub(crate) state: AtomicU8,
+    handler_time: Timings,
+    queue_time: Timings,
+    end_to_end: Timings,
+}
+
+/// How many wait in each priority lane: one slot per priority, and which
+/// priorities were ever seen.
+#[derive(Debug)]
+struct LaneDepths {
+    depth: Box<[AtomicU32]>,
+    seen: [AtomicU64; 4],
+}
+
+impl LaneDepths {
+    fn new() -> Self {
+        Self {
+            depth: (0..256).map(|_| AtomicU32::new(0)).collect(),
+            seen: Default::default(),
+        }
+    }
+
+    /// Notes a lane, once (a load, and a write the first time only).
+    #[inline]
+    fn saw(&self, priority: u8) {
+        let bit = 1u64 << (priority % 64);
+        let word = &self.seen[usize::from(priority / 64)];
+        if word.load(Relaxed) & bit == 0 {
+            word.fetch_or(bit, Relaxed);
+        }
+    }
+
+    fn set(&self, priority: u8, depth: usize) {
+        self.saw(priority);
+        self.depth[usize::from(priority)].store(u32::try_from(depth).unwrap_or(u32::MAX), Relaxed);
+    }
+
+    fn read(&self) -> Vec<(u8, u64)> {
+        (0..=u8::MAX)
+            .filter(|p| self.seen[usize::from(p / 64)].load(Relaxed) & (1u64 << (p % 64)) != 0)
+            .map(|p| (p, u64::from(self.depth[usize::from(p)].load(Relaxed))))
+            .collect()
+    }
+}
+
+/// Where the worker's loop is in its life.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WorkerState {
+    /// Built, not running yet.
+    #[default]
+    Starting,
+    /// Pulling and handling.
+    Running,
+    /// Stopped pulling; letting what it holds finish.
+    Draining,
+    /// Its loop has ended (or died).
+    Stopped,
+}
+
+impl WorkerState {
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            Self::Starting => 0,
+            Self::Running => 1,
+            Self::Draining => 2,
+            Self::Stopped => 3,
+        }
+    }
+
+    fn from_code(code: u8) -> Self {
+        match code {
+            1 => Self::Running,
+            2 => Self::Draining,
+            3 => Self::Stopped,
+            _ => Self::Starting,
+        }
+    }
+
+    /// Its name, as metrics and the readiness page show it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Running => "running",
+            Self::Draining => "draining",
+            Self::Stopped => "stopped",
+        }
+    }
 }
 
 /// A gauge that remembers its maximum.
@@ -69,28 +164,6 @@ impl Gauge {
     }
     fn dec(&self) {
         self.now.fetch_sub(1, Relaxed);
-    }
-}
-
-fn histogram() -> Mutex<Histogram<u64>> {
-    // Microseconds from 1 µs to one hour, 2 significant digits.
-    let h = Histogram::new_with_bounds(1, 3_600_000_000, 2).unwrap_or_else(|_| {
-        Histogram::new(2).unwrap_or_else(|_| unreachable!("2 significant digits is valid"))
-    });
-    Mutex::new(h)
-}
-
-fn record(h: &Mutex<Histogram<u64>>, d: Duration) {
-    let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1);
-    if let Ok(mut h) = h.lock() {
-        h.saturating_record(micros);
-    }
-}
-
-fn quantile(h: &Mutex<Histogram<u64>>, q: f64) -> Duration {
-    match h.lock() {
-        Ok(h) if !h.is_empty() => Duration::from_micros(h.value_at_quantile(q)),
-        _ => Duration::ZERO,
     }
 }
 
@@ -132,8 +205,13 @@ impl Metrics {
             held: Gauge::default(),
             running: Gauge::default(),
             queued: AtomicU64::new(0),
-            handler_time: histogram(),
-            queue_time: histogram(),
+            lane_capacity: AtomicU64::new(0),
+            breaker_cool_down_ms: AtomicU64::new(0),
+            lane_depth: LaneDepths::new(),
+            state: AtomicU8::new(0),
+            handler_time: Timings::new(),
+            queue_time: Timings::new(),
+            end_to_end: Timings::new(),
         }
     }
 
@@ -142,14 +220,76 @@ impl Metrics {
         self.queued.store(queued as u64, Relaxed);
     }
 
-    pub(crate) fn handler_started(&self, queued_for: Duration) {
-        self.running.inc();
-        record(&self.queue_time, queued_for);
+    /// A delivery arrived for `priority`'s lane.
+    #[inline]
+    pub(crate) fn saw_lane(&self, priority: u8) {
+        self.lane_depth.saw(priority);
     }
 
-    pub(crate) fn handler_finished(&self, took: Duration) {
+    pub(crate) fn set_lane_depth(&self, priority: u8, depth: usize) {
+        self.lane_depth.set(priority, depth);
+    }
+
+    pub(crate) fn set_state(&self, state: WorkerState) {
+        self.state.store(state.code(), Relaxed);
+    }
+
+    pub(crate) fn handler_started(&self, queued_for: Duration) {
+        self.running.inc();
+        self.queue_time.record(queued_for);
+    }
+
+    pub(crate) fn handler_finished(&self, took: Duration, broker_timestamp: Option<SystemTime>) {
         self.running.dec();
-        record(&self.handler_time, took);
+        self.handler_time.record(took);
+        if let Some(at) = broker_timestamp {
+            // A clock behind the broker's reads as no time at all.
+            let since = SystemTime::now().duration_since(at).unwrap_or_default();
+            self.end_to_end.record(since);
+        }
+    }
+
+    /// Deliveries held now.
+    pub(crate) fn held_now(&self) -> u64 {
+        self.held.now.load(Relaxed)
+    }
+
+    /// Where the worker's loop is now.
+    pub fn state(&self) -> WorkerState {
+        WorkerState::from_code(self.state.load(Relaxed))
+    }
+
+    /// Each priority lane seen so far, with how many wait in it now.
+    pub fn lane_depths(&self) -> Vec<(u8, u64)> {
+        self.lane_depth.read()
+    }
+
+    /// What one lane may hold now: all the lanes may hold, or its part
+    /// of that when lanes share it by weight.
+    pub fn lane_capacity(&self) -> u64 {
+        self.lane_capacity.load(Relaxed)
+    }
+
+    /// How long an open circuit breaker waits before it probes (zero
+    /// without a breaker).
+    pub fn breaker_cool_down(&self) -> Duration {
+        Duration::from_millis(self.breaker_cool_down_ms.load(Relaxed))
+    }
+
+    /// Handler run times.
+    pub fn handler_durations(&self) -> Distribution {
+        self.handler_time.distribution()
+    }
+
+    /// Time from receipt to the handler's start.
+    pub fn queue_times(&self) -> Distribution {
+        self.queue_time.distribution()
+    }
+
+    /// Time from the broker's timestamp to the handler's end, for
+    /// messages that carry one.
+    pub fn end_to_end_latencies(&self) -> Distribution {
+        self.end_to_end.distribution()
     }
 
     /// A point-in-time copy of every value.
@@ -185,10 +325,10 @@ impl Metrics {
             running: self.running.now.load(Relaxed),
             max_running: self.running.max.load(Relaxed),
             queued: self.queued.load(Relaxed),
-            handler_p50: quantile(&self.handler_time, 0.50),
-            handler_p99: quantile(&self.handler_time, 0.99),
-            queue_p50: quantile(&self.queue_time, 0.50),
-            queue_p99: quantile(&self.queue_time, 0.99),
+            handler_p50: self.handler_time.quantile(0.50),
+            handler_p99: self.handler_time.quantile(0.99),
+            queue_p50: self.queue_time.quantile(0.50),
+            queue_p99: self.queue_time.quantile(0.99),
         }
     }
 }
@@ -355,7 +495,7 @@ mod tests {
         m.set_held(3, 0);
         for ms in 1..=100 {
             m.handler_started(Duration::from_millis(1));
-            m.handler_finished(Duration::from_millis(ms));
+            m.handler_finished(Duration::from_millis(ms), None);
         }
         let s = m.snapshot();
         assert_eq!((s.held, s.max_held), (3, 5));

@@ -1,0 +1,111 @@
+//! A scrape of `/metrics`, read with a real OpenMetrics parser
+//! (openmetrics-parser, a test-only dependency): a malformed exposition
+//! fails the parse, and values are read by family and labels.
+
+use std::collections::BTreeSet;
+
+use openmetrics_parser::{
+    MetricFamily, MetricsExposition, OpenMetricsType, OpenMetricsValue, openmetrics,
+};
+
+/// One parsed exposition.
+#[derive(Debug)]
+pub struct Exposition(MetricsExposition<OpenMetricsType, OpenMetricsValue>);
+
+impl Exposition {
+    /// Parses OpenMetrics text; an error names what the parser refused.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        openmetrics::parse_openmetrics(text)
+            .map(Self)
+            .map_err(|e| format!("not valid OpenMetrics: {e:?}\n{text}"))
+    }
+
+    fn family(&self, name: &str) -> Option<&MetricFamily<OpenMetricsType, OpenMetricsValue>> {
+        self.0.families.get(name)
+    }
+
+    /// The samples of a family whose labels include all of `labels`.
+    fn matching<'a>(
+        &'a self,
+        name: &str,
+        labels: &'a [(&str, &str)],
+    ) -> impl Iterator<Item = &'a OpenMetricsValue> + 'a {
+        self.family(name).into_iter().flat_map(move |f| {
+            f.iter_samples().filter_map(move |s| {
+                let set = s.get_labelset().ok()?;
+                labels
+                    .iter()
+                    .all(|(k, v)| set.get_label_value(k) == Some(*v))
+                    .then_some(&s.value)
+            })
+        })
+    }
+
+    /// The value of a counter or gauge family's sample with `labels`
+    /// (summed over samples that match, so a subset of labels sums).
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let mut found = None;
+        for v in self.matching(name, labels) {
+            let x = match v {
+                OpenMetricsValue::Counter(c) => c.value.as_f64(),
+                OpenMetricsValue::Gauge(g) | OpenMetricsValue::Unknown(g) => g.as_f64(),
+                _ => continue,
+            };
+            found = Some(found.unwrap_or(0.0) + x);
+        }
+        found
+    }
+
+    /// A histogram family's count and its +Inf bucket, which must agree.
+    pub fn histogram_count(&self, name: &str, labels: &[(&str, &str)]) -> Option<u64> {
+        self.matching(name, labels).find_map(|v| match v {
+            OpenMetricsValue::Histogram(h) => {
+                let inf = h.buckets.iter().find(|b| b.upper_bound.is_infinite());
+                let count = h.count?;
+                assert_eq!(
+                    inf.map(|b| b.count.as_f64() as u64),
+                    Some(count),
+                    "{name}: +Inf bucket is not the count"
+                );
+                Some(count)
+            }
+            _ => None,
+        })
+    }
+
+    /// Each value a label takes in a family.
+    pub fn label_values(&self, name: &str, label: &str) -> BTreeSet<String> {
+        self.family(name)
+            .into_iter()
+            .flat_map(|f| f.iter_samples())
+            .filter_map(|s| {
+                s.get_labelset()
+                    .ok()?
+                    .get_label_value(label)
+                    .map(str::to_owned)
+            })
+            .collect()
+    }
+
+    /// Every series name a query may use: counters' `_total`, histograms'
+    /// `_bucket`, `_sum` and `_count`, gauges' own name.
+    pub fn series_names(&self) -> BTreeSet<String> {
+        let mut names = BTreeSet::new();
+        for (name, family) in &self.0.families {
+            match family.family_type {
+                OpenMetricsType::Counter => {
+                    names.insert(format!("{name}_total"));
+                }
+                OpenMetricsType::Histogram => {
+                    for suffix in ["bucket", "sum", "count"] {
+                        names.insert(format!("{name}_{suffix}"));
+                    }
+                }
+                _ => {
+                    names.insert(name.clone());
+                }
+            }
+        }
+        names
+    }
+}
