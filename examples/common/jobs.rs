@@ -55,14 +55,21 @@ pub(crate) fn init_logs() {
 /// Runs the job handler against `source` until SIGINT or SIGTERM, one line
 /// per settled message on stdout; `program` names the errors on stderr.
 pub(crate) async fn run(program: &str, source: impl Source, config: Config) -> ExitCode {
-    let report = Worker::new(source, handle)
+    let worker = Worker::new(source, handle)
         .config(config)
         .on_settled(|message, how| {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "{}", settled_line(message, how));
-        })
-        .run()
-        .await;
+        });
+    // /metrics, /healthz, /readyz and /scale on SLUICEGATE_METRICS_ADDR.
+    let _served = match sluicegate_http::serve_from_env(worker.ops()).await {
+        Ok(served) => served,
+        Err(e) => {
+            eprintln!("{program}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let report = worker.run().await;
     match report {
         Ok(report) => {
             tracing::info!(stopped_by = ?report.stopped_by, drain = ?report.drain, "{}", report.metrics);

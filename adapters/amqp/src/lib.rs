@@ -46,6 +46,7 @@
 mod acks;
 mod config;
 mod convert;
+mod probe;
 mod republish;
 mod settle;
 mod source;

@@ -14,6 +14,7 @@ use sluicegate::{Message, Settle, SettleError, SettleFuture, Settlement};
 
 use crate::acks::Acks;
 use crate::convert::delay_tier;
+use crate::probe::Watched;
 use crate::republish::{Copy, copy_for};
 
 /// What every delivery's handle shares: the publishing channel (publisher
@@ -26,6 +27,7 @@ pub(crate) struct Topology {
     /// Ack coalescing for the consuming channel.
     pub(crate) acks: Arc<Acks>,
     declared_tiers: Mutex<HashSet<u64>>,
+    watched: Arc<Watched>,
 }
 
 /// The confirming channel retries and dead-letters go through. A channel
@@ -80,6 +82,7 @@ impl Topology {
         dead_letter_queue: String,
         publisher: Publisher,
         acks: Arc<Acks>,
+        watched: Arc<Watched>,
     ) -> Self {
         Self {
             queue,
@@ -87,6 +90,7 @@ impl Topology {
             publisher,
             acks,
             declared_tiers: Mutex::new(HashSet::new()),
+            watched,
         }
     }
 
@@ -125,6 +129,7 @@ impl Topology {
             if let Ok(mut tiers) = self.declared_tiers.lock() {
                 tiers.insert(tier_ms);
             }
+            self.watched.used_delay_queue(&name);
         }
         Ok(name)
     }

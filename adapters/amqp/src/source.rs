@@ -14,12 +14,14 @@ use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Connection, ConnectionProperties};
 use sluicegate::convention::lane_priority;
+use sluicegate::ops::Probe;
 use sluicegate::{Delivery, Source, SourceError};
 
 use crate::AmqpError;
 use crate::acks::Acks;
 use crate::config::{AmqpConfig, Declare};
 use crate::convert::message_from;
+use crate::probe::{AmqpProbe, Watched};
 use crate::settle::{AmqpSettle, Publisher, Topology};
 
 /// A consumer of one RabbitMQ queue, or of several as priority lanes;
@@ -36,9 +38,9 @@ pub struct AmqpSource {
     /// The queues, for log lines.
     label: String,
     prefetch: u16,
-    reconnects: u64,
-    /// Acks decided but never sent (their channel died first).
-    acks_lost: Arc<AtomicU64>,
+    /// The connection, reconnects, lost acks and delay queues, shared
+    /// with the operations surface's probe.
+    watched: Arc<Watched>,
 }
 
 /// Deliveries of every consumer of a link, tagged with their lane.
@@ -73,7 +75,7 @@ impl std::fmt::Debug for AmqpSource {
             .field("queues", &self.label)
             .field("prefetch", &self.prefetch)
             .field("connected", &self.link.is_some())
-            .field("reconnects", &self.reconnects)
+            .field("reconnects", &self.reconnects())
             .finish()
     }
 }
@@ -81,7 +83,7 @@ impl std::fmt::Debug for AmqpSource {
 impl Link {
     /// Connects, opens a consuming and a publishing (confirming) channel,
     /// and declares (or checks) every work queue and dead-letter queue.
-    async fn open(config: &AmqpConfig, acks_lost: &Arc<AtomicU64>) -> Result<Self, AmqpError> {
+    async fn open(config: &AmqpConfig, watched: &Arc<Watched>) -> Result<Self, AmqpError> {
         let connection = connect(config).await?;
         let connection = Arc::new(connection);
         let channel = connection
@@ -101,7 +103,7 @@ impl Link {
             durable: true,
             ..QueueDeclareOptions::default()
         };
-        let acks = Acks::start(channel.clone(), Arc::clone(acks_lost));
+        let acks = Acks::start(channel.clone(), Arc::clone(&watched.acks_lost));
         let count = config.queues().len();
         let mut lanes = Vec::with_capacity(count);
         for (rank, queue) in config.queues().iter().enumerate() {
@@ -135,10 +137,12 @@ impl Link {
                     dead_letter_queue,
                     Publisher::new(Arc::clone(&connection), publisher.clone()),
                     Arc::clone(&acks),
+                    Arc::clone(watched),
                 )),
             });
         }
         watch_events(&connection, &config.queues().join(","));
+        watched.connected_to(Some(Arc::clone(&connection)));
         Ok(Self {
             connection,
             channel,
@@ -202,15 +206,14 @@ impl AmqpSource {
     /// queues and dead-letter queues. Consuming starts when the runtime sets
     /// the prefetch, so nothing is delivered before the limit is in place.
     pub async fn connect(config: AmqpConfig) -> Result<Self, AmqpError> {
-        let acks_lost = Arc::new(AtomicU64::new(0));
-        let link = Link::open(&config, &acks_lost).await?;
+        let watched = Arc::new(Watched::default());
+        let link = Link::open(&config, &watched).await?;
         Ok(Self {
             label: config.queues().join(","),
             config,
             link: Some(link),
             prefetch: 0,
-            reconnects: 0,
-            acks_lost,
+            watched,
         })
     }
 
@@ -221,7 +224,7 @@ impl AmqpSource {
 
     /// How many times the connection was re-established.
     pub fn reconnects(&self) -> u64 {
-        self.reconnects
+        self.watched.reconnects.load(Relaxed)
     }
 
     /// Acks that were decided (the handler finished, `on_settled` was told)
@@ -229,13 +232,13 @@ impl AmqpSource {
     /// broker redelivers those messages, so they are handled again. The
     /// runtime's `acked` counts decisions; this counts the ones lost after.
     pub fn acks_lost(&self) -> u64 {
-        self.acks_lost.load(Relaxed)
+        self.watched.acks_lost.load(Relaxed)
     }
 
     /// A shared handle on [`AmqpSource::acks_lost`], to read while the
     /// worker runs.
     pub fn acks_lost_counter(&self) -> Arc<AtomicU64> {
-        Arc::clone(&self.acks_lost)
+        Arc::clone(&self.watched.acks_lost)
     }
 
     /// The link, consuming; reconnects first if the connection was lost.
@@ -246,7 +249,7 @@ impl AmqpSource {
         let link = match self.link.take() {
             Some(link) => link,
             None => {
-                let link = Link::open(&self.config, &self.acks_lost)
+                let link = Link::open(&self.config, &self.watched)
                     .await
                     .map_err(|e| {
                         SourceError::retryable(format!("reconnecting to RabbitMQ: {e}"))
@@ -256,8 +259,8 @@ impl AmqpSource {
                     .await
                     .map_err(|e| SourceError::retryable(e.to_string()))?;
                 link.acks.set_prefetch(self.prefetch);
-                self.reconnects += 1;
-                tracing::info!(queues = %self.label, reconnects = self.reconnects, "reconnected to RabbitMQ");
+                let reconnects = self.watched.reconnects.fetch_add(1, Relaxed) + 1;
+                tracing::info!(queues = %self.label, reconnects, "reconnected to RabbitMQ");
                 link
             }
         };
@@ -280,6 +283,7 @@ impl AmqpSource {
             return Ok(None);
         }
         self.link = None;
+        self.watched.connected_to(None);
         let why = error.map_or_else(|| "the channel closed".to_owned(), |e| e.to_string());
         if why.contains("acknowledgement") && why.contains("timed out") {
             tracing::error!(
@@ -347,6 +351,11 @@ impl Source for AmqpSource {
 
     // `pause` and `resume` keep their defaults: the channel-wide prefetch
     // already stops the broker at the limit.
+
+    fn probe(&self) -> Option<Arc<dyn Probe>> {
+        let queues = self.config.queues().to_vec();
+        Some(Arc::new(AmqpProbe::new(Arc::clone(&self.watched), queues)))
+    }
 
     async fn set_prefetch(&mut self, prefetch: u16) -> Result<(), SourceError> {
         let prefetch = prefetch.max(1);

@@ -1,15 +1,17 @@
 //! librdkafka's callbacks: log lines and errors go to `tracing`, the last
-//! error is kept for error messages, and rebalances reach the shared state
-//! (on the poll thread).
+//! error is kept for error messages, rebalances reach the shared state
+//! (on the poll thread), and statistics the adapter's counters.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError as RdKafkaError, KafkaResult};
+use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, TopicPartitionList};
 
 use crate::Consumer;
+use crate::stats::KafkaStats;
 
 /// What a rebalance tells the worker, on the poll thread (the shared state
 /// implements it; this module knows no more of it).
@@ -20,20 +22,26 @@ pub(crate) trait Rebalancing: Send + Sync {
     fn assigned(&self, tpl: &TopicPartitionList);
 }
 
-/// The consumer's context: routes rebalances to the worker's state.
+/// The consumer's context: routes rebalances to the worker's state and
+/// librdkafka's statistics (lag, brokers up) to the adapter's counters.
 pub(crate) struct ConsumerCtx {
     rebalancing: Arc<dyn Rebalancing>,
+    stats: Arc<KafkaStats>,
 }
 
 impl ConsumerCtx {
-    pub(crate) fn new(rebalancing: Arc<dyn Rebalancing>) -> Self {
-        Self { rebalancing }
+    pub(crate) fn new(rebalancing: Arc<dyn Rebalancing>, stats: Arc<KafkaStats>) -> Self {
+        Self { rebalancing, stats }
     }
 }
 
 impl ClientContext for ConsumerCtx {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, line: &str) {
         log_line(level, facility, line);
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        self.stats.observe(&statistics);
     }
 
     fn error(&self, error: RdKafkaError, reason: &str) {

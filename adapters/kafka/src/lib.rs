@@ -51,6 +51,7 @@ mod handover;
 mod ids;
 mod limits;
 mod offsets;
+mod probe;
 mod reader;
 mod schedule;
 mod settle;
@@ -61,7 +62,7 @@ mod stats;
 pub use config::{ENV_VARS, KafkaConfig, Ordering, TopicSetup};
 pub use convert::NOT_BEFORE;
 pub use source::KafkaSource;
-pub use stats::{KafkaStats, KafkaStatsSnapshot};
+pub use stats::{KafkaStats, KafkaStatsSnapshot, PartitionLag};
 
 pub(crate) type Consumer = rdkafka::consumer::BaseConsumer<context::ConsumerCtx>;
 

@@ -15,6 +15,7 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::producer::FutureProducer;
+use sluicegate::ops::Probe;
 use sluicegate::{Delivery, HoldBack, Source, SourceError};
 use tokio::sync::oneshot;
 
@@ -23,6 +24,7 @@ use crate::context::{ClientCtx, ConsumerCtx};
 use crate::convert::Owner;
 use crate::ids::Fetched;
 use crate::limits::Limits;
+use crate::probe::KafkaProbe;
 use crate::reader::Readable;
 use crate::settle::{KafkaSettle, Settler};
 use crate::state::Shared;
@@ -67,6 +69,8 @@ pub struct KafkaSource {
     poller: Option<Closing>,
     /// Records taken from the schedule, on their way out as deliveries.
     popped: Vec<crate::ids::Pending>,
+    /// The topics consumed, as the operations surface names the source.
+    label: String,
 }
 
 impl KafkaSource {
@@ -99,7 +103,7 @@ impl KafkaSource {
         let shared = Arc::new(Shared::new(config.ordering, config.revoke_timeout, stats));
         let consumer_config = consumer_config(base, &config);
         let mut consumer: Consumer = consumer_config
-            .create_with_context(ConsumerCtx::new(shared.clone()))
+            .create_with_context(ConsumerCtx::new(shared.clone(), shared.stats.clone()))
             .map_err(KafkaError::client("creating the consumer"))?;
         let poller = shared.poller().clone();
         consumer.set_nonempty_callback(move || poller.notify());
@@ -134,6 +138,7 @@ impl KafkaSource {
             shared,
             poller: Some(Closing { committed, closed }),
             popped: Vec::new(),
+            label: config.topics.join(","),
         })
     }
 
@@ -156,6 +161,13 @@ fn delivery(settler: &Arc<Settler>, pending: crate::ids::Pending) -> Delivery {
 
 #[async_trait]
 impl Source for KafkaSource {
+    fn probe(&self) -> Option<Arc<dyn Probe>> {
+        Some(Arc::new(KafkaProbe {
+            stats: self.shared.stats.clone(),
+            topics: self.label.clone(),
+        }))
+    }
+
     async fn next(&mut self) -> Result<Option<Delivery>, SourceError> {
         loop {
             // Registered before looking, so a wake between the look and the
@@ -454,6 +466,9 @@ fn consumer_config(mut consumer_config: ClientConfig, config: &KafkaConfig) -> C
     // holds a fetch of idle partitions (a retry topic, say) for up to
     // this long: 500 ms by default.
     set_default(&mut consumer_config, "fetch.wait.max.ms", "20");
+    // Each partition's lag and the brokers' state, for the operations
+    // surface: librdkafka reports them this often.
+    set_default(&mut consumer_config, "statistics.interval.ms", "1000");
     consumer_config
 }
 

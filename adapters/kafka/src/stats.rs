@@ -3,11 +3,14 @@
 use std::sync::atomic::AtomicI64;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Mutex, PoisonError};
+
+use rdkafka::statistics::Statistics;
 
 /// Counters of one Kafka source, shared with its settle handles. Get them
 /// with [`crate::KafkaSource::stats`] and read them with
 /// [`KafkaStats::snapshot`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct KafkaStats {
     /// Records taken from librdkafka (first fetches only).
     pub(crate) fetched: AtomicU64,
@@ -33,6 +36,21 @@ pub struct KafkaStats {
     pub(crate) rebalances: AtomicU64,
     /// Most unsettled records held at once (waiting and running).
     pub(crate) max_held: AtomicU64,
+    /// From librdkafka's last statistics: each assigned partition's lag.
+    lag: Mutex<Vec<PartitionLag>>,
+    /// From librdkafka's last statistics: brokers up (-1: none seen yet).
+    brokers_up: AtomicI64,
+}
+
+/// How far a partition's stored (settled) offset is behind its end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionLag {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// Records between the last one settled and the partition's end.
+    pub lag: u64,
 }
 
 /// Every counter of [`KafkaStats`] at one moment.
@@ -65,6 +83,38 @@ pub struct KafkaStatsSnapshot {
     pub max_held: u64,
 }
 
+impl Default for KafkaStats {
+    fn default() -> Self {
+        Self {
+            fetched: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+            requeued: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
+            late_settlements: AtomicU64::new(0),
+            paused_partitions: AtomicI64::new(0),
+            pauses: AtomicU64::new(0),
+            rebalances: AtomicU64::new(0),
+            max_held: AtomicU64::new(0),
+            lag: Mutex::new(Vec::new()),
+            brokers_up: AtomicI64::new(-1),
+        }
+    }
+}
+
+/// Records past what is settled: past the stored offset, or the committed
+/// one before anything was stored, or the whole partition before either.
+fn partition_lag(p: &rdkafka::statistics::Partition) -> u64 {
+    let end = p.hi_offset;
+    let from = [p.stored_offset, p.committed_offset, p.lo_offset]
+        .into_iter()
+        .find(|o| *o >= 0);
+    match from {
+        Some(from) if end >= 0 => u64::try_from(end - from).unwrap_or(0),
+        _ => 0,
+    }
+}
+
 impl KafkaStats {
     /// A point-in-time copy of every counter.
     pub fn snapshot(&self) -> KafkaStatsSnapshot {
@@ -80,6 +130,43 @@ impl KafkaStats {
             rebalances: self.rebalances.load(Relaxed),
             max_held: self.max_held.load(Relaxed),
         }
+    }
+
+    /// Takes in librdkafka's statistics (every `statistics.interval.ms`):
+    /// each assigned partition's lag, and how many brokers are up.
+    pub(crate) fn observe(&self, statistics: &Statistics) {
+        let mut lag = Vec::new();
+        for (topic, t) in &statistics.topics {
+            for p in t.partitions.values() {
+                if p.partition < 0 || !(p.desired || p.fetch_state == "active") {
+                    continue;
+                }
+                lag.push(PartitionLag {
+                    topic: topic.clone(),
+                    partition: p.partition,
+                    lag: partition_lag(p),
+                });
+            }
+        }
+        lag.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        *self.lag.lock().unwrap_or_else(PoisonError::into_inner) = lag;
+        let up = statistics
+            .brokers
+            .values()
+            .filter(|b| b.nodeid >= 0 && b.state == "UP")
+            .count();
+        self.brokers_up.store(i64::try_from(up).unwrap_or(i64::MAX), Relaxed);
+    }
+
+    /// Each assigned partition's lag, as of librdkafka's last statistics.
+    pub fn lag(&self) -> Vec<PartitionLag> {
+        self.lag.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Whether a broker was up at librdkafka's last statistics (true
+    /// before the first).
+    pub fn connected(&self) -> bool {
+        self.brokers_up.load(Relaxed) != 0
     }
 
     pub(crate) fn note_held(&self, held: usize) {

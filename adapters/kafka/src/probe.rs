@@ -1,0 +1,78 @@
+//! What the operations surface sees of a Kafka consumer: each assigned
+//! partition's lag and whether a broker is up (from librdkafka's
+//! statistics, which it already keeps), rebalances, and partitions held
+//! back. The lag summed is the backlog autoscalers count: it includes the
+//! retry topics, which the worker consumes too.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use async_trait::async_trait;
+use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::metrics::MetricType;
+use sluicegate::ops::{Probe, counter, gauge, labelled};
+
+use crate::stats::KafkaStats;
+
+/// The probe a [`crate::KafkaSource`] hands the operations surface.
+pub(crate) struct KafkaProbe {
+    pub(crate) stats: Arc<KafkaStats>,
+    /// The topics consumed, for the `source` label.
+    pub(crate) topics: String,
+}
+
+impl fmt::Debug for KafkaProbe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaProbe").field("topics", &self.topics).finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl Probe for KafkaProbe {
+    fn source(&self) -> String {
+        self.topics.clone()
+    }
+
+    fn connected(&self) -> bool {
+        self.stats.connected()
+    }
+
+    async fn waiting(&self) -> Option<u64> {
+        Some(self.stats.lag().iter().map(|p| p.lag).sum())
+    }
+
+    fn encode(&self, e: &mut DescriptorEncoder<'_>) -> fmt::Result {
+        let s = &self.stats;
+        let up = f64::from(u8::from(s.connected()));
+        gauge(e, "kafka_connected", "Whether a Kafka broker was up at the last statistics (1) or not (0).", up)?;
+        counter(e, "kafka_rebalances", "Partition assignments and revocations.", s.rebalances.load(Relaxed))?;
+        counter(e, "kafka_fetched", "Records taken from librdkafka (first fetches only).", s.fetched.load(Relaxed))?;
+        counter(
+            e,
+            "kafka_late_settlements",
+            "Settlements for partitions revoked meanwhile (the next owner handles them again).",
+            s.late_settlements.load(Relaxed),
+        )?;
+        let lag = s.lag();
+        gauge(e, "kafka_assigned_partitions", "Partitions assigned to this worker.", lag.len() as f64)?;
+        let held_back = s.paused_partitions.load(Relaxed).max(0);
+        gauge(
+            e,
+            "kafka_partitions_held_back",
+            "Partitions left unread now: each holds its share of the prefetch.",
+            held_back as f64,
+        )?;
+        let samples: Vec<_> = lag
+            .iter()
+            .map(|p| (vec![("topic", p.topic.clone()), ("partition", p.partition.to_string())], p.lag))
+            .collect();
+        labelled(
+            e,
+            "kafka_consumer_lag",
+            "Records between the last one settled and each assigned partition's end.",
+            MetricType::Gauge,
+            &samples,
+        )
+    }
+}
