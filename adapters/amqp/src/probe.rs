@@ -35,7 +35,10 @@ pub(crate) struct Watched {
 
 impl Watched {
     pub(crate) fn connected_to(&self, connection: Option<Arc<Connection>>) {
-        *self.connection.lock().unwrap_or_else(PoisonError::into_inner) = connection;
+        *self
+            .connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = connection;
     }
 
     fn connection(&self) -> Option<Arc<Connection>> {
@@ -46,7 +49,10 @@ impl Watched {
     }
 
     pub(crate) fn used_delay_queue(&self, name: &str) {
-        let mut queues = self.delay_queues.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut queues = self
+            .delay_queues
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if !queues.contains(name) {
             queues.insert(name.to_owned());
         }
@@ -71,7 +77,9 @@ struct Counted {
 
 impl fmt::Debug for AmqpProbe {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AmqpProbe").field("queues", &self.queues).finish_non_exhaustive()
+        f.debug_struct("AmqpProbe")
+            .field("queues", &self.queues)
+            .finish_non_exhaustive()
     }
 }
 
@@ -107,7 +115,11 @@ impl AmqpProbe {
         let mut ready = Vec::new();
         for name in self.queues.iter().chain(delay_queues.iter()) {
             let declared = channel
-                .queue_declare(ShortString::from(name.as_str()), passive, FieldTable::default())
+                .queue_declare(
+                    ShortString::from(name.as_str()),
+                    passive,
+                    FieldTable::default(),
+                )
                 .await;
             match declared {
                 Ok(queue) => ready.push((name.clone(), u64::from(queue.message_count()))),
@@ -150,9 +162,19 @@ impl Probe for AmqpProbe {
 
     fn encode(&self, e: &mut DescriptorEncoder<'_>) -> fmt::Result {
         let up = f64::from(u8::from(self.connected()));
-        gauge(e, "amqp_connected", "Whether the RabbitMQ connection is up (1) or not (0).", up)?;
+        gauge(
+            e,
+            "amqp_connected",
+            "Whether the RabbitMQ connection is up (1) or not (0).",
+            up,
+        )?;
         let w = &self.watched;
-        counter(e, "amqp_reconnects", "Times the RabbitMQ connection was re-established.", w.reconnects.load(Relaxed))?;
+        counter(
+            e,
+            "amqp_reconnects",
+            "Times the RabbitMQ connection was re-established.",
+            w.reconnects.load(Relaxed),
+        )?;
         counter(
             e,
             "amqp_acks_lost",
@@ -160,7 +182,11 @@ impl Probe for AmqpProbe {
             w.acks_lost.load(Relaxed),
         )?;
         let ready: Vec<_> = match self.counted.try_lock() {
-            Ok(counted) => counted.ready.iter().map(|(q, n)| (vec![("queue", q.clone())], *n)).collect(),
+            Ok(counted) => counted
+                .ready
+                .iter()
+                .map(|(q, n)| (vec![("queue", q.clone())], *n))
+                .collect(),
             Err(_) => Vec::new(),
         };
         labelled(

@@ -249,12 +249,9 @@ impl AmqpSource {
         let link = match self.link.take() {
             Some(link) => link,
             None => {
-                let link = Link::open(&self.config, &self.watched)
-                    .await
-                    .map_err(|e| {
-                        SourceError::retryable(format!("reconnecting to RabbitMQ: {e}"))
-                            .with_cause(e)
-                    })?;
+                let link = Link::open(&self.config, &self.watched).await.map_err(|e| {
+                    SourceError::retryable(format!("reconnecting to RabbitMQ: {e}")).with_cause(e)
+                })?;
                 set_qos(link.channel.clone(), self.prefetch)
                     .await
                     .map_err(|e| SourceError::retryable(e.to_string()))?;

@@ -24,7 +24,9 @@ pub(crate) struct KafkaProbe {
 
 impl fmt::Debug for KafkaProbe {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KafkaProbe").field("topics", &self.topics).finish_non_exhaustive()
+        f.debug_struct("KafkaProbe")
+            .field("topics", &self.topics)
+            .finish_non_exhaustive()
     }
 }
 
@@ -45,9 +47,24 @@ impl Probe for KafkaProbe {
     fn encode(&self, e: &mut DescriptorEncoder<'_>) -> fmt::Result {
         let s = &self.stats;
         let up = f64::from(u8::from(s.connected()));
-        gauge(e, "kafka_connected", "Whether a Kafka broker was up at the last statistics (1) or not (0).", up)?;
-        counter(e, "kafka_rebalances", "Partition assignments and revocations.", s.rebalances.load(Relaxed))?;
-        counter(e, "kafka_fetched", "Records taken from librdkafka (first fetches only).", s.fetched.load(Relaxed))?;
+        gauge(
+            e,
+            "kafka_connected",
+            "Whether a Kafka broker was up at the last statistics (1) or not (0).",
+            up,
+        )?;
+        counter(
+            e,
+            "kafka_rebalances",
+            "Partition assignments and revocations.",
+            s.rebalances.load(Relaxed),
+        )?;
+        counter(
+            e,
+            "kafka_fetched",
+            "Records taken from librdkafka (first fetches only).",
+            s.fetched.load(Relaxed),
+        )?;
         counter(
             e,
             "kafka_late_settlements",
@@ -55,7 +72,12 @@ impl Probe for KafkaProbe {
             s.late_settlements.load(Relaxed),
         )?;
         let lag = s.lag();
-        gauge(e, "kafka_assigned_partitions", "Partitions assigned to this worker.", lag.len() as f64)?;
+        gauge(
+            e,
+            "kafka_assigned_partitions",
+            "Partitions assigned to this worker.",
+            lag.len() as f64,
+        )?;
         let held_back = s.paused_partitions.load(Relaxed).max(0);
         gauge(
             e,
@@ -65,7 +87,15 @@ impl Probe for KafkaProbe {
         )?;
         let samples: Vec<_> = lag
             .iter()
-            .map(|p| (vec![("topic", p.topic.clone()), ("partition", p.partition.to_string())], p.lag))
+            .map(|p| {
+                (
+                    vec![
+                        ("topic", p.topic.clone()),
+                        ("partition", p.partition.to_string()),
+                    ],
+                    p.lag,
+                )
+            })
             .collect();
         labelled(
             e,

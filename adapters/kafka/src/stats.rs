@@ -155,12 +155,16 @@ impl KafkaStats {
             .values()
             .filter(|b| b.nodeid >= 0 && b.state == "UP")
             .count();
-        self.brokers_up.store(i64::try_from(up).unwrap_or(i64::MAX), Relaxed);
+        self.brokers_up
+            .store(i64::try_from(up).unwrap_or(i64::MAX), Relaxed);
     }
 
     /// Each assigned partition's lag, as of librdkafka's last statistics.
     pub fn lag(&self) -> Vec<PartitionLag> {
-        self.lag.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.lag
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Whether a broker was up at librdkafka's last statistics (true

@@ -88,7 +88,8 @@ impl Exposition {
     }
 
     /// Every series name a query may use: counters' `_total`, histograms'
-    /// `_bucket`, `_sum` and `_count`, gauges' own name.
+    /// `_bucket`, `_sum` and `_count` (and the family's name), gauges'
+    /// own name.
     pub fn series_names(&self) -> BTreeSet<String> {
         let mut names = BTreeSet::new();
         for (name, family) in &self.0.families {
@@ -97,6 +98,7 @@ impl Exposition {
                     names.insert(format!("{name}_total"));
                 }
                 OpenMetricsType::Histogram => {
+                    names.insert(name.clone());
                     for suffix in ["bucket", "sum", "count"] {
                         names.insert(format!("{name}_{suffix}"));
                     }
@@ -108,4 +110,29 @@ impl Exposition {
         }
         names
     }
+}
+
+/// Every `sluicegate_*` series name the alert rules and the dashboard in
+/// `compose/` query.
+pub fn names_used_in_compose() -> BTreeSet<String> {
+    let compose = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../compose");
+    let mut names = BTreeSet::new();
+    for file in [
+        "prometheus/alerts.yml",
+        "grafana/dashboards/sluicegate.json",
+    ] {
+        let path = compose.join(file);
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find("sluicegate_") {
+            let tail = &rest[at..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+                .unwrap_or(tail.len());
+            names.insert(tail[..end].to_owned());
+            rest = &tail[end..];
+        }
+    }
+    names
 }

@@ -35,7 +35,9 @@ impl Proxy {
                 let mut cut = cut_seen.clone();
                 cut.mark_unchanged();
                 tokio::spawn(async move {
-                    let Ok(server) = TcpStream::connect(target).await else { return };
+                    let Ok(server) = TcpStream::connect(target).await else {
+                        return;
+                    };
                     let (mut client, mut server) = (client, server);
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
@@ -44,7 +46,12 @@ impl Proxy {
                 });
             }
         });
-        Ok(Self { addr, up, cuts, task })
+        Ok(Self {
+            addr,
+            up,
+            cuts,
+            task,
+        })
     }
 
     /// Where clients connect.
