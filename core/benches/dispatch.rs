@@ -6,17 +6,21 @@
 //! and spawns one no-op task per message. Sluicegate: a producer task publishing into a bounded in-memory
 //! queue of 1024 (publish waits when full); a worker with prefetch 1024 and
 //! 64 in flight runs a no-op handler and acks every message at the broker.
+//! The same again with the operations surface watching (sampling each
+//! second, the Prometheus registry encoded every 100 ms): the exporter's
+//! cost on the hot path.
 //!
 //! ```text
 //! cargo bench -p sluicegate --bench dispatch                 # 200k messages x 7 rounds
 //! DISPATCH_MESSAGES=50000 DISPATCH_ROUNDS=3 cargo bench -p sluicegate --bench dispatch
-//! DISPATCH_ONLY=sluicegate cargo bench -p sluicegate --bench dispatch   # one path (raw|channel|sluicegate), for a profiler
+//! DISPATCH_ONLY=sluicegate cargo bench -p sluicegate --bench dispatch   # one path (raw|channel|sluicegate|exported), for a profiler
 //! ```
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluicegate::memory::{MemoryBroker, QueueOptions, WhenFull};
+use sluicegate::ops::{ReadinessPolicy, Watch};
 use sluicegate::{
     Config, Delivery, Message, Origin, Settle, SettleFuture, Settlement, Source, SourceError,
     Worker,
@@ -58,7 +62,10 @@ async fn raw_tokio(n: usize) -> Duration {
     started.elapsed()
 }
 
-async fn sluicegate(n: usize) -> Duration {
+/// With `exported`, the operations surface watches the worker while it
+/// runs: sampling once a second, and the registry encoded every 100 ms
+/// (ten times a one-second scrape).
+async fn sluicegate(n: usize, exported: bool) -> Duration {
     let started = Instant::now();
     let broker = MemoryBroker::new();
     broker.declare(
@@ -80,6 +87,7 @@ async fn sluicegate(n: usize) -> Duration {
     let config = Config::default().prefetch(1024).max_in_flight(64);
     let worker = Worker::new(broker.source("bench"), || async {}).config(config);
     let metrics = worker.metrics();
+    let scraping = exported.then(|| scrape_every_100ms(worker.ops()));
     let report = watchdog(
         "sluicegate + memory broker",
         worker.run_until(std::future::pending()),
@@ -94,10 +102,37 @@ async fn sluicegate(n: usize) -> Duration {
     .await;
     let _ = producer.await;
     let elapsed = started.elapsed();
+    if let Some(scraping) = scraping {
+        scraping.abort();
+    }
     match report {
         Ok(r) if r.metrics.acked == n as u64 => elapsed,
         Ok(r) => panic!("sluicegate acked {} of {n}", r.metrics.acked),
         Err(e) => panic!("sluicegate failed: {e}"),
+    }
+}
+
+fn scrape_every_100ms(ops: sluicegate::ops::Ops) -> tokio::task::JoinHandle<()> {
+    let watch = Watch::new(ops, ReadinessPolicy::default());
+    let sampling = watch.spawn();
+    let registry = watch.registry();
+    tokio::spawn(async move {
+        let _sampling = AbortOnDrop(sampling);
+        let mut text = String::new();
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            text.clear();
+            let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+            std::hint::black_box(&text);
+        }
+    })
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -213,7 +248,8 @@ fn main() {
             let elapsed = match only {
                 "raw" => rt.block_on(spawned(raw_tokio(n))),
                 "channel" => rt.block_on(runtime_over_channel(n)),
-                _ => rt.block_on(sluicegate(n)),
+                "exported" => rt.block_on(sluicegate(n, true)),
+                _ => rt.block_on(sluicegate(n, false)),
             };
             println!("{only}: {:.0} msg/s", n as f64 / elapsed.as_secs_f64());
         }
@@ -228,27 +264,33 @@ fn main() {
     println!("dispatch bench: {n} no-op messages, {rounds} alternating rounds, 2 worker threads");
     // Warm up every path once.
     rt.block_on(spawned(raw_tokio(n / 10)));
-    rt.block_on(sluicegate(n / 10));
+    rt.block_on(sluicegate(n / 10, false));
+    rt.block_on(sluicegate(n / 10, true));
     rt.block_on(runtime_over_channel(n / 10));
-    let (mut raw, mut ours, mut chan) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut raw, mut ours, mut chan, mut exp) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let rate = |d: Duration| n as f64 / d.as_secs_f64();
     for round in 1..=rounds {
         let r = rate(rt.block_on(spawned(raw_tokio(n))));
-        let s = rate(rt.block_on(sluicegate(n)));
+        let s = rate(rt.block_on(sluicegate(n, false)));
+        let e = rate(rt.block_on(sluicegate(n, true)));
         let c = rate(rt.block_on(runtime_over_channel(n)));
         println!(
-            "round {round}: raw tokio {r:>9.0} msg/s | sluicegate + memory broker {s:>9.0} msg/s, ratio {:.2} | runtime over a channel {c:>9.0} msg/s, ratio {:.2}",
+            "round {round}: raw tokio {r:>9.0} msg/s | sluicegate + memory broker {s:>9.0} msg/s, ratio {:.2} | with the exporter {e:>9.0} msg/s, {:.3} of without | runtime over a channel {c:>9.0} msg/s, ratio {:.2}",
             s / r,
+            e / s,
             c / r
         );
         raw.push(r);
         ours.push(s);
+        exp.push(e);
         chan.push(c);
     }
     let (r, s, c) = (median(&mut raw), median(&mut ours), median(&mut chan));
+    let e = median(&mut exp);
     println!(
-        "median: raw tokio {r:.0} msg/s | sluicegate + memory broker {s:.0} msg/s, ratio {:.2} (target >= 0.5 and > 500k) | runtime over a channel {c:.0} msg/s, ratio {:.2}",
+        "median: raw tokio {r:.0} msg/s | sluicegate + memory broker {s:.0} msg/s, ratio {:.2} (target >= 0.5 and > 500k) | with the exporter {e:.0} msg/s, {:.3} of without (target >= 0.95) | runtime over a channel {c:.0} msg/s, ratio {:.2}",
         s / r,
+        e / s,
         c / r
     );
 }

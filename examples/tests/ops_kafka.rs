@@ -141,6 +141,11 @@ async fn metrics_count_a_thousand_records_fifty_failing_and_lag_ends_at_zero_on_
     assert_eq!(lanes, ["0", "1", "2"]);
     assert!(scrape.value("sluicegate_kafka_rebalances", &t) >= Some(1.0));
 
+    let undocumented = scrape.undocumented();
+    assert!(
+        undocumented.is_empty(),
+        "families missing from the README's table: {undocumented:?}"
+    );
     let emitted = scrape.series_names();
     let missing: Vec<_> = names_used_in_compose()
         .into_iter()

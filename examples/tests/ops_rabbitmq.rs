@@ -160,6 +160,11 @@ async fn metrics_count_a_thousand_jobs_fifty_failing_on_rabbitmq() {
         Some(0.0)
     );
 
+    let undocumented = scrape.undocumented();
+    assert!(
+        undocumented.is_empty(),
+        "families missing from the README's table: {undocumented:?}"
+    );
     let emitted = scrape.series_names();
     let missing: Vec<_> = names_used_in_compose()
         .into_iter()

@@ -41,7 +41,11 @@ impl Drop for TempDir {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Starts Prometheus with compose/'s rules, scraping `target` every second.
@@ -58,17 +62,32 @@ async fn start_prometheus(target: SocketAddr) -> Prometheus {
     std::fs::write(dir.join("prometheus.yml"), config).unwrap();
     let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let child = Command::new(&binary)
-        .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
         .arg(format!("--web.listen-address={addr}"))
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
         .spawn()
-        .unwrap_or_else(|e| panic!("starting {binary} (scripts/test installs Debian's prometheus): {e}"));
-    let prometheus = Prometheus { child, addr, _dir: TempDir(dir) };
+        .unwrap_or_else(|e| {
+            panic!("starting {binary} (scripts/test installs Debian's prometheus): {e}")
+        });
+    let prometheus = Prometheus {
+        child,
+        addr,
+        _dir: TempDir(dir),
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
     while http_get(addr, "/-/ready").await.map(|r| r.status).ok() != Some(200) {
-        assert!(Instant::now() < deadline, "Prometheus did not get ready within 30 s");
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus did not get ready within 30 s"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     prometheus
@@ -86,14 +105,22 @@ async fn alert_state(prometheus: SocketAddr, alert: &str) -> Option<String> {
 }
 
 /// Waits until `alert` is in `state` (None: gone), asking every second.
-async fn wait_for_alert(prometheus: SocketAddr, alert: &str, state: Option<&str>, limit: Duration) -> Duration {
+async fn wait_for_alert(
+    prometheus: SocketAddr,
+    alert: &str,
+    state: Option<&str>,
+    limit: Duration,
+) -> Duration {
     let started = Instant::now();
     loop {
         let now = alert_state(prometheus, alert).await;
         if now.as_deref() == state {
             return started.elapsed();
         }
-        assert!(started.elapsed() < limit, "{alert} still {now:?} after {limit:?}, waiting for {state:?}");
+        assert!(
+            started.elapsed() < limit,
+            "{alert} still {now:?} after {limit:?}, waiting for {state:?}"
+        );
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
@@ -105,7 +132,10 @@ async fn the_saturation_alert_fires_under_a_20x_overload_and_resolves_after_it()
     // offer 8,000 a second to a queue that holds 1,000 and turns the
     // rest away, as a bounded broker queue does.
     let broker = MemoryBroker::new();
-    broker.declare("jobs", QueueOptions::default().capacity(1_000, WhenFull::Reject));
+    broker.declare(
+        "jobs",
+        QueueOptions::default().capacity(1_000, WhenFull::Reject),
+    );
     let worker = Worker::new(broker.source("jobs"), |_: String| async {
         tokio::time::sleep(Duration::from_millis(10)).await;
     })
@@ -132,13 +162,28 @@ async fn the_saturation_alert_fires_under_a_20x_overload_and_resolves_after_it()
         }
     });
 
-    let fired = wait_for_alert(prometheus.addr, "SluicegateSaturated", Some("firing"), Duration::from_secs(150)).await;
+    let fired = wait_for_alert(
+        prometheus.addr,
+        "SluicegateSaturated",
+        Some("firing"),
+        Duration::from_secs(150),
+    )
+    .await;
     println!("SluicegateSaturated firing after {fired:?} of overload (its `for` is 1 minute)");
-    assert!(fired >= Duration::from_secs(55), "fired before the minute was up: {fired:?}");
+    assert!(
+        fired >= Duration::from_secs(55),
+        "fired before the minute was up: {fired:?}"
+    );
 
     overload.store(false, Relaxed);
     producer.await.unwrap();
-    let resolved = wait_for_alert(prometheus.addr, "SluicegateSaturated", None, Duration::from_secs(60)).await;
+    let resolved = wait_for_alert(
+        prometheus.addr,
+        "SluicegateSaturated",
+        None,
+        Duration::from_secs(60),
+    )
+    .await;
     println!("resolved {resolved:?} after the overload ended");
     assert_eq!(broker.stats("jobs").ready, 0, "the backlog drained");
 

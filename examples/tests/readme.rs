@@ -4,13 +4,14 @@
 
 use sluicegate::config::ENV_VARS as CORE;
 use sluicegate_amqp::ENV_VARS as AMQP;
+use sluicegate_http::ENV_VARS as HTTP;
 use sluicegate_kafka::ENV_VARS as KAFKA;
 
 #[test]
 fn readme_lists_every_variable_with_its_default() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
     let readme = std::fs::read_to_string(path).expect("README.md at the workspace root");
-    for var in CORE.iter().chain(AMQP).chain(KAFKA) {
+    for var in CORE.iter().chain(AMQP).chain(KAFKA).chain(HTTP) {
         let (name, default) = (var.name, var.default);
         let row = readme
             .lines()

@@ -80,6 +80,11 @@ async fn the_exposition_parses_and_counts_what_the_worker_did() {
         Some(1.0)
     );
 
+    let undocumented = scrape.undocumented();
+    assert!(
+        undocumented.is_empty(),
+        "families missing from the README's table: {undocumented:?}"
+    );
     let health = http_get(served.addr(), "/healthz").await.expect("asked");
     assert_eq!(health.status, 503, "{health:?}");
     let ready = http_get(served.addr(), "/readyz").await.expect("asked");

@@ -94,83 +94,85 @@ impl Collector for Exporter {
     }
 }
 
+/// A counter family read from a snapshot.
+type Read = fn(&MetricsSnapshot) -> u64;
+
 /// How deliveries were settled, and what went wrong on the way.
+const SETTLED: &[(&str, &str, Read)] = &[
+    ("received", "Deliveries taken from the broker.", |s| {
+        s.received
+    }),
+    (
+        "acked",
+        "Deliveries acknowledged after the handler succeeded.",
+        |s| s.acked,
+    ),
+    (
+        "retried",
+        "Deliveries sent to a later attempt after a failure.",
+        |s| s.retried,
+    ),
+    (
+        "requeued",
+        "Deliveries handed back to the broker unchanged.",
+        |s| s.requeued,
+    ),
+    (
+        "delayed",
+        "Deliveries delayed by the overflow policy or a shed action.",
+        |s| s.deferred,
+    ),
+    ("dead_lettered", "Deliveries dead-lettered.", |s| {
+        s.dead_lettered
+    }),
+    (
+        "dead_lettered_truncated",
+        "Deliveries dead-lettered as a truncated copy, the whole one refused.",
+        |s| s.dead_lettered_truncated,
+    ),
+    (
+        "dropped",
+        "Deliveries discarded by a policy decision.",
+        |s| s.dropped,
+    ),
+    (
+        "abandoned",
+        "Deliveries dropped unsettled (panic, cancel) and handed back to the broker.",
+        |s| s.abandoned,
+    ),
+    (
+        "settle_errors",
+        "Settlements that failed (the broker redelivers) or were refused.",
+        |s| s.settle_errors,
+    ),
+    (
+        "settle_refused",
+        "Settlements the broker refused, settled another way instead.",
+        |s| s.settle_refused,
+    ),
+    (
+        "source_errors",
+        "Errors from the broker source (the worker backs off and pulls again).",
+        |s| s.source_errors,
+    ),
+    (
+        "bad_attempts",
+        "Deliveries whose attempt header was corrupt or forged, and corrected.",
+        |s| s.bad_attempts,
+    ),
+    ("breaker_opened", "Times the circuit breaker opened.", |s| {
+        s.breaker_opened
+    }),
+    (
+        "rate_limited",
+        "Times the rate limit held a waiting delivery back.",
+        |s| s.rate_limited,
+    ),
+];
+
 fn settled(e: &mut DescriptorEncoder<'_>, s: &MetricsSnapshot) -> fmt::Result {
-    let families: [(&str, &str, u64); 15] = [
-        ("received", "Deliveries taken from the broker.", s.received),
-        (
-            "acked",
-            "Deliveries acknowledged after the handler succeeded.",
-            s.acked,
-        ),
-        (
-            "retried",
-            "Deliveries sent to a later attempt after a failure.",
-            s.retried,
-        ),
-        (
-            "requeued",
-            "Deliveries handed back to the broker unchanged.",
-            s.requeued,
-        ),
-        (
-            "delayed",
-            "Deliveries delayed by the overflow policy or a shed action.",
-            s.deferred,
-        ),
-        (
-            "dead_lettered",
-            "Deliveries dead-lettered.",
-            s.dead_lettered,
-        ),
-        (
-            "dead_lettered_truncated",
-            "Deliveries dead-lettered as a truncated copy, the whole one refused.",
-            s.dead_lettered_truncated,
-        ),
-        (
-            "dropped",
-            "Deliveries discarded by a policy decision.",
-            s.dropped,
-        ),
-        (
-            "abandoned",
-            "Deliveries dropped unsettled (panic, cancel) and handed back to the broker.",
-            s.abandoned,
-        ),
-        (
-            "settle_errors",
-            "Settlements that failed (the broker redelivers) or were refused.",
-            s.settle_errors,
-        ),
-        (
-            "settle_refused",
-            "Settlements the broker refused, settled another way instead.",
-            s.settle_refused,
-        ),
-        (
-            "source_errors",
-            "Errors from the broker source (the worker backs off and pulls again).",
-            s.source_errors,
-        ),
-        (
-            "bad_attempts",
-            "Deliveries whose attempt header was corrupt or forged, and corrected.",
-            s.bad_attempts,
-        ),
-        (
-            "breaker_opened",
-            "Times the circuit breaker opened.",
-            s.breaker_opened,
-        ),
-        (
-            "rate_limited",
-            "Times the rate limit held a waiting delivery back.",
-            s.rate_limited,
-        ),
-    ];
-    for (name, help, v) in families {
-        counter(e, name, help, v)?;
+    for (name, help, read) in SETTLED {
+        counter(e, name, help, read(s))?;
     }
     let errors = s.failed.saturating_sub(s.panicked + s.timed_out);
     let failures = [

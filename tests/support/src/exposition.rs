@@ -136,3 +136,17 @@ pub fn names_used_in_compose() -> BTreeSet<String> {
     }
     names
 }
+
+impl Exposition {
+    /// The families that have no row of their own in the README's
+    /// metrics table (`| \`name\` |`).
+    pub fn undocumented(&self) -> Vec<String> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md");
+        let readme = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        let mut names: Vec<String> = self.0.families.keys().cloned().collect();
+        names.sort();
+        names.retain(|name| !readme.contains(&format!("| `{name}` |")));
+        names
+    }
+}
