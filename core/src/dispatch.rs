@@ -153,9 +153,11 @@ impl<D: Deref<Target = Dispatch>> Drop for Run<D> {
     fn drop(&mut self) {
         let dispatch = &self.dispatch;
         let ended = self.ended.unwrap_or_else(Instant::now);
-        dispatch
-            .metrics
-            .handler_finished(ended.saturating_duration_since(self.started), self.sent_at);
+        dispatch.metrics.handler_finished(
+            ended.saturating_duration_since(self.started),
+            ended,
+            self.sent_at,
+        );
         if let Some(breaker) = &dispatch.breaker {
             breaker.record(self.probe, self.verdict);
         }

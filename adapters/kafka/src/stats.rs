@@ -150,10 +150,12 @@ impl KafkaStats {
         }
         lag.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
         *self.lag.lock().unwrap_or_else(PoisonError::into_inner) = lag;
+        // The bootstrap connection counts: at start, it is up before the
+        // brokers it learned of are.
         let up = statistics
             .brokers
             .values()
-            .filter(|b| b.nodeid >= 0 && b.state == "UP")
+            .filter(|b| b.state == "UP")
             .count();
         self.brokers_up
             .store(i64::try_from(up).unwrap_or(i64::MAX), Relaxed);

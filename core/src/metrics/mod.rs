@@ -16,8 +16,8 @@ use std::time::{Duration, SystemTime};
 
 mod timings;
 
-use timings::Timings;
 pub use timings::{BUCKETS, Distribution};
+use timings::{Buckets, Timings, WallClock};
 
 /// Live counters and gauges of one worker. Cheap to share (`Arc`).
 #[derive(Debug)]
@@ -59,7 +59,8 @@ pub struct Metrics {
     pub(crate) state: AtomicU8,
     handler_time: Timings,
     queue_time: Timings,
-    end_to_end: Timings,
+    end_to_end: Buckets,
+    wall: WallClock,
 }
 
 /// How many wait in each priority lane: one slot per priority, and which
@@ -211,7 +212,8 @@ impl Metrics {
             state: AtomicU8::new(0),
             handler_time: Timings::new(),
             queue_time: Timings::new(),
-            end_to_end: Timings::new(),
+            end_to_end: Buckets::new(),
+            wall: WallClock::new(),
         }
     }
 
@@ -239,14 +241,25 @@ impl Metrics {
         self.queue_time.record(queued_for);
     }
 
-    pub(crate) fn handler_finished(&self, took: Duration, broker_timestamp: Option<SystemTime>) {
+    /// A handler run ended at `ended`, `took` after it started; its
+    /// message carried the broker's timestamp `sent` (if any).
+    pub(crate) fn handler_finished(
+        &self,
+        took: Duration,
+        ended: tokio::time::Instant,
+        sent: Option<SystemTime>,
+    ) {
         self.running.dec();
         self.handler_time.record(took);
-        if let Some(at) = broker_timestamp {
-            // A clock behind the broker's reads as no time at all.
-            let since = SystemTime::now().duration_since(at).unwrap_or_default();
-            self.end_to_end.record(since);
+        if let Some(sent) = sent {
+            self.end_to_end.record(self.wall.since(sent, ended));
         }
+    }
+
+    /// Reads the wall clock again, for end-to-end latencies (the
+    /// operations surface does, once a second).
+    pub(crate) fn resync_wall_clock(&self) {
+        self.wall.resync();
     }
 
     /// Deliveries held now.
@@ -495,7 +508,7 @@ mod tests {
         m.set_held(3, 0);
         for ms in 1..=100 {
             m.handler_started(Duration::from_millis(1));
-            m.handler_finished(Duration::from_millis(ms), None);
+            m.handler_finished(Duration::from_millis(ms), tokio::time::Instant::now(), None);
         }
         let s = m.snapshot();
         assert_eq!((s.held, s.max_held), (3, 5));

@@ -95,6 +95,7 @@ impl Watch {
     pub async fn sample(&self) {
         let waiting = self.0.ops.probe.waiting().await;
         let m = &self.0.ops.metrics;
+        m.resync_wall_clock();
         let s = m.snapshot();
         let handler = m.handler_durations();
         let now = Instant::now();
