@@ -29,12 +29,30 @@ pub(crate) enum Next {
         probe: bool,
     },
     /// The breaker or a rate limit holds the lanes until then.
-    WaitUntil(Instant),
+    WaitUntil(Instant, Held),
     /// Nothing may start now; a freed slot or an arrival changes that.
     Nothing,
 }
 
 /// Everything that decides whether a waiting delivery starts.
+/// What holds the lanes back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Held {
+    /// The circuit breaker is open (or its probes are out).
+    Breaker,
+    /// The worker's or a lane's rate limit is out of tokens.
+    RateLimit,
+}
+
+impl Held {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Breaker => "circuit breaker",
+            Self::RateLimit => "rate limit",
+        }
+    }
+}
+
 pub(crate) struct Admission {
     breaker: Option<Arc<Breaker>>,
     limiter: Option<Limiter>,
@@ -73,7 +91,7 @@ impl Admission {
         let probe = match self.breaker.as_ref().map(|b| b.admit()) {
             None => false,
             Some(breaker::Admission::Run { probe }) => probe,
-            Some(breaker::Admission::Wait(at)) => return Next::WaitUntil(at),
+            Some(breaker::Admission::Wait(at)) => return Next::WaitUntil(at, Held::Breaker),
         };
         let next = self.pick(lanes, gate, probe);
         if !matches!(next, Next::Start { .. }) {
@@ -160,7 +178,7 @@ impl Admission {
 
     fn rate_limited(&self, at: Instant) -> Next {
         self.metrics.rate_limited.fetch_add(1, Relaxed);
-        Next::WaitUntil(at)
+        Next::WaitUntil(at, Held::RateLimit)
     }
 }
 
@@ -232,7 +250,7 @@ mod tests {
         let breaker = Arc::new(Breaker::new(policy, metrics));
         breaker.record(false, Verdict::Failure);
         let mut admission = admission(&Config::default(), Some(breaker));
-        let Next::WaitUntil(at) = admission.next(&mut lanes, &gate(4)) else {
+        let Next::WaitUntil(at, Held::Breaker) = admission.next(&mut lanes, &gate(4)) else {
             panic!("the breaker is open");
         };
         assert!(at > Instant::now());
@@ -253,7 +271,7 @@ mod tests {
         admission.started(Some(0));
         assert!(matches!(
             admission.next(&mut lanes, &gate),
-            Next::WaitUntil(_)
+            Next::WaitUntil(_, Held::RateLimit)
         ));
         assert_eq!(admission.metrics.snapshot().rate_limited, 1);
     }

@@ -238,7 +238,10 @@ impl Dispatch {
         let (settlement, how) = self.decide(delivery.message(), outcome);
         // Kept past the settlement only for an observer (a panic's log line
         // names the position otherwise).
-        let message = self.on_settled.as_ref().map(|_| delivery.shared_message());
+        let message = self
+            .settler()
+            .keeps(delivery.message())
+            .then(|| delivery.shared_message());
         let named = message.clone();
         let at = {
             let origin = delivery.message().origin();
@@ -317,7 +320,19 @@ impl Dispatch {
     /// Calls the handler; extractors run here, so their panics are caught
     /// too.
     fn call(&self, message: Arc<Message>) -> Result<Call, Outcome> {
-        match std::panic::catch_unwind(AssertUnwindSafe(|| (self.handler)(message))) {
+        let span = message.span().clone();
+        let called = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let _entered = span.enter();
+            let future = (self.handler)(message);
+            // The handler runs inside its delivery's span, so the user's
+            // spans nest under it (boxed again only when traced).
+            if span.is_disabled() {
+                future
+            } else {
+                Box::pin(tracing::Instrument::instrument(future, span.clone()))
+            }
+        }));
+        match called {
             // The handler's future is boxed already, so this wrapper is small.
             Ok(future) => Ok(AssertUnwindSafe(future).catch_unwind()),
             Err(panic) => Err(self.panicked(&*panic)),
@@ -426,9 +441,9 @@ pub(crate) async fn settle(
     dispatch: &Dispatch,
 ) {
     let message = dispatch
-        .on_settled
-        .as_ref()
-        .map(|_| delivery.shared_message());
+        .settler()
+        .keeps(delivery.message())
+        .then(|| delivery.shared_message());
     let settling = Settling::new(delivery.begin_settle(settlement), how, message);
     settling.finish(&dispatch.settler()).await;
 }

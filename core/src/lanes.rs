@@ -58,6 +58,11 @@ impl Lanes {
         self.len
     }
 
+    /// The oldest delivery of the highest lane that has one.
+    pub(crate) fn first(&self) -> Option<&Delivery> {
+        self.lanes.iter().find_map(|(_, lane)| lane.front())
+    }
+
     /// Each lane's priority and how many wait in it.
     pub(crate) fn depths(&self) -> impl Iterator<Item = (u8, usize)> + '_ {
         self.lanes.iter().map(|(p, lane)| (*p, lane.len()))

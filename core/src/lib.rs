@@ -43,7 +43,7 @@
 //! [`convention`] (the headers every broker shares),
 //! [`handler`] (the handler API), [`outcome`], [`retry`], [`config`],
 //! [`source`] (the adapter contract), [`memory`] (the in-memory broker),
-//! [`metrics`], [`ops`] (what an operator sees: Prometheus families,
+//! [`metrics`], [`trace`] (a span per delivery), [`ops`] (what an operator sees: Prometheus families,
 //! readiness, scale signals), [`shutdown`], and the runtime ([`Worker`]).
 
 mod adaptive;
@@ -69,6 +69,7 @@ pub mod settled;
 mod settling;
 pub mod shutdown;
 pub mod source;
+pub mod trace;
 mod tracker;
 pub mod watermark;
 

@@ -135,6 +135,9 @@ pub struct Message {
     origin: Origin,
     /// What was wrong with the attempt header, and its raw value.
     attempt_problem: Option<Box<(AttemptProblem, String)>>,
+    /// The delivery's span (see [`crate::trace`]); disabled until the
+    /// runtime opens it at intake.
+    span: tracing::Span,
 }
 
 impl Message {
@@ -166,6 +169,7 @@ impl Message {
             broker_timestamp: None,
             origin,
             attempt_problem: None,
+            span: tracing::Span::none(),
         }
     }
 
@@ -272,6 +276,17 @@ impl Message {
     /// How long ago this process received the message.
     pub fn age(&self) -> Duration {
         self.received_at.elapsed()
+    }
+
+    /// The delivery's span: the handler runs inside it, and a log line of
+    /// the user's can name it as its parent
+    /// (`tracing::info!(parent: ctx.message().span(), ...)`).
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    pub(crate) fn set_span(&mut self, span: tracing::Span) {
+        self.span = span;
     }
 
     /// The broker's timestamp, if it has one.

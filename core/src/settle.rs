@@ -331,6 +331,15 @@ impl Delivery {
 
     /// Gives the message another priority (a classifier's verdict). The
     /// runtime calls this at intake, while it holds the only reference.
+    /// Opens the delivery's span (see [`crate::trace`]), while the runtime
+    /// holds the only reference.
+    pub(crate) fn open_span(&mut self) {
+        let span = crate::trace::open(&self.message);
+        if !span.is_disabled() {
+            Arc::make_mut(&mut self.message).set_span(span);
+        }
+    }
+
     pub(crate) fn set_priority(&mut self, priority: u8) {
         if self.message.priority() != priority {
             Arc::make_mut(&mut self.message).set_priority(priority);

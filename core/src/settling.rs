@@ -128,11 +128,30 @@ pub(crate) struct Settler<'a> {
     pub(crate) unsettleable: Unsettleable,
 }
 
+impl Settler<'_> {
+    /// Whether a message is wanted once settled: for the observer, or to
+    /// record the outcome on its span.
+    #[inline]
+    pub(crate) fn keeps(&self, message: &Message) -> bool {
+        self.on_settled.is_some() || crate::trace::traced(message)
+    }
+
+    /// The broker took the settlement: the span and the observer hear how.
+    fn tell(&self, message: Option<&Arc<Message>>, how: &Settled) {
+        if let Some(message) = message {
+            crate::trace::outcome(message, how);
+            if let Some(observe) = self.on_settled {
+                observe(message, how);
+            }
+        }
+    }
+}
+
 /// One delivery's settlement on its way to the broker.
 pub(crate) struct Settling {
     future: SettleFuture,
     how: Settled,
-    /// Kept only for an observer.
+    /// Kept only for an observer or a span ([`Settler::keeps`]).
     message: Option<Arc<Message>>,
 }
 
@@ -156,9 +175,7 @@ impl Settling {
         match self.future.take_done() {
             None => Some(self),
             Some(Ok(())) => {
-                if let (Some(observe), Some(message)) = (settler.on_settled, &self.message) {
-                    observe(message, &self.how);
-                }
+                settler.tell(self.message.as_ref(), &self.how);
                 None
             }
             Some(Err(error)) => self.answered(Err(*error), settler)?.advance_slow(settler),
@@ -190,9 +207,7 @@ impl Settling {
     fn answered(self, result: Result<(), SettleError>, settler: &Settler<'_>) -> Option<Self> {
         let mut error = match result {
             Ok(()) => {
-                if let (Some(observe), Some(message)) = (settler.on_settled, &self.message) {
-                    observe(message, &self.how);
-                }
+                settler.tell(self.message.as_ref(), &self.how);
                 return None;
             }
             Err(error) => error,
@@ -231,7 +246,7 @@ impl Settling {
                     "the broker refused the settlement: settling it another way");
             }
         }
-        let kept = settler.on_settled.map(|_| Arc::clone(&message));
+        let kept = settler.keeps(&message).then(|| Arc::clone(&message));
         let future = handle.settle(message, settlement);
         Some(Settling::new(future, how, kept))
     }

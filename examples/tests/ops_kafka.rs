@@ -16,8 +16,8 @@ use sluicegate::ops::ReadinessPolicy;
 use sluicegate::{Config, HandlerError, Overflow, Worker};
 use sluicegate_http::{OpsConfig, serve};
 use sluicegate_kafka::{KafkaConfig, KafkaSource, Ordering};
-use sluicegate_test_support::exposition::{Exposition, names_used_in_compose};
-use sluicegate_test_support::{HttpResponse, finished, http_get, run_until_stopped, wait_until};
+use sluicegate_test_support::exposition::{readyz_until, scrape};
+use sluicegate_test_support::{finished, run_until_stopped, wait_until};
 
 fn loopback(readiness: ReadinessPolicy) -> OpsConfig {
     OpsConfig::default()
@@ -53,12 +53,6 @@ fn tier(message: &sluicegate::Message) -> u8 {
         .key()
         .and_then(|k| std::str::from_utf8(k).ok()?.parse().ok())
         .unwrap_or(0)
-}
-
-async fn scrape(addr: std::net::SocketAddr) -> Exposition {
-    let response = http_get(addr, "/metrics").await.unwrap();
-    assert_eq!(response.status, 200);
-    Exposition::parse(&response.body).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,20 +135,7 @@ async fn metrics_count_a_thousand_records_fifty_failing_and_lag_ends_at_zero_on_
     assert_eq!(lanes, ["0", "1", "2"]);
     assert!(scrape.value("sluicegate_kafka_rebalances", &t) >= Some(1.0));
 
-    let undocumented = scrape.undocumented();
-    assert!(
-        undocumented.is_empty(),
-        "families missing from the README's table: {undocumented:?}"
-    );
-    let emitted = scrape.series_names();
-    let missing: Vec<_> = names_used_in_compose()
-        .into_iter()
-        .filter(|n| !n.starts_with("sluicegate_amqp_") && !emitted.contains(n))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "rules or dashboard use names the exporter does not emit: {missing:?}"
-    );
+    scrape.assert_documented_and_queried("sluicegate_amqp_");
 
     stop.stop();
     let report = finished(run, Duration::from_secs(30)).await;
@@ -216,7 +197,7 @@ async fn readiness_fails_under_overload_on_kafka_and_recovers() {
         metrics.snapshot().held >= 16
     })
     .await;
-    let overloaded = wait_for_status(addr, 503).await;
+    let overloaded = readyz_until(addr, 503).await;
     assert!(
         overloaded.body.contains("\"saturated\""),
         "{}",
@@ -242,19 +223,7 @@ async fn readiness_fails_under_overload_on_kafka_and_recovers() {
         metrics.snapshot().acked == 300
     })
     .await;
-    wait_for_status(addr, 200).await;
+    readyz_until(addr, 200).await;
     stop.stop();
     finished(run, Duration::from_secs(30)).await;
-}
-
-/// Asks `/readyz` until it answers `status` (within 30 s).
-async fn wait_for_status(addr: std::net::SocketAddr, status: u16) -> HttpResponse {
-    for _ in 0..300 {
-        let response = http_get(addr, "/readyz").await.unwrap();
-        if response.status == status {
-            return response;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("/readyz never answered {status}");
 }

@@ -14,9 +14,9 @@ use sluicegate::ops::ReadinessPolicy;
 use sluicegate::{Config, HandlerError, Worker};
 use sluicegate_amqp::{AmqpConfig, AmqpSource};
 use sluicegate_http::{OpsConfig, serve};
-use sluicegate_test_support::exposition::{Exposition, names_used_in_compose};
+use sluicegate_test_support::exposition::{readyz_until, scrape};
 use sluicegate_test_support::proxy::Proxy;
-use sluicegate_test_support::{finished, http_get, run_until_stopped, wait_until};
+use sluicegate_test_support::{finished, run_until_stopped, wait_until};
 
 fn url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://127.0.0.1:5672/%2f".into())
@@ -78,17 +78,16 @@ async fn handle(text: String) -> Result<(), HandlerError> {
     }
 }
 
-async fn scrape(addr: std::net::SocketAddr) -> Exposition {
-    let response = http_get(addr, "/metrics").await.unwrap();
-    assert_eq!(response.status, 200);
-    Exposition::parse(&response.body).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_a_thousand_jobs_fifty_failing_on_rabbitmq() {
     sluicegate_test_support::logs();
     let queue = unique("scrape");
-    let source = AmqpSource::connect(AmqpConfig::new(url(), &queue).max_priority(2))
+    // With credentials in the URL: no page may show them.
+    let with_password = match url().split_once("://") {
+        Some((scheme, rest)) if !rest.contains('@') => format!("{scheme}://guest:guest@{rest}"),
+        _ => url(),
+    };
+    let source = AmqpSource::connect(AmqpConfig::new(with_password, &queue).max_priority(2))
         .await
         .unwrap();
     publish_jobs(&queue, 1000).await;
@@ -160,20 +159,17 @@ async fn metrics_count_a_thousand_jobs_fifty_failing_on_rabbitmq() {
         Some(0.0)
     );
 
-    let undocumented = scrape.undocumented();
-    assert!(
-        undocumented.is_empty(),
-        "families missing from the README's table: {undocumented:?}"
-    );
-    let emitted = scrape.series_names();
-    let missing: Vec<_> = names_used_in_compose()
-        .into_iter()
-        .filter(|n| !n.starts_with("sluicegate_kafka_") && !emitted.contains(n))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "rules or dashboard use names the exporter does not emit: {missing:?}"
-    );
+    scrape.assert_documented_and_queried("sluicegate_kafka_");
+    for path in ["/metrics", "/healthz", "/readyz", "/scale"] {
+        let body = sluicegate_test_support::http_get(served.addr(), path)
+            .await
+            .unwrap()
+            .body;
+        assert!(
+            !body.contains("guest:guest") && !body.contains("amqp://"),
+            "{path}: {body}"
+        );
+    }
 
     stop.stop();
     let report = finished(run, Duration::from_secs(30)).await;
@@ -218,7 +214,7 @@ async fn readiness_fails_under_overload_and_while_rabbitmq_is_unreachable_then_r
         metrics.snapshot().held == 20
     })
     .await;
-    let overloaded = wait_for_status(addr, 503).await;
+    let overloaded = readyz_until(addr, 503).await;
     assert!(
         overloaded.body.contains("\"saturated\""),
         "{}",
@@ -231,34 +227,19 @@ async fn readiness_fails_under_overload_and_while_rabbitmq_is_unreachable_then_r
         metrics.snapshot().acked == 400
     })
     .await;
-    wait_for_status(addr, 200).await;
+    readyz_until(addr, 200).await;
 
     // The broker out of reach: not ready, and why; ready again once back.
     proxy.cut();
-    let down = wait_for_status(addr, 503).await;
+    let down = readyz_until(addr, 503).await;
     assert!(down.body.contains("\"disconnected\""), "{}", down.body);
     assert_eq!(down.header("retry-after"), Some("5"));
     proxy.restore();
-    wait_for_status(addr, 200).await;
+    readyz_until(addr, 200).await;
     let scraped = scrape(addr).await;
     assert!(scraped.value("sluicegate_amqp_reconnects", &[]) >= Some(1.0));
 
     stop.stop();
     let report = finished(run, Duration::from_secs(30)).await;
     assert_eq!(report.metrics.acked, 400);
-}
-
-/// Asks `/readyz` until it answers `status` (within 30 s).
-async fn wait_for_status(
-    addr: std::net::SocketAddr,
-    status: u16,
-) -> sluicegate_test_support::HttpResponse {
-    for _ in 0..300 {
-        let response = http_get(addr, "/readyz").await.unwrap();
-        if response.status == status {
-            return response;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("/readyz never answered {status}");
 }

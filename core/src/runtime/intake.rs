@@ -49,6 +49,7 @@ impl<S: Source> Flow<S> {
             let priority = classify(delivery.message());
             delivery.set_priority(priority);
         }
+        delivery.open_span();
         let priority = delivery.message().priority();
         self.metrics.saw_lane(priority);
         let lane_full = self.lanes.lane_full(priority, self.accept_limit());
@@ -145,6 +146,16 @@ impl<S: Source> Flow<S> {
     /// Settles a delivery the worker has no room for by `action`: counted,
     /// and settled in the background.
     fn settle_shed(&mut self, action: ShedAction, delivery: Delivery, reason: String) {
+        tracing::debug!(
+            parent: delivery.message().span(),
+            action = ?action,
+            %reason,
+            held = self.held(),
+            queued = self.lanes.len(),
+            accept_limit = self.accept_limit(),
+            prefetch = self.prefetch(),
+            "turned away"
+        );
         match action {
             ShedAction::Requeue => {
                 self.metrics.requeued.fetch_add(1, Relaxed);

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::Flow;
-use crate::admission::Next;
+use crate::admission::{Held, Next};
 use crate::config::Config;
 use crate::dispatch::{PassClock, Started};
 use crate::gate::Admitted;
@@ -49,8 +49,9 @@ impl<S: Source> Flow<S> {
                         usize::from(self.start(delivery, admitted, &mut clock, probe, inline));
                     started += 1;
                 }
-                Next::WaitUntil(at) => {
+                Next::WaitUntil(at, held) => {
                     self.dispatch_at = Some(at);
+                    self.note_held(held, at);
                     break;
                 }
                 Next::Nothing => break,
@@ -60,6 +61,20 @@ impl<S: Source> Flow<S> {
             self.dispatch.note_first_polls(pass.elapsed(), started);
         }
         finished
+    }
+
+    /// Tells the span of the delivery first in line why it waits.
+    fn note_held(&self, held: Held, until: Instant) {
+        if let Some(first) = self.lanes.first() {
+            tracing::debug!(
+                parent: first.message().span(),
+                held_by = held.name(),
+                wait_ms = until.saturating_duration_since(Instant::now()).as_millis() as u64,
+                queued = self.lanes.len(),
+                running = self.tasks.handlers(),
+                "held"
+            );
+        }
     }
 
     /// Starts a handler run: its first poll here on the loop when `inline`,

@@ -150,3 +150,48 @@ impl Exposition {
         names
     }
 }
+
+/// `GET /metrics` at `addr`, parsed; panics unless it is 200 and valid.
+pub async fn scrape(addr: std::net::SocketAddr) -> Exposition {
+    let response = crate::http_get(addr, "/metrics")
+        .await
+        .unwrap_or_else(|e| panic!("scraping {addr}: {e}"));
+    assert_eq!(response.status, 200, "{response:?}");
+    Exposition::parse(&response.body).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Asks `/readyz` at `addr` until it answers `status` (within 30 s).
+pub async fn readyz_until(addr: std::net::SocketAddr, status: u16) -> crate::HttpResponse {
+    for _ in 0..300 {
+        let response = crate::http_get(addr, "/readyz")
+            .await
+            .unwrap_or_else(|e| panic!("asking {addr}/readyz: {e}"));
+        if response.status == status {
+            return response;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("/readyz never answered {status}");
+}
+
+impl Exposition {
+    /// Checks that every family has its row in the README's table, and
+    /// that every name `compose/` queries is emitted, but for the other
+    /// broker's (those starting with `other_broker`).
+    pub fn assert_documented_and_queried(&self, other_broker: &str) {
+        let undocumented = self.undocumented();
+        assert!(
+            undocumented.is_empty(),
+            "families missing from the README's table: {undocumented:?}"
+        );
+        let emitted = self.series_names();
+        let missing: Vec<_> = names_used_in_compose()
+            .into_iter()
+            .filter(|n| !n.starts_with(other_broker) && !emitted.contains(n))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "rules or dashboard use names the exporter does not emit: {missing:?}"
+        );
+    }
+}
