@@ -1,8 +1,8 @@
 //! The adapter's own counters, beside the runtime's metrics.
 
-use std::sync::atomic::AtomicI64;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicI64};
 use std::sync::{Mutex, PoisonError};
 
 use rdkafka::statistics::Statistics;
@@ -40,6 +40,8 @@ pub struct KafkaStats {
     lag: Mutex<Vec<PartitionLag>>,
     /// From librdkafka's last statistics: brokers up (-1: none seen yet).
     brokers_up: AtomicI64,
+    /// A broker's connection was up once.
+    seen_up: AtomicBool,
 }
 
 /// How far a partition's stored (settled) offset is behind its end.
@@ -98,6 +100,7 @@ impl Default for KafkaStats {
             max_held: AtomicU64::new(0),
             lag: Mutex::new(Vec::new()),
             brokers_up: AtomicI64::new(-1),
+            seen_up: AtomicBool::new(false),
         }
     }
 }
@@ -150,13 +153,20 @@ impl KafkaStats {
         }
         lag.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
         *self.lag.lock().unwrap_or_else(PoisonError::into_inner) = lag;
-        // The bootstrap connection counts: at start, it is up before the
-        // brokers it learned of are.
+        // Until a broker's connection was up once, the count says nothing
+        // (librdkafka reports the broker it learned of as INIT at first):
+        // the source's start already proved the brokers answer.
         let up = statistics
             .brokers
             .values()
             .filter(|b| b.state == "UP")
             .count();
+        if up > 0 {
+            self.seen_up.store(true, Relaxed);
+        }
+        if !self.seen_up.load(Relaxed) {
+            return;
+        }
         self.brokers_up
             .store(i64::try_from(up).unwrap_or(i64::MAX), Relaxed);
     }
@@ -170,7 +180,7 @@ impl KafkaStats {
     }
 
     /// Whether a broker was up at librdkafka's last statistics (true
-    /// before the first).
+    /// until a broker was first up).
     pub fn connected(&self) -> bool {
         self.brokers_up.load(Relaxed) != 0
     }
