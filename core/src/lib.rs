@@ -61,6 +61,7 @@ pub mod message;
 pub mod metrics;
 pub mod ops;
 pub mod outcome;
+pub mod publish;
 mod rate;
 pub mod retry;
 mod runtime;

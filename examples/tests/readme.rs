@@ -3,6 +3,7 @@
 //! package depends on every crate, so the check lives here once.)
 
 use sluicegate::config::ENV_VARS as CORE;
+use sluicegate::publish::PUBLISH_VARS as PUBLISH;
 use sluicegate_amqp::ENV_VARS as AMQP;
 use sluicegate_http::ENV_VARS as HTTP;
 use sluicegate_kafka::ENV_VARS as KAFKA;
@@ -11,7 +12,13 @@ use sluicegate_kafka::ENV_VARS as KAFKA;
 fn readme_lists_every_variable_with_its_default() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
     let readme = std::fs::read_to_string(path).expect("README.md at the workspace root");
-    for var in CORE.iter().chain(AMQP).chain(KAFKA).chain(HTTP) {
+    for var in CORE
+        .iter()
+        .chain(AMQP)
+        .chain(KAFKA)
+        .chain(HTTP)
+        .chain(PUBLISH)
+    {
         let (name, default) = (var.name, var.default);
         let row = readme
             .lines()

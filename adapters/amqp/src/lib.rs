@@ -45,13 +45,16 @@
 
 mod acks;
 mod config;
+mod connect;
 mod convert;
 mod probe;
+mod publish;
 mod republish;
 mod settle;
 mod source;
 
 pub use config::{AmqpConfig, Declare, ENV_VARS};
+pub use publish::AmqpPublisher;
 pub use source::AmqpSource;
 
 /// An error from the AMQP adapter, naming what it was doing.

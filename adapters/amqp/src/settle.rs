@@ -4,17 +4,14 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-use lapin::Confirmation;
-use lapin::options::{
-    BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicNackOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{Channel, Connection};
 use sluicegate::{Message, Settle, SettleError, SettleFuture, Settlement};
 
 use crate::acks::Acks;
 use crate::convert::delay_tier;
 use crate::probe::Watched;
+use crate::publish::{Confirming, Failure};
 use crate::republish::{Copy, copy_for};
 
 /// What every delivery's handle shares: the publishing channel (publisher
@@ -23,64 +20,18 @@ use crate::republish::{Copy, copy_for};
 pub(crate) struct Topology {
     pub(crate) queue: String,
     pub(crate) dead_letter_queue: String,
-    publisher: Publisher,
+    publisher: Confirming,
     /// Ack coalescing for the consuming channel.
     pub(crate) acks: Arc<Acks>,
     declared_tiers: Mutex<HashSet<u64>>,
     watched: Arc<Watched>,
 }
 
-/// The confirming channel retries and dead-letters go through. A channel
-/// the broker closed (a refused publish closes it) is replaced at the next
-/// publish, on the same connection.
-pub(crate) struct Publisher {
-    connection: Arc<Connection>,
-    channel: Mutex<Channel>,
-    frame_max: u32,
-}
-
-impl Publisher {
-    pub(crate) fn new(connection: Arc<Connection>, channel: Channel) -> Self {
-        let frame_max = connection.configuration().frame_max();
-        Self {
-            connection,
-            channel: Mutex::new(channel),
-            frame_max,
-        }
-    }
-
-    /// The channel, reopened (with confirms) if the broker closed it.
-    async fn channel(&self) -> Result<Channel, lapin::Error> {
-        let current = self.channel.lock().ok().map(|c| c.clone());
-        if let Some(channel) = current {
-            if channel.status().connected() || !self.connection.status().connected() {
-                return Ok(channel);
-            }
-        }
-        let channel = self.connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        tracing::info!("reopened the publishing channel");
-        if let Ok(mut current) = self.channel.lock() {
-            *current = channel.clone();
-        }
-        Ok(channel)
-    }
-}
-
-/// Why a republish did not go through: the broker refused it (it would
-/// again), or it never got there.
-enum PublishError {
-    Refused(String),
-    Unsettled(String),
-}
-
 impl Topology {
     pub(crate) fn new(
         queue: String,
         dead_letter_queue: String,
-        publisher: Publisher,
+        publisher: Confirming,
         acks: Arc<Acks>,
         watched: Arc<Watched>,
     ) -> Self {
@@ -134,43 +85,12 @@ impl Topology {
         Ok(name)
     }
 
-    /// Publishes `copy` to `queue` through the default exchange, mandatory
-    /// (an unroutable copy comes back instead of vanishing), and waits for
-    /// the broker's confirm.
-    async fn publish_confirmed(&self, queue: &str, copy: Copy) -> Result<(), PublishError> {
-        let unsettled =
-            |what: &str, e: lapin::Error| PublishError::Unsettled(format!("{what} {queue:?}: {e}"));
-        let channel = self
-            .publisher
-            .channel()
+    /// Publishes `copy` to `queue`, mandatory, and waits for the confirm:
+    /// the same path as the user's publisher ([`crate::AmqpPublisher`]).
+    async fn publish_confirmed(&self, queue: &str, copy: Copy) -> Result<(), Failure> {
+        self.publisher
+            .publish(queue, &copy.body, copy.properties)
             .await
-            .map_err(|e| unsettled("opening a channel to publish to", e))?;
-        let options = BasicPublishOptions {
-            mandatory: true,
-            ..BasicPublishOptions::default()
-        };
-        let confirm = channel
-            .basic_publish(
-                ShortString::from(""),
-                ShortString::from(queue),
-                options,
-                &copy.body,
-                copy.properties,
-            )
-            .await
-            .map_err(|e| unsettled("publishing to", e))?
-            .await
-            .map_err(|e| unsettled("waiting for the confirm from", e))?;
-        match confirm {
-            Confirmation::Ack(None) => Ok(()),
-            Confirmation::Ack(Some(_)) => Err(PublishError::Refused(format!(
-                "queue {queue:?} does not exist: the broker returned the copy as unroutable"
-            ))),
-            Confirmation::Nack(_) => Err(PublishError::Refused(format!(
-                "the broker refused (nack) the copy for {queue:?} (a full queue that rejects publishes?)"
-            ))),
-            Confirmation::NotRequested => Ok(()),
-        }
     }
 }
 
@@ -219,15 +139,15 @@ impl AmqpSettle {
             }
         };
         if let Some(queue) = queue {
-            let frame_max = topology.publisher.frame_max;
+            let frame_max = topology.publisher.frame_max();
             let original = &self.delivery.properties;
             let published = match copy_for(original, &message, &settlement, frame_max) {
                 Ok(copy) => topology.publish_confirmed(&queue, copy).await,
-                Err(why) => Err(PublishError::Refused(why)),
+                Err(why) => Err(Failure::Refused(why)),
             };
             match published {
                 Ok(()) => {}
-                Err(PublishError::Refused(why)) => {
+                Err(Failure::Refused(why)) => {
                     return Err(SettleError::refused(
                         Box::new(self),
                         message,
@@ -235,7 +155,7 @@ impl AmqpSettle {
                         why,
                     ));
                 }
-                Err(PublishError::Unsettled(why)) => {
+                Err(Failure::Unsettled(why)) => {
                     self.hand_back();
                     return Err(unsettled(why));
                 }

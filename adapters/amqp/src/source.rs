@@ -10,9 +10,8 @@ use futures_util::{FutureExt, Stream, StreamExt};
 use lapin::options::{
     BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
-use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{Channel, Connection, ConnectionProperties};
+use lapin::{Channel, Connection};
 use sluicegate::convention::lane_priority;
 use sluicegate::ops::Probe;
 use sluicegate::{Delivery, Source, SourceError};
@@ -20,9 +19,11 @@ use sluicegate::{Delivery, Source, SourceError};
 use crate::AmqpError;
 use crate::acks::Acks;
 use crate::config::{AmqpConfig, Declare};
+use crate::connect::connect;
 use crate::convert::message_from;
 use crate::probe::{AmqpProbe, Watched};
-use crate::settle::{AmqpSettle, Publisher, Topology};
+use crate::publish::Confirming;
+use crate::settle::{AmqpSettle, Topology};
 
 /// A consumer of one RabbitMQ queue, or of several as priority lanes;
 /// implements [`Source`].
@@ -135,7 +136,7 @@ impl Link {
                 topology: Arc::new(Topology::new(
                     queue.clone(),
                     dead_letter_queue,
-                    Publisher::new(Arc::clone(&connection), publisher.clone()),
+                    Confirming::new(Arc::clone(&connection), publisher.clone()),
                     Arc::clone(&acks),
                     Arc::clone(watched),
                 )),
@@ -398,34 +399,6 @@ impl Source for AmqpSource {
     }
 }
 
-/// Connects to the broker, over TLS with the configured CA when there is
-/// one; the error names the URL without its password.
-async fn connect(config: &AmqpConfig) -> Result<Connection, AmqpError> {
-    let url = &config.url;
-    let connecting = format!("connecting to AMQP_URL={}", redact(url));
-    match &config.tls_ca {
-        None => Connection::connect(url, ConnectionProperties::default()).await,
-        Some(path) => {
-            let pem = std::fs::read_to_string(path).map_err(|e| {
-                AmqpError::Config(sluicegate::ConfigError::new(
-                    "SLUICEGATE_AMQP_TLS_CA",
-                    path,
-                    format!("a readable PEM file ({e})"),
-                ))
-            })?;
-            let tls = OwnedTLSConfig {
-                identity: None,
-                cert_chain: Some(pem),
-            };
-            let runtime =
-                lapin::runtime::default_runtime().map_err(AmqpError::broker(connecting.clone()))?;
-            Connection::connect_with_config(url, ConnectionProperties::default(), tls, runtime)
-                .await
-        }
-    }
-    .map_err(AmqpError::broker(connecting))
-}
-
 /// Sets the prefetch. `global: true` is RabbitMQ's per-channel limit, which
 /// applies at once to the running consumers (a per-consumer limit would
 /// not), and is shared by every lane's consumer.
@@ -463,30 +436,4 @@ fn watch_events(connection: &Connection, queue: &str) {
             }
         }
     });
-}
-
-/// The URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn passwords_are_not_printed() {
-        assert_eq!(
-            super::redact("amqp://guest:secret@host:5672/%2f"),
-            "amqp://guest:***@host:5672/%2f"
-        );
-        assert_eq!(super::redact("amqp://host"), "amqp://host");
-    }
 }

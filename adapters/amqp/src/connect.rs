@@ -1,0 +1,63 @@
+//! Connecting to RabbitMQ, for the consumer and the publisher alike: over
+//! TLS with a private CA when one is configured, and errors that name the
+//! URL without its password.
+
+use lapin::tcp::OwnedTLSConfig;
+use lapin::{Connection, ConnectionProperties};
+
+use crate::AmqpError;
+use crate::config::AmqpConfig;
+
+/// Connects to the broker, over TLS with the configured CA when there is
+/// one; the error names the URL without its password.
+pub(crate) async fn connect(config: &AmqpConfig) -> Result<Connection, AmqpError> {
+    let url = &config.url;
+    let connecting = format!("connecting to AMQP_URL={}", redact(url));
+    match &config.tls_ca {
+        None => Connection::connect(url, ConnectionProperties::default()).await,
+        Some(path) => {
+            let pem = std::fs::read_to_string(path).map_err(|e| {
+                AmqpError::Config(sluicegate::ConfigError::new(
+                    "SLUICEGATE_AMQP_TLS_CA",
+                    path,
+                    format!("a readable PEM file ({e})"),
+                ))
+            })?;
+            let tls = OwnedTLSConfig {
+                identity: None,
+                cert_chain: Some(pem),
+            };
+            let runtime =
+                lapin::runtime::default_runtime().map_err(AmqpError::broker(connecting.clone()))?;
+            Connection::connect_with_config(url, ConnectionProperties::default(), tls, runtime)
+                .await
+        }
+    }
+    .map_err(AmqpError::broker(connecting))
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_not_printed() {
+        assert_eq!(
+            super::redact("amqp://guest:secret@host:5672/%2f"),
+            "amqp://guest:***@host:5672/%2f"
+        );
+        assert_eq!(super::redact("amqp://host"), "amqp://host");
+    }
+}
