@@ -52,6 +52,8 @@ mod ids;
 mod limits;
 mod offsets;
 mod probe;
+mod produce;
+mod publish;
 mod reader;
 mod schedule;
 mod settle;
@@ -61,6 +63,7 @@ mod stats;
 
 pub use config::{ENV_VARS, KafkaConfig, Ordering, TopicSetup};
 pub use convert::NOT_BEFORE;
+pub use publish::KafkaPublisher;
 pub use source::KafkaSource;
 pub use stats::{KafkaStats, KafkaStatsSnapshot, PartitionLag};
 

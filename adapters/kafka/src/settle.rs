@@ -8,16 +8,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, SystemTime};
 
-use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::types::RDKafkaErrorCode;
 use sluicegate::convention::{header, plan_cut, republish_headers, too_large};
 use sluicegate::{Message, Settle, SettleError, SettleFuture, Settlement};
 
 use crate::context::ClientCtx;
 use crate::ids::{RETRY_SUFFIX, Slot};
 use crate::limits::{HEADER_OVERHEAD, Limits, record_size};
+use crate::produce::{Failure, produce};
 use crate::state::Shared;
 
 /// How long a republish may wait for room in the producer's queue.
@@ -141,25 +140,6 @@ fn copy_for(message: &Message, settlement: &Settlement, limit: usize) -> Result<
     Ok(Copy { payload, headers })
 }
 
-/// Whether the producer's error is the broker's (or librdkafka's) no to
-/// this record, which it would say again: the message must be settled
-/// another way. Anything else (timeouts, a broker down) is transient.
-fn refused(error: &KafkaError) -> bool {
-    matches!(
-        error.rdkafka_error_code(),
-        Some(
-            RDKafkaErrorCode::MessageSizeTooLarge
-                | RDKafkaErrorCode::InvalidMessageSize
-                | RDKafkaErrorCode::InvalidMessage
-                | RDKafkaErrorCode::InvalidRecord
-                | RDKafkaErrorCode::InvalidTopic
-                | RDKafkaErrorCode::UnknownTopic
-                | RDKafkaErrorCode::TopicAuthorizationFailed
-                | RDKafkaErrorCode::PolicyViolation
-        )
-    )
-}
-
 impl KafkaSettle {
     async fn republish(
         self: Box<Self>,
@@ -174,7 +154,7 @@ impl KafkaSettle {
         if let Some(key) = message.key() {
             record = record.key(key.as_ref());
         }
-        match self.settler.producer.send(record, QUEUE_TIMEOUT).await {
+        match produce(&self.settler.producer, record, QUEUE_TIMEOUT).await {
             Ok(_) => {
                 let counter = match settlement {
                     Settlement::Delay { .. } => &self.settler.shared.stats.retried,
@@ -184,11 +164,11 @@ impl KafkaSettle {
                 self.settler.shared.complete(self.slot);
                 Ok(())
             }
-            Err((error, _)) if refused(&error) => {
+            Err(Failure::Refused(error)) => {
                 let why = format!("producing to {topic}: {error}");
                 Err(SettleError::refused(self, message, settlement, why).with_source(error))
             }
-            Err((error, _)) => {
+            Err(Failure::QueueFull(error) | Failure::Unsettled(error)) => {
                 let failure = SettleError::unsettled(
                     &message,
                     settlement,
