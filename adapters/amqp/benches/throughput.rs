@@ -23,47 +23,22 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use lapin::BasicProperties;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+    ConfirmSelectOptions, QueueDeleteOptions,
 };
 use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use sluicegate::{Config, Worker};
 use sluicegate_amqp::{AmqpConfig, AmqpSource};
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+mod common;
 
-fn url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://127.0.0.1:5672/%2f".into())
-}
-
-async fn connect() -> (Connection, Channel) {
-    let conn = Connection::connect(&url(), ConnectionProperties::default())
-        .await
-        .unwrap_or_else(|e| panic!("RabbitMQ is not reachable at {}: {e}", url()));
-    let ch = conn.create_channel().await.expect("a channel");
-    (conn, ch)
-}
+use common::{connect, env_usize, fresh, median, runtime, url};
 
 /// Declares `queue` afresh and fills it with `n` messages of 256 bytes.
 async fn fill(queue: &str, n: usize) {
-    let (_conn, ch) = connect().await;
-    let _ = ch
-        .queue_delete(ShortString::from(queue), QueueDeleteOptions::default())
-        .await;
-    let durable = QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    };
-    ch.queue_declare(ShortString::from(queue), durable, FieldTable::default())
-        .await
-        .expect("declare");
+    let (_conn, ch) = fresh(queue).await;
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .expect("confirms");
@@ -183,19 +158,10 @@ async fn sluicegate(queue: &str, n: usize, prefetch: u16) -> Duration {
     }
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn main() {
     let n = env_usize("AMQP_BENCH_MESSAGES", 20_000);
     let rounds = env_usize("AMQP_BENCH_ROUNDS", 3).max(1);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     println!(
         "AMQP throughput: {n} messages of 256 B per run, {rounds} rounds, RabbitMQ at {}",
         url()
