@@ -89,8 +89,8 @@ impl LaneDepths {
         }
     }
 
+    /// A lane's depth; its priority was seen at intake.
     fn set(&self, priority: u8, depth: usize) {
-        self.saw(priority);
         self.depth[usize::from(priority)].store(u32::try_from(depth).unwrap_or(u32::MAX), Relaxed);
     }
 
