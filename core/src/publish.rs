@@ -19,7 +19,7 @@ use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 
-use crate::config::{ConfigError, Env, Var};
+use crate::config::{ConfigError, Env, Var, invalid, lookup};
 use crate::message::Headers;
 
 /// The variables a publisher reads.
@@ -155,32 +155,23 @@ impl PublishConfig {
 
     /// From the variables in `env`.
     pub fn from_env_in(env: &Env) -> Result<Self, ConfigError> {
+        const MAX: &str = "SLUICEGATE_PUBLISH_MAX_UNCONFIRMED";
+        const POLICY: &str = "SLUICEGATE_PUBLISH_POLICY";
+        let var = |name| lookup(PUBLISH_VARS, name);
         let mut config = Self::default();
-        if let Some(n) = env.read::<usize>(&PUBLISH_VARS[0])? {
+        if let Some(n) = env.read::<usize>(var(MAX))? {
             if !(1..=1_000_000).contains(&n) {
-                return Err(ConfigError::new(
-                    PUBLISH_VARS[0].name,
-                    n,
-                    PUBLISH_VARS[0].expected,
-                ));
+                return Err(invalid(PUBLISH_VARS, MAX, n));
             }
             config.max_unconfirmed = n;
         }
-        let deadline = env.read_millis(&PUBLISH_VARS[2])?.filter(|d| !d.is_zero());
-        config.policy = match env
-            .read::<String>(&PUBLISH_VARS[1])?
-            .as_deref()
-            .map(str::trim)
-        {
+        let deadline = env
+            .read_millis(var("SLUICEGATE_PUBLISH_DEADLINE_MS"))?
+            .filter(|d| !d.is_zero());
+        config.policy = match env.read::<String>(var(POLICY))?.as_deref().map(str::trim) {
             None | Some("wait") => PublishPolicy::Wait { deadline },
             Some("fail") => PublishPolicy::Fail,
-            Some(other) => {
-                return Err(ConfigError::new(
-                    PUBLISH_VARS[1].name,
-                    other,
-                    PUBLISH_VARS[1].expected,
-                ));
-            }
+            Some(other) => return Err(invalid(PUBLISH_VARS, POLICY, other)),
         };
         Ok(config)
     }

@@ -224,11 +224,7 @@ impl AmqpConfig {
 /// `name` holds `value`, which it may not: the error says what the table
 /// ([`ENV_VARS`]) says a value must be.
 fn invalid(name: &str, value: impl std::fmt::Display) -> ConfigError {
-    let expected = ENV_VARS
-        .iter()
-        .find(|v| v.name == name)
-        .map_or("a value", |v| v.expected);
-    ConfigError::new(name, value, expected)
+    sluicegate::config::invalid(ENV_VARS, name, value)
 }
 
 #[cfg(test)]

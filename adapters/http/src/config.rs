@@ -142,16 +142,13 @@ fn positive(env: &Env, name: &str) -> Result<Option<Duration>, ConfigError> {
 }
 
 fn var(name: &str) -> &'static Var {
-    ENV_VARS
-        .iter()
-        .find(|v| v.name == name)
-        .unwrap_or(&ENV_VARS[0])
+    sluicegate::config::lookup(ENV_VARS, name)
 }
 
 /// `name` holds `value`, which it may not: the error says what the table
 /// says a value must be.
 fn invalid(name: &str, value: impl std::fmt::Display) -> ConfigError {
-    ConfigError::new(name, value, var(name).expected)
+    sluicegate::config::invalid(ENV_VARS, name, value)
 }
 
 #[cfg(test)]

@@ -40,7 +40,7 @@ mod vars;
 
 pub use env::Env;
 pub use policies::{Overflow, ShedAction};
-pub use vars::{ENV_VARS, Var};
+pub use vars::{ENV_VARS, Var, invalid, lookup};
 
 /// A configuration value that cannot be used. Names the variable, the value
 /// and what is allowed.

@@ -212,9 +212,20 @@ pub const ENV_VARS: &[Var] = &[
     ),
 ];
 
-/// The table's entry for `name` (a name the code reads: the table test
-/// checks each one is there).
-pub(crate) fn var(name: &str) -> &'static Var {
+/// `table`'s entry for `name` (a name the code reads: each crate's table
+/// test checks each one is there).
+pub fn lookup<'a>(table: &'a [Var], name: &str) -> &'a Var {
     const UNKNOWN: Var = Var::new("", "", "", "a value");
-    ENV_VARS.iter().find(|v| v.name == name).unwrap_or(&UNKNOWN)
+    table.iter().find(|v| v.name == name).unwrap_or(&UNKNOWN)
+}
+
+/// `name` holds `value`, which it may not: the error says what `table`
+/// says a value must be.
+pub fn invalid(table: &[Var], name: &str, value: impl std::fmt::Display) -> super::ConfigError {
+    super::ConfigError::new(name, value, lookup(table, name).expected)
+}
+
+/// The core table's entry for `name`.
+pub(crate) fn var(name: &str) -> &'static Var {
+    lookup(ENV_VARS, name)
 }
