@@ -1,9 +1,13 @@
 //! Connecting to RabbitMQ, for the consumer and the publisher alike: over
-//! TLS with a private CA when one is configured, and errors that name the
-//! URL without its password.
+//! TLS with a private CA when one is configured, errors that name the URL
+//! without its password, and the connection's events followed.
 
+use std::sync::Arc;
+
+use futures_util::StreamExt;
 use lapin::tcp::OwnedTLSConfig;
 use lapin::{Connection, ConnectionProperties};
+use sluicegate::publish::Window;
 
 use crate::AmqpError;
 use crate::config::AmqpConfig;
@@ -48,6 +52,36 @@ fn redact(url: &str) -> String {
         }
         _ => url.to_owned(),
     }
+}
+
+/// Logs the connection's events for `who` until it ends: a resource alarm
+/// blocks publishes (so a consumer's retries and dead-letters wait, its
+/// messages held within the prefetch), unblocked, errors. A publisher's
+/// `window` also learns when the connection is blocked and unblocked.
+pub(crate) fn watch_events(connection: &Connection, who: String, window: Option<Arc<Window>>) {
+    let mut events = Box::pin(connection.events_listener());
+    tokio::spawn(async move {
+        while let Some(event) = events.next().await {
+            match event {
+                lapin::Event::ConnectionBlocked(reason) => {
+                    tracing::warn!(%who, %reason, "RabbitMQ blocked the connection (resource alarm): publishes wait until it is unblocked");
+                    if let Some(window) = &window {
+                        window.set_blocked(Some(reason));
+                    }
+                }
+                lapin::Event::ConnectionUnblocked => {
+                    tracing::info!(%who, "RabbitMQ unblocked the connection");
+                    if let Some(window) = &window {
+                        window.set_blocked(None);
+                    }
+                }
+                lapin::Event::Error(error) => {
+                    tracing::warn!(%who, %error, "RabbitMQ connection error");
+                }
+                _ => {}
+            }
+        }
+    });
 }
 
 #[cfg(test)]

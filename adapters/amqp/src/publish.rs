@@ -12,7 +12,6 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
-use futures_util::StreamExt;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
@@ -21,6 +20,7 @@ use sluicegate::publish::{Confirmed, Pressure, Publish, PublishConfig, PublishEr
 
 use crate::AmqpError;
 use crate::config::AmqpConfig;
+use crate::connect::{connect, watch_events};
 use crate::republish::frame_size;
 
 /// Why a publish did not go through: the broker refused it (it would
@@ -184,7 +184,7 @@ impl AmqpPublisher {
 
 /// Connects, opens a confirming channel, and follows `connection.blocked`.
 async fn open(config: &AmqpConfig, window: &Arc<Window>) -> Result<Arc<Confirming>, AmqpError> {
-    let connection = crate::connect::connect(config).await?;
+    let connection = connect(config).await?;
     let channel = connection
         .create_channel()
         .await
@@ -194,23 +194,11 @@ async fn open(config: &AmqpConfig, window: &Arc<Window>) -> Result<Arc<Confirmin
         .await
         .map_err(AmqpError::broker("enabling publisher confirms"))?;
     window.set_blocked(None);
-    let mut events = Box::pin(connection.events_listener());
-    let watching = Arc::clone(window);
-    tokio::spawn(async move {
-        while let Some(event) = events.next().await {
-            match event {
-                lapin::Event::ConnectionBlocked(reason) => {
-                    tracing::warn!(%reason, "publisher: RabbitMQ blocked the connection (resource alarm)");
-                    watching.set_blocked(Some(reason));
-                }
-                lapin::Event::ConnectionUnblocked => {
-                    tracing::info!("publisher: RabbitMQ unblocked the connection");
-                    watching.set_blocked(None);
-                }
-                _ => {}
-            }
-        }
-    });
+    watch_events(
+        &connection,
+        "publisher".to_owned(),
+        Some(Arc::clone(window)),
+    );
     Ok(Arc::new(Confirming::new(Arc::new(connection), channel)))
 }
 

@@ -19,7 +19,7 @@ use sluicegate::{Delivery, Source, SourceError};
 use crate::AmqpError;
 use crate::acks::Acks;
 use crate::config::{AmqpConfig, Declare};
-use crate::connect::connect;
+use crate::connect::{connect, watch_events};
 use crate::convert::message_from;
 use crate::probe::{AmqpProbe, Watched};
 use crate::publish::Confirming;
@@ -142,7 +142,11 @@ impl Link {
                 )),
             });
         }
-        watch_events(&connection, &config.queues().join(","));
+        watch_events(
+            &connection,
+            format!("queues {}", config.queues().join(",")),
+            None,
+        );
         watched.connected_to(Some(Arc::clone(&connection)));
         Ok(Self {
             connection,
@@ -409,31 +413,4 @@ async fn set_qos(channel: Channel, prefetch: u16) -> Result<(), AmqpError> {
         .map_err(AmqpError::broker(format!(
             "setting the prefetch (basic.qos) to {prefetch}"
         )))
-}
-
-/// Logs what RabbitMQ says about the connection: `connection.blocked` (a
-/// resource alarm: publishes, and so retries and dead-letters, wait until it
-/// lifts; the runtime keeps holding those messages meanwhile, within the
-/// prefetch), unblocked, and errors. Ends with the connection.
-fn watch_events(connection: &Connection, queue: &str) {
-    let mut events = Box::pin(connection.events_listener());
-    let queue = queue.to_owned();
-    tokio::spawn(async move {
-        while let Some(event) = events.next().await {
-            match event {
-                lapin::Event::ConnectionBlocked(reason) => tracing::warn!(
-                    %queue,
-                    %reason,
-                    "RabbitMQ blocked the connection (resource alarm): retries and dead-letters wait until it is unblocked"
-                ),
-                lapin::Event::ConnectionUnblocked => {
-                    tracing::info!(%queue, "RabbitMQ unblocked the connection")
-                }
-                lapin::Event::Error(error) => {
-                    tracing::warn!(%queue, %error, "RabbitMQ connection error")
-                }
-                _ => {}
-            }
-        }
-    });
 }
