@@ -6,7 +6,6 @@
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,17 +19,6 @@ use sluicegate_test_support::wait_until;
 
 fn url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://127.0.0.1:5672/%2f".into())
-}
-
-/// Lifts the memory alarm even if the test fails.
-struct AlarmGuard;
-
-impl Drop for AlarmGuard {
-    fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl")
-            .args(["set_vm_memory_high_watermark", "0.4"])
-            .output();
-    }
 }
 
 fn publisher_config(policy: PublishPolicy) -> PublishConfig {
@@ -84,12 +72,7 @@ async fn under_a_memory_alarm_the_publisher_fails_fast_or_waits_and_loses_nothin
         ok.insert(publish_id(&failing, &queue, id).await.unwrap());
     }
 
-    let alarm = AlarmGuard;
-    let set = Command::new("rabbitmqctl")
-        .args(["set_vm_memory_high_watermark", "0.0000001"])
-        .output()
-        .unwrap();
-    assert!(set.status.success(), "{set:?}");
+    let alarm = sluicegate_test_support::MemoryAlarm::raise();
     // The broker blocks a connection once it publishes: the first publish
     // of each waits on the wire for the confirm; then the publisher knows.
     let first_failing = tokio::spawn({

@@ -514,17 +514,6 @@ async fn a_forced_connection_close_mid_run_loses_nothing() {
     delete(&ch, &[queue.clone(), format!("{queue}.dlq")]).await;
 }
 
-/// Lifts the memory alarm even if the test fails.
-struct AlarmGuard;
-
-impl Drop for AlarmGuard {
-    fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl")
-            .args(["set_vm_memory_high_watermark", "0.4"])
-            .output();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_the_broker_blocks_publishers_dead_letters_wait_and_nothing_is_lost() {
     sluicegate_test_support::logs();
@@ -541,12 +530,7 @@ async fn while_the_broker_blocks_publishers_dead_letters_wait_and_nothing_is_los
         }
     }
     // A memory alarm: RabbitMQ blocks every connection that publishes.
-    let _alarm = AlarmGuard;
-    let set = Command::new("rabbitmqctl")
-        .args(["set_vm_memory_high_watermark", "0.0000001"])
-        .output()
-        .unwrap();
-    assert!(set.status.success(), "{set:?}");
+    let _alarm = sluicegate_test_support::MemoryAlarm::raise();
     let poison = |_: String| async { Err::<(), _>(HandlerError::permanent("poison")) };
     let worker =
         Worker::new(source, poison).config(Config::default().prefetch(10).max_in_flight(4));

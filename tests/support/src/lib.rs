@@ -177,3 +177,29 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result
         body: body.to_owned(),
     })
 }
+
+/// A RabbitMQ memory alarm (`rabbitmqctl set_vm_memory_high_watermark`):
+/// the broker blocks every connection that publishes until it is dropped,
+/// which lifts it even when the test fails.
+#[derive(Debug)]
+pub struct MemoryAlarm(());
+
+impl MemoryAlarm {
+    /// Raises the alarm; panics if `rabbitmqctl` cannot.
+    pub fn raise() -> Self {
+        let set = std::process::Command::new("rabbitmqctl")
+            .args(["set_vm_memory_high_watermark", "0.0000001"])
+            .output()
+            .unwrap_or_else(|e| panic!("running rabbitmqctl: {e}"));
+        assert!(set.status.success(), "{set:?}");
+        Self(())
+    }
+}
+
+impl Drop for MemoryAlarm {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["set_vm_memory_high_watermark", "0.4"])
+            .output();
+    }
+}
