@@ -62,7 +62,7 @@ pub mod metrics;
 pub mod ops;
 pub mod outcome;
 pub mod publish;
-mod rate;
+pub mod rate;
 pub mod retry;
 mod runtime;
 pub mod settle;

@@ -59,10 +59,19 @@ impl RateLimit {
     }
 }
 
-/// Time since the limiter was made, on tokio's clock.
+/// A governor clock on tokio's time: the time since it was made, so a
+/// bucket holds on the paused test clock too.
 #[derive(Clone, Debug)]
-struct TokioClock {
+pub struct TokioClock {
     start: Instant,
+}
+
+impl Default for TokioClock {
+    fn default() -> Self {
+        Self {
+            start: Instant::now(),
+        }
+    }
 }
 
 impl Clock for TokioClock {
@@ -83,9 +92,7 @@ pub(crate) struct Limiter {
 
 impl Limiter {
     pub(crate) fn new(limit: RateLimit) -> Self {
-        let clock = TokioClock {
-            start: Instant::now(),
-        };
+        let clock = TokioClock::default();
         let quota = Quota::per_second(limit.per_second).allow_burst(limit.burst);
         Self {
             bucket: RateLimiter::direct_with_clock(quota, clock.clone()),

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use sluicegate::Headers;
@@ -52,6 +52,10 @@ impl Confirming {
     /// The largest frame the broker takes on this connection.
     pub(crate) fn frame_max(&self) -> u32 {
         self.frame_max
+    }
+
+    pub(crate) fn connection(&self) -> &Connection {
+        &self.connection
     }
 
     fn alive(&self) -> bool {
@@ -266,5 +270,27 @@ impl Publish for AmqpPublisher {
 
     fn pressure(&self) -> Pressure {
         self.window.pressure()
+    }
+
+    /// The queue's ready count, from a passive declare on a channel of its
+    /// own (a missing queue closes the channel it is asked on).
+    async fn waiting(&self, queue: &str) -> Option<u64> {
+        let link = self.link().await.ok()?;
+        let channel = link.connection().create_channel().await.ok()?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let declared = channel
+            .queue_declare(ShortString::from(queue), passive, FieldTable::default())
+            .await;
+        let _ = channel.close(200, ShortString::from("counted")).await;
+        match declared {
+            Ok(q) => Some(u64::from(q.message_count())),
+            Err(error) => {
+                tracing::debug!(%queue, %error, "publisher: counting the queue failed");
+                None
+            }
+        }
     }
 }

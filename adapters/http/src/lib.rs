@@ -27,7 +27,12 @@
 //!
 //! The worker knows nothing of this crate: it reads the worker's
 //! [`sluicegate::ops::Ops`] handle, on a task of its own.
+//!
+//! For services that take work over HTTP and publish it, [`admission`]
+//! turns requests away while the publisher or the consumers are full
+//! (`503`) or a client is over its rate (`429`), with `Retry-After`.
 
+pub mod admission;
 mod config;
 mod routes;
 
@@ -38,7 +43,7 @@ use sluicegate::ops::{Ops, Watch};
 use tokio::task::JoinHandle;
 
 pub use config::{ENV_VARS, OpsConfig};
-pub use routes::{OPENMETRICS, routes};
+pub use routes::{OPENMETRICS, metrics_route, routes};
 
 /// Why the endpoint could not start.
 #[derive(Debug, thiserror::Error)]

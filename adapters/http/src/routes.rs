@@ -57,9 +57,27 @@ pub fn routes(watch: Watch) -> Router {
         .with_state(shared)
 }
 
+/// `/metrics` alone, over `registry`: for a service's own families, such
+/// as [`crate::admission::Admission::registry`].
+pub fn metrics_route(registry: Registry) -> Router {
+    let registry = Arc::new(registry);
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let registry = Arc::clone(&registry);
+            async move { exposition(&registry) }
+        }),
+    )
+}
+
 async fn metrics(State(shared): State<Shared>) -> Response {
+    exposition(&shared.registry)
+}
+
+/// The registry as OpenMetrics text.
+fn exposition(registry: &Registry) -> Response {
     let mut text = String::new();
-    match prometheus_client::encoding::text::encode(&mut text, &shared.registry) {
+    match prometheus_client::encoding::text::encode(&mut text, registry) {
         Ok(()) => ([(header::CONTENT_TYPE, OPENMETRICS)], text).into_response(),
         Err(error) => {
             tracing::error!(%error, "encoding the metrics failed");

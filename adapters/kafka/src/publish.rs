@@ -2,6 +2,7 @@
 //! return once the broker's delivery report came, on the same produce path
 //! as the worker's retries and dead-letters.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -36,7 +37,15 @@ pub struct KafkaPublisher {
     window: Window,
     /// How long a publish may wait for room in librdkafka's own queue.
     queue_wait: Duration,
+    /// When librdkafka's queue was last found full.
+    queue_full: Mutex<Option<tokio::time::Instant>>,
 }
+
+/// How long a full librdkafka queue counts as blocking publishers.
+const QUEUE_FULL_SPELL: Duration = Duration::from_secs(1);
+
+/// What a full librdkafka queue is called in errors and [`Pressure`].
+const QUEUE_FULL: &str = "librdkafka's local queue is full";
 
 impl std::fmt::Debug for KafkaPublisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -76,6 +85,7 @@ impl KafkaPublisher {
             producer,
             window: Window::new(publish),
             queue_wait,
+            queue_full: Mutex::new(None),
         })
     }
 }
@@ -116,12 +126,15 @@ impl Publish for KafkaPublisher {
                     reason: error.to_string(),
                 })
             }
-            Err(Failure::QueueFull(_)) => Err(PublishError::Saturated {
-                why: Saturation::Blocked {
-                    reason: "librdkafka's local queue is full".to_owned(),
-                },
-                retry_after: self.window.retry_after(),
-            }),
+            Err(Failure::QueueFull(_)) => {
+                *self.lock_queue_full() = Some(tokio::time::Instant::now());
+                Err(PublishError::Saturated {
+                    why: Saturation::Blocked {
+                        reason: QUEUE_FULL.to_owned(),
+                    },
+                    retry_after: self.window.retry_after(),
+                })
+            }
             Err(Failure::Unsettled(error)) => Err(PublishError::Unavailable {
                 destination: topic.to_owned(),
                 reason: error.to_string(),
@@ -129,7 +142,26 @@ impl Publish for KafkaPublisher {
         }
     }
 
+    /// The window's pressure; a queue found full within the last second
+    /// counts as blocked, so admission turns work away before the next
+    /// publish finds it full again.
     fn pressure(&self) -> Pressure {
-        self.window.pressure()
+        let mut pressure = self.window.pressure();
+        let full = *self.lock_queue_full();
+        if let Some(at) = full.filter(|at| at.elapsed() < QUEUE_FULL_SPELL) {
+            if pressure.blocked.is_none() {
+                pressure.blocked = Some(QUEUE_FULL.to_owned());
+                pressure.blocked_for = Some(at.elapsed());
+            }
+        }
+        pressure
+    }
+}
+
+impl KafkaPublisher {
+    fn lock_queue_full(&self) -> std::sync::MutexGuard<'_, Option<tokio::time::Instant>> {
+        self.queue_full
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
