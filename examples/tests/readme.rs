@@ -6,7 +6,11 @@ use sluicegate::config::ENV_VARS as CORE;
 use sluicegate::publish::PUBLISH_VARS as PUBLISH;
 use sluicegate_amqp::ENV_VARS as AMQP;
 use sluicegate_http::ENV_VARS as HTTP;
+use sluicegate_http::admission::ADMISSION_VARS as ADMISSION;
 use sluicegate_kafka::ENV_VARS as KAFKA;
+
+#[path = "../common/ingest_vars.rs"]
+mod ingest_vars;
 
 #[test]
 fn readme_lists_every_variable_with_its_default() {
@@ -18,6 +22,8 @@ fn readme_lists_every_variable_with_its_default() {
         .chain(KAFKA)
         .chain(HTTP)
         .chain(PUBLISH)
+        .chain(ADMISSION)
+        .chain(ingest_vars::INGEST_VARS)
     {
         let (name, default) = (var.name, var.default);
         let row = readme

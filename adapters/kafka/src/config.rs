@@ -261,6 +261,11 @@ impl KafkaConfig {
         self
     }
 
+    /// The topics consumed (not their retry topics).
+    pub fn topics(&self) -> &[String] {
+        &self.topics
+    }
+
     /// The topic failed messages wait in before their next attempt.
     pub fn retry_topic(&self, topic: &str) -> String {
         format!("{topic}{RETRY_SUFFIX}")

@@ -37,7 +37,7 @@ pub const ADMISSION_VARS: &[Var] = &[
     ),
     Var::new(
         "SLUICEGATE_ADMIT_WORKERS",
-        "",
+        "(none)",
         "workers' /scale URLs (comma-separated, http://) to read the backlog from",
         "comma-separated http:// URLs",
     ),

@@ -2,8 +2,10 @@
 //! is full, with how long to wait, instead of taking it into a queue that
 //! only grows.
 //!
-//! One verdict per request, from one merged state:
+//! One verdict per request, from one merged state, in this order:
 //!
+//! - **the client** (a token bucket per client, governor): over its rate,
+//!   `429` with `Retry-After` when its next token comes;
 //! - **the publisher** ([`Publish::pressure`]): while the broker blocks
 //!   publishers (a RabbitMQ alarm, a full Kafka queue) or every
 //!   unconfirmed slot is taken, `503` with `Retry-After` from the confirm
@@ -11,9 +13,7 @@
 //! - **the consumers** (a [`Backlog`]: a local worker's [`Watch`], workers'
 //!   `/scale`, or the broker's count of a queue): while the backlog is at
 //!   or over `SLUICEGATE_ADMIT_BACKLOG_MAX`, `503` with `Retry-After` the
-//!   time the excess takes to drain at the measured rate;
-//! - **the client** (a token bucket per client, governor): over its rate,
-//!   `429` with `Retry-After` when its next token comes.
+//!   time the excess takes to drain at the measured rate.
 //!
 //! Each admitted request is taken to add one message, so the backlog
 //! between two readings is estimated, not left stale: a burst cannot slip
@@ -317,26 +317,34 @@ impl Admission {
         verdict
     }
 
+    /// The client's rate first: a client over it hears so (429), whatever
+    /// the system's state, and spends its own tokens, never another's.
     fn verdict(&self, client: Option<&str>) -> Result<(), Rejection> {
+        self.client_verdict(client)?;
         if let Some(pressure) = self.0.publisher.as_ref().map(|p| p.pressure()) {
             publisher_verdict(&pressure)?;
         }
-        if let Some(max) = self.0.config.backlog_max {
-            let arrived = self.0.admitted.load(Relaxed);
-            let behind = self
-                .consumers()
-                .behind(Instant::now(), arrived, max, LONGEST);
-            if let Some(b) = behind {
-                let rate = b
-                    .drain_per_second
-                    .map_or_else(|| "not measured yet".to_owned(), |r| format!("{r:.0}/s"));
-                let detail = format!(
-                    "the consumers' backlog ({:.0}) is at or over {max}; draining {rate}",
-                    b.backlog
-                );
-                return Err(Rejection::new(Reason::Backlog, b.retry_after, detail));
-            }
-        }
+        let Some(max) = self.0.config.backlog_max else {
+            return Ok(());
+        };
+        let arrived = self.0.admitted.load(Relaxed);
+        let behind = self
+            .consumers()
+            .behind(Instant::now(), arrived, max, LONGEST);
+        let Some(b) = behind else {
+            return Ok(());
+        };
+        let rate = b
+            .drain_per_second
+            .map_or_else(|| "not measured yet".to_owned(), |r| format!("{r:.0}/s"));
+        let detail = format!(
+            "the consumers' backlog ({:.0}) is at or over {max}; draining {rate}",
+            b.backlog
+        );
+        Err(Rejection::new(Reason::Backlog, b.retry_after, detail))
+    }
+
+    fn client_verdict(&self, client: Option<&str>) -> Result<(), Rejection> {
         let Some(clients) = &self.0.clients else {
             return Ok(());
         };
