@@ -8,7 +8,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Each crate's source folder, from the workspace root.
-const CRATES: [&str; 3] = ["core/src", "adapters/amqp/src", "adapters/kafka/src"];
+const CRATES: [&str; 6] = [
+    "core/src",
+    "adapters/amqp/src",
+    "adapters/kafka/src",
+    "adapters/http/src",
+    "tests/support/src",
+    "tests/bench/src",
+];
 const MAX_FILE_LINES: usize = 600;
 const MAX_FN_LINES: usize = 80;
 /// How a function's first line begins, by visibility.
@@ -123,7 +130,8 @@ fn module_graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
             .to_string_lossy()
             .trim_end_matches(".rs")
             .to_owned();
-        if module == "lib" {
+        // The crate root (a library's or a program's) uses every module.
+        if module == "lib" || module == "main" {
             continue;
         }
         let text = read(&path);
@@ -180,7 +188,7 @@ fn no_crate_has_an_import_circle() {
     for krate in CRATES {
         let graph = module_graph(&workspace().join(krate));
         assert!(
-            graph.len() > 3,
+            graph.len() >= 3,
             "{krate}: the graph was not read ({graph:?})"
         );
         if let Some(circle) = circle(&graph) {
