@@ -8,7 +8,6 @@
 #[path = "../../adapters/kafka/tests/common/mod.rs"]
 mod kafka_common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use kafka_common::{Out, brokers, create_topic, produce, unique};
@@ -17,7 +16,7 @@ use sluicegate::{Config, HandlerError, Overflow, Worker};
 use sluicegate_http::{OpsConfig, serve};
 use sluicegate_kafka::{KafkaConfig, KafkaSource, Ordering};
 use sluicegate_test_support::exposition::{readyz_until, scrape};
-use sluicegate_test_support::{finished, run_until_stopped, wait_until};
+use sluicegate_test_support::{Gate, finished, run_until_stopped, wait_until};
 
 fn loopback(readiness: ReadinessPolicy) -> OpsConfig {
     OpsConfig::default()
@@ -166,21 +165,17 @@ async fn readiness_fails_under_overload_on_kafka_and_recovers() {
     let config =
         KafkaConfig::new(brokers(), &group, [topic.as_str()]).ordering(Ordering::Unordered);
     let source = KafkaSource::connect(config).await.unwrap();
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let open = Arc::clone(&gate);
-    let worker = Worker::new(source, move |_: String| {
-        let gate = Arc::clone(&open);
-        async move { drop(gate.acquire().await) }
-    })
-    // Deferring what is past the limit (the retry topic holds it), the
-    // worker reads up to its whole prefetch: with `block`, each assigned
-    // partition (the retry topic's too) stops at its share.
-    .config(
-        Config::default()
-            .prefetch(20)
-            .max_in_flight(4)
-            .overflow(Overflow::Delay),
-    );
+    let gate = Gate::closed();
+    let worker = Worker::new(source, gate.handler())
+        // Deferring what is past the limit (the retry topic holds it), the
+        // worker reads up to its whole prefetch: with `block`, each assigned
+        // partition (the retry topic's too) stops at its share.
+        .config(
+            Config::default()
+                .prefetch(20)
+                .max_in_flight(4)
+                .overflow(Overflow::Delay),
+        );
     let policy = ReadinessPolicy {
         saturation: 0.8,
         saturated_for: Duration::from_millis(500),
@@ -218,12 +213,76 @@ async fn readiness_fails_under_overload_on_kafka_and_recovers() {
     }
     assert!(backlog >= 280, "{:?}", watch.scale());
 
-    gate.add_permits(10_000);
+    gate.open();
     wait_until("the topic worked off", Duration::from_secs(60), || {
         metrics.snapshot().acked == 300
     })
     .await;
     readyz_until(addr, 200).await;
+    stop.stop();
+    finished(run, Duration::from_secs(30)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backlog_counts_records_that_arrive_while_a_partition_is_left_unread() {
+    sluicegate_test_support::logs();
+    let (topic, group) = (unique("ops-stale"), unique("ops-stale-group"));
+    create_topic(&topic, 1).await;
+    let one_partition = |n| {
+        jobs(n)
+            .into_iter()
+            .map(|o| Out {
+                partition: Some(0),
+                ..o
+            })
+            .collect::<Vec<_>>()
+    };
+    produce(&topic, one_partition(50)).await;
+    // A small local queue, so librdkafka stops fetching the partition
+    // soon (as it does at its 4 MiB default under a long overload).
+    let config = KafkaConfig::new(brokers(), &group, [topic.as_str()])
+        .ordering(Ordering::Unordered)
+        .property("queued.min.messages", "20")
+        .property("queued.max.messages.kbytes", "8");
+    let source = KafkaSource::connect(config).await.unwrap();
+    let gate = Gate::closed();
+    // Block (the default): the partition holds its share and is left
+    // unread, so librdkafka fetches nothing more from it.
+    let worker =
+        Worker::new(source, gate.handler()).config(Config::default().prefetch(10).max_in_flight(2));
+    let served = serve(worker.ops(), &loopback(ReadinessPolicy::default()))
+        .await
+        .unwrap()
+        .unwrap();
+    let metrics = worker.metrics();
+    let (stop, run) = run_until_stopped(worker);
+    wait_until("the prefetch held", Duration::from_secs(30), || {
+        metrics.snapshot().held >= 10
+    })
+    .await;
+    // Records arriving now are not fetched: their count comes from asking
+    // the broker for the partition's end, not from librdkafka's fetches.
+    produce(&topic, one_partition(500)).await;
+    let watch = served.watch().clone();
+    let mut waiting = None;
+    for _ in 0..100 {
+        watch.sample().await;
+        waiting = watch.scale().waiting;
+        if waiting.is_some_and(|w| w >= 530) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        waiting.is_some_and(|w| w >= 530),
+        "waiting {waiting:?} of the 540 not held: {:?}",
+        watch.scale()
+    );
+    gate.open();
+    wait_until("the topic worked off", Duration::from_secs(60), || {
+        metrics.snapshot().acked == 550
+    })
+    .await;
     stop.stop();
     finished(run, Duration::from_secs(30)).await;
 }

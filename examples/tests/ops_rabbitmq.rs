@@ -5,7 +5,6 @@
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
@@ -16,7 +15,7 @@ use sluicegate_amqp::{AmqpConfig, AmqpSource};
 use sluicegate_http::{OpsConfig, serve};
 use sluicegate_test_support::exposition::{readyz_until, scrape};
 use sluicegate_test_support::proxy::Proxy;
-use sluicegate_test_support::{finished, run_until_stopped, wait_until};
+use sluicegate_test_support::{Gate, finished, run_until_stopped, wait_until};
 
 fn url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://127.0.0.1:5672/%2f".into())
@@ -190,13 +189,9 @@ async fn readiness_fails_under_overload_and_while_rabbitmq_is_unreachable_then_r
         .await
         .unwrap();
     publish_jobs(&queue, 400).await;
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let open = Arc::clone(&gate);
-    let worker = Worker::new(source, move |_: String| {
-        let gate = Arc::clone(&open);
-        async move { drop(gate.acquire().await) }
-    })
-    .config(Config::default().prefetch(20).max_in_flight(4));
+    let gate = Gate::closed();
+    let worker =
+        Worker::new(source, gate.handler()).config(Config::default().prefetch(20).max_in_flight(4));
     let policy = ReadinessPolicy {
         saturation: 0.8,
         saturated_for: Duration::from_millis(500),
@@ -222,7 +217,7 @@ async fn readiness_fails_under_overload_and_while_rabbitmq_is_unreachable_then_r
     );
     assert!(overloaded.header("retry-after").is_some(), "{overloaded:?}");
 
-    gate.add_permits(10_000);
+    gate.open();
     wait_until("the queue worked off", Duration::from_secs(30), || {
         metrics.snapshot().acked == 400
     })

@@ -3,23 +3,72 @@
 //! statistics, which it already keeps), rebalances, and partitions held
 //! back. The lag summed is the backlog autoscalers count: it includes the
 //! retry topics, which the worker consumes too.
+//!
+//! librdkafka learns a partition's end from its fetches, so the end of a
+//! partition the worker left unread (held back at its share of the
+//! prefetch: exactly when the backlog matters) goes stale. The probe asks
+//! the broker for the assigned partitions' ends every few seconds, off the
+//! poll thread, and the lag runs to the later end.
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::MetricType;
 use sluicegate::ops::{Probe, counter, gauge, labelled};
 
+use rdkafka::consumer::Consumer as _;
+use tokio::time::Instant;
+
+use crate::state::Shared;
 use crate::stats::KafkaStats;
+
+/// How often the partitions' ends are asked of the broker, at most.
+const ASK_ENDS_EVERY: Duration = Duration::from_secs(3);
+
+/// How long the broker may take to tell one partition's end.
+const ASK_END_WITHIN: Duration = Duration::from_secs(1);
 
 /// The probe a [`crate::KafkaSource`] hands the operations surface.
 pub(crate) struct KafkaProbe {
     pub(crate) stats: Arc<KafkaStats>,
+    pub(crate) shared: Arc<Shared>,
     /// The topics consumed, for the `source` label.
     pub(crate) topics: String,
+    /// When the ends were last asked.
+    pub(crate) asked: Mutex<Option<Instant>>,
+}
+
+impl KafkaProbe {
+    /// Asks the broker for each assigned partition's end, unless that was
+    /// done lately; on a blocking thread, never the poll thread.
+    async fn ask_ends(&self) {
+        {
+            let mut asked = self.asked.lock().unwrap_or_else(PoisonError::into_inner);
+            if asked.is_some_and(|at| at.elapsed() < ASK_ENDS_EVERY) {
+                return;
+            }
+            *asked = Some(Instant::now());
+        }
+        let Some(consumer) = self.shared.consumer() else {
+            return;
+        };
+        let stats = Arc::clone(&self.stats);
+        let asking = tokio::task::spawn_blocking(move || {
+            for (topic, partition) in stats.partitions() {
+                match consumer.fetch_watermarks(&topic, partition, ASK_END_WITHIN) {
+                    Ok((_, end)) => stats.saw_end(&topic, partition, end),
+                    Err(error) => {
+                        tracing::debug!(%topic, partition, %error, "asking a partition's end failed");
+                    }
+                }
+            }
+        });
+        let _ = asking.await;
+    }
 }
 
 impl fmt::Debug for KafkaProbe {
@@ -41,6 +90,7 @@ impl Probe for KafkaProbe {
     }
 
     async fn waiting(&self) -> Option<u64> {
+        self.ask_ends().await;
         Some(self.stats.lag().iter().map(|p| p.lag).sum())
     }
 

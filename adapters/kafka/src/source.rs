@@ -164,7 +164,9 @@ impl Source for KafkaSource {
     fn probe(&self) -> Option<Arc<dyn Probe>> {
         Some(Arc::new(KafkaProbe {
             stats: self.shared.stats.clone(),
+            shared: Arc::clone(&self.shared),
             topics: self.label.clone(),
+            asked: std::sync::Mutex::new(None),
         }))
     }
 

@@ -101,6 +101,11 @@ impl Shared {
         self.lock().consumer = consumer;
     }
 
+    /// The consumer, while there is one.
+    pub(crate) fn consumer(&self) -> Option<Arc<Consumer>> {
+        self.lock().consumer.clone()
+    }
+
     fn reader(&self) -> MutexGuard<'_, Reader> {
         self.reader.lock().unwrap_or_else(PoisonError::into_inner)
     }

@@ -1,9 +1,10 @@
 //! The adapter's own counters, beside the runtime's metrics.
 
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicI64};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use rdkafka::statistics::Statistics;
 
@@ -36,8 +37,13 @@ pub struct KafkaStats {
     pub(crate) rebalances: AtomicU64,
     /// Most unsettled records held at once (waiting and running).
     pub(crate) max_held: AtomicU64,
-    /// From librdkafka's last statistics: each assigned partition's lag.
-    lag: Mutex<Vec<PartitionLag>>,
+    /// From librdkafka's last statistics: each assigned partition's
+    /// settled offset and end.
+    lag: Mutex<Vec<Tracked>>,
+    /// Partition ends asked of the broker since (librdkafka learns a
+    /// partition's end from fetches, so a partition left unread has a
+    /// stale one in its statistics).
+    ends: Mutex<HashMap<(String, i32), i64>>,
     /// From librdkafka's last statistics: brokers up (-1: none seen yet).
     brokers_up: AtomicI64,
     /// A broker's connection was up once.
@@ -99,22 +105,46 @@ impl Default for KafkaStats {
             rebalances: AtomicU64::new(0),
             max_held: AtomicU64::new(0),
             lag: Mutex::new(Vec::new()),
+            ends: Mutex::new(HashMap::new()),
             brokers_up: AtomicI64::new(-1),
             seen_up: AtomicBool::new(false),
         }
     }
 }
 
-/// Records past what is settled: past the stored offset, or the committed
-/// one before anything was stored, or the whole partition before either.
-fn partition_lag(p: &rdkafka::statistics::Partition) -> u64 {
-    let end = p.hi_offset;
-    let from = [p.stored_offset, p.committed_offset, p.lo_offset]
-        .into_iter()
-        .find(|o| *o >= 0);
-    match from {
-        Some(from) if end >= 0 => u64::try_from(end - from).unwrap_or(0),
-        _ => 0,
+/// One assigned partition, as librdkafka's statistics last told it.
+#[derive(Clone, Debug)]
+struct Tracked {
+    topic: String,
+    partition: i32,
+    /// The stored offset, or the committed one before anything was
+    /// stored, or the partition's start before either (-1: unknown).
+    from: i64,
+    /// The partition's end as librdkafka last learned it (-1: unknown).
+    end: i64,
+}
+
+impl Tracked {
+    fn of(topic: &str, p: &rdkafka::statistics::Partition) -> Self {
+        let from = [p.stored_offset, p.committed_offset, p.lo_offset]
+            .into_iter()
+            .find(|o| *o >= 0)
+            .unwrap_or(-1);
+        Self {
+            topic: topic.to_owned(),
+            partition: p.partition,
+            from,
+            end: p.hi_offset,
+        }
+    }
+
+    /// Records past what is settled, up to the later of the two ends.
+    fn lag(&self, asked: Option<i64>) -> u64 {
+        let end = self.end.max(asked.unwrap_or(-1));
+        match self.from {
+            from if from >= 0 && end >= 0 => u64::try_from(end - from).unwrap_or(0),
+            _ => 0,
+        }
     }
 }
 
@@ -144,14 +174,14 @@ impl KafkaStats {
                 if p.partition < 0 || !(p.desired || p.fetch_state == "active") {
                     continue;
                 }
-                lag.push(PartitionLag {
-                    topic: topic.clone(),
-                    partition: p.partition,
-                    lag: partition_lag(p),
-                });
+                lag.push(Tracked::of(topic, p));
             }
         }
         lag.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        self.lock_ends().retain(|(topic, partition), _| {
+            lag.iter()
+                .any(|t| t.topic == *topic && t.partition == *partition)
+        });
         *self.lag.lock().unwrap_or_else(PoisonError::into_inner) = lag;
         // Until a broker's connection was up once, the count says nothing
         // (librdkafka reports the broker it learned of as INIT at first):
@@ -171,12 +201,40 @@ impl KafkaStats {
             .store(i64::try_from(up).unwrap_or(i64::MAX), Relaxed);
     }
 
-    /// Each assigned partition's lag, as of librdkafka's last statistics.
+    /// Each assigned partition's lag: from its settled offset (librdkafka's
+    /// last statistics) to its end (the later of those statistics and the
+    /// broker's last answer to [`KafkaStats::saw_end`]'s asking).
     pub fn lag(&self) -> Vec<PartitionLag> {
-        self.lag
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        let ends = self.lock_ends();
+        let tracked = self.lag.lock().unwrap_or_else(PoisonError::into_inner);
+        tracked
+            .iter()
+            .map(|t| PartitionLag {
+                topic: t.topic.clone(),
+                partition: t.partition,
+                lag: t.lag(ends.get(&(t.topic.clone(), t.partition)).copied()),
+            })
+            .collect()
+    }
+
+    /// The assigned partitions, as of librdkafka's last statistics.
+    pub(crate) fn partitions(&self) -> Vec<(String, i32)> {
+        let tracked = self.lag.lock().unwrap_or_else(PoisonError::into_inner);
+        tracked
+            .iter()
+            .map(|t| (t.topic.clone(), t.partition))
+            .collect()
+    }
+
+    /// The broker said `partition` of `topic` ends at `end`.
+    pub(crate) fn saw_end(&self, topic: &str, partition: i32, end: i64) {
+        let mut ends = self.lock_ends();
+        let known = ends.entry((topic.to_owned(), partition)).or_insert(end);
+        *known = (*known).max(end);
+    }
+
+    fn lock_ends(&self) -> MutexGuard<'_, HashMap<(String, i32), i64>> {
+        self.ends.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Whether a broker was up at librdkafka's last statistics (true
@@ -187,5 +245,44 @@ impl KafkaStats {
 
     pub(crate) fn note_held(&self, held: usize) {
         self.max_held.fetch_max(held as u64, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lag_runs_to_the_later_of_the_statistics_and_the_brokers_answer() {
+        let tracked = Tracked {
+            topic: "jobs".into(),
+            partition: 0,
+            from: 100,
+            end: 150,
+        };
+        assert_eq!(tracked.lag(None), 50);
+        assert_eq!(tracked.lag(Some(400)), 300);
+        assert_eq!(
+            tracked.lag(Some(120)),
+            50,
+            "an older answer never shortens it"
+        );
+        let unsettled = Tracked {
+            from: -1,
+            ..tracked.clone()
+        };
+        assert_eq!(
+            unsettled.lag(Some(400)),
+            0,
+            "no offset known: no lag claimed"
+        );
+
+        let stats = KafkaStats::default();
+        *stats.lag.lock().unwrap_or_else(PoisonError::into_inner) = vec![tracked];
+        stats.saw_end("jobs", 0, 400);
+        stats.saw_end("jobs", 0, 300);
+        stats.saw_end("other", 3, 9_999);
+        assert_eq!(stats.lag()[0].lag, 300, "the latest end the broker told");
+        assert_eq!(stats.partitions(), vec![("jobs".to_owned(), 0)]);
     }
 }

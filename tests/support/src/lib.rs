@@ -179,6 +179,38 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result
     })
 }
 
+/// Handlers held until the test opens the gate: a worker saturated on
+/// purpose.
+#[derive(Clone, Debug)]
+pub struct Gate(Arc<tokio::sync::Semaphore>);
+
+impl Gate {
+    /// A gate no handler passes yet.
+    pub fn closed() -> Self {
+        Self(Arc::new(tokio::sync::Semaphore::new(0)))
+    }
+
+    /// Lets every waiting handler, and every later one, through.
+    pub fn open(&self) {
+        self.0.add_permits(1 << 20);
+    }
+
+    /// A handler that takes any text and waits at the gate.
+    pub fn handler(
+        &self,
+    ) -> impl Fn(String) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+    + Clone
+    + Send
+    + Sync
+    + 'static {
+        let gate = Arc::clone(&self.0);
+        move |_: String| {
+            let gate = Arc::clone(&gate);
+            Box::pin(async move { drop(gate.acquire().await) })
+        }
+    }
+}
+
 /// A RabbitMQ memory alarm (`rabbitmqctl set_vm_memory_high_watermark`):
 /// the broker blocks every connection that publishes until it is dropped,
 /// which lifts it even when the test fails.
