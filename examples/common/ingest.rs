@@ -15,7 +15,7 @@ use axum::{Router, body::Bytes};
 use serde_json::{Value, json};
 use sluicegate::Headers;
 use sluicegate::publish::{Publish, PublishError};
-use sluicegate_http::admission::Admission;
+use sluicegate_http::admission::{Admission, retry_after_seconds};
 
 /// The header that carries a job's id on the message.
 pub(crate) const JOB_ID: &str = "job-id";
@@ -96,7 +96,7 @@ fn refused(id: &str, error: &PublishError) -> Response {
     let body = axum::Json(json!({"id": id, "error": error.to_string(), "published": published}));
     match retry_after {
         Some(after) => {
-            let seconds = after.as_secs_f64().ceil().max(1.0).to_string();
+            let seconds = retry_after_seconds(after).to_string();
             (status, [(header::RETRY_AFTER, seconds)], body).into_response()
         }
         None => (status, body).into_response(),

@@ -12,13 +12,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use lapin::BasicProperties;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::ShortString;
-use sluicegate::Headers;
-use sluicegate::publish::{Publish, PublishConfig, PublishPolicy};
+use sluicegate::publish::{PublishConfig, PublishPolicy};
 use sluicegate_amqp::{AmqpConfig, AmqpPublisher};
+use sluicegate_test_support::publish_concurrently;
 
 const BATCH: usize = 1000;
 
@@ -74,18 +73,7 @@ async fn ours(queue: &str, n: usize) -> Duration {
             .expect("connected"),
     );
     let body = bytes::Bytes::from(vec![b'x'; 256]);
-    let headers = Headers::new();
-    let started = Instant::now();
-    let mut calls = futures_util::stream::iter(0..n)
-        .map(|_| {
-            let (publisher, body, headers) = (Arc::clone(&publisher), body.clone(), &headers);
-            async move { publisher.publish(queue, body, headers).await }
-        })
-        .buffer_unordered(BATCH);
-    while let Some(result) = calls.next().await {
-        result.expect("confirmed");
-    }
-    started.elapsed()
+    publish_concurrently(publisher, queue, body, n, BATCH).await
 }
 
 fn main() {

@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use sluicegate::Headers;
-use sluicegate::publish::{Publish, PublishConfig, PublishPolicy};
+use sluicegate::publish::{PublishConfig, PublishPolicy};
 use sluicegate_kafka::{KafkaConfig, KafkaPublisher};
+use sluicegate_test_support::publish_concurrently;
 
 const WINDOW: usize = 1000;
 const PARTITIONS: i32 = 3;
@@ -79,18 +79,7 @@ async fn ours(topic: &str, n: usize) -> Duration {
             .expect("connected"),
     );
     let body = bytes::Bytes::from(vec![b'x'; 256]);
-    let headers = Headers::new();
-    let started = Instant::now();
-    let mut calls = futures_util::stream::iter(0..n)
-        .map(|_| {
-            let (publisher, body, headers) = (Arc::clone(&publisher), body.clone(), &headers);
-            async move { publisher.publish(topic, body, headers).await }
-        })
-        .buffer_unordered(WINDOW);
-    while let Some(result) = calls.next().await {
-        result.expect("confirmed");
-    }
-    started.elapsed()
+    publish_concurrently(publisher, topic, body, n, WINDOW).await
 }
 
 fn main() {

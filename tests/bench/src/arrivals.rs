@@ -29,6 +29,34 @@ impl Arrival {
     }
 }
 
+/// A message's body on the wire: what the handler does with it, and what
+/// a recording reads back.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Job {
+    /// Its place in the run.
+    pub(crate) n: u64,
+    /// When the producer sent it, since the start of the run.
+    pub(crate) sent_us: u64,
+    pub(crate) work_us: u64,
+    pub(crate) fail: bool,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub(crate) pad: String,
+}
+
+impl Job {
+    /// The body of the `n`th job, taking `work`, sent at the start.
+    pub(crate) fn body(n: u64, work: Duration) -> Vec<u8> {
+        let job = Job {
+            n,
+            sent_us: 0,
+            work_us: work.as_micros() as u64,
+            fail: false,
+            pad: String::new(),
+        };
+        serde_json::to_vec(&job).unwrap_or_default()
+    }
+}
+
 /// The synthetic load.
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct Load {

@@ -194,16 +194,16 @@ fn markdown(about: &About, outcomes: &[Outcome]) -> String {
     let _ = writeln!(md, "## Memory and the bound on what is held\n");
     for o in outcomes {
         let s = &o.summary;
-        let over = o.samples.iter().filter(|x| x.held > x.prefetch).count();
         let _ = writeln!(
             md,
-            "- `{}`: RSS {:.1} MiB at 10 s, {:.1} MiB at peak ({:.2}x); held at most {} with a prefetch of {} (above it in {over} of {} samples).",
+            "- `{}`: RSS {:.1} MiB at 10 s, {:.1} MiB at peak ({:.2}x); held at most {} with a prefetch of {} (above it in {} of {} samples).",
             s.label,
             s.rss_at_10s_mib,
             s.rss_peak_mib,
             s.rss_peak_mib / s.rss_at_10s_mib.max(1e-9),
             s.max_held,
             s.prefetch,
+            s.held_over_prefetch,
             o.samples.len()
         );
     }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sluicegate::config::Env;
 use sluicegate::{Config, Context, HandlerError, Json, Source, Worker};
 use sluicegate_amqp::AmqpSource;
@@ -17,7 +17,7 @@ use sluicegate_kafka::KafkaSource;
 use tokio::sync::{Semaphore, oneshot};
 use tokio::time::Instant;
 
-use crate::arrivals::{Arrival, Load, Synthetic, Trace};
+use crate::arrivals::{Arrival, Job, Load, Synthetic, Trace};
 use crate::measure::Recorder;
 use crate::report::{Outcome, Sample};
 use crate::sampler::Sampler;
@@ -42,19 +42,6 @@ pub(crate) struct Scenario {
     pub(crate) size: usize,
     /// Records what the worker saw as a trace here.
     pub(crate) record: Option<PathBuf>,
-}
-
-/// The message body.
-#[derive(Serialize, Deserialize)]
-struct Job {
-    /// Its place in the run.
-    n: u64,
-    /// When the producer sent it, since the start of the run.
-    sent_us: u64,
-    work_us: u64,
-    fail: bool,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pad: String,
 }
 
 /// What the handler shares across runs of itself.
@@ -94,18 +81,6 @@ async fn handle(shared: Shared, job: Job, ctx: Context) -> Result<(), HandlerErr
         .recorder
         .handled(ctx.message().priority(), queue_time, sent.elapsed());
     Ok(())
-}
-
-/// A job's body: the `n`th, taking `work`, sent at the start.
-pub(crate) fn job_body(n: u64, work: Duration) -> Vec<u8> {
-    let job = Job {
-        n,
-        sent_us: 0,
-        work_us: work.as_micros() as u64,
-        fail: false,
-        pad: String::new(),
-    };
-    serde_json::to_vec(&job).unwrap_or_default()
 }
 
 /// A worker that handles jobs with `settings` and nothing else: no

@@ -19,7 +19,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
-use crate::run::{job_body, plain_worker};
+use crate::arrivals::Job;
+use crate::run::plain_worker;
 use crate::target::{Broker, Target, amqp_config, kafka_config};
 
 /// The scaling run's shape.
@@ -124,7 +125,7 @@ async fn spawn(plan: &Plan, name: &str) -> Result<Running, String> {
 async fn fill(target: &Target, n: u64, work: Duration) -> Result<(), String> {
     let mut producer = target.producer().await?;
     for i in 0..n {
-        producer.send(job_body(i, work), 0).await?;
+        producer.send(Job::body(i, work), 0).await?;
     }
     producer.flush().await;
     Ok(())

@@ -9,17 +9,7 @@ use std::sync::{Mutex, PoisonError};
 
 use sluicegate::Message;
 
-use crate::arrivals::{Arrival, record};
-
-/// What the body says of a message, enough to record it.
-#[derive(serde::Deserialize)]
-struct Seen {
-    n: u64,
-    sent_us: u64,
-    work_us: u64,
-    #[serde(default)]
-    fail: bool,
-}
+use crate::arrivals::{Arrival, Job, record};
 
 /// The arrivals seen so far, by sequence number.
 #[derive(Default)]
@@ -28,7 +18,7 @@ pub(crate) struct Tape(Mutex<BTreeMap<u64, Arrival>>);
 impl Tape {
     /// `message` was settled; the first settlement of each is kept.
     pub(crate) fn saw(&self, message: &Message) {
-        let Ok(seen) = serde_json::from_slice::<Seen>(message.payload()) else {
+        let Ok(seen) = serde_json::from_slice::<Job>(message.payload()) else {
             return;
         };
         let mut tape = self.0.lock().unwrap_or_else(PoisonError::into_inner);

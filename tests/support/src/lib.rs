@@ -179,6 +179,33 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result
     })
 }
 
+/// Publishes `n` copies of `body` to `destination` through `publisher`,
+/// `callers` at once, each caller awaiting its own confirm (as an
+/// application's request handlers would); how long they all took. Panics
+/// on a failed publish: the publisher benches compare only complete runs.
+#[allow(clippy::expect_used)]
+pub async fn publish_concurrently(
+    publisher: Arc<dyn sluicegate::publish::Publish>,
+    destination: &str,
+    body: bytes::Bytes,
+    n: usize,
+    callers: usize,
+) -> Duration {
+    use futures_util::StreamExt;
+    let headers = sluicegate::Headers::new();
+    let started = Instant::now();
+    let mut calls = futures_util::stream::iter(0..n)
+        .map(|_| {
+            let (publisher, body, headers) = (Arc::clone(&publisher), body.clone(), &headers);
+            async move { publisher.publish(destination, body, headers).await }
+        })
+        .buffer_unordered(callers);
+    while let Some(result) = calls.next().await {
+        result.expect("confirmed");
+    }
+    started.elapsed()
+}
+
 /// Handlers held until the test opens the gate: a worker saturated on
 /// purpose.
 #[derive(Clone, Debug)]

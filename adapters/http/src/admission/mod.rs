@@ -123,6 +123,12 @@ impl Reason {
     }
 }
 
+/// `wait` as a `Retry-After` value: whole seconds, rounded up, at least 1
+/// (a client told 0 would come straight back).
+pub fn retry_after_seconds(wait: Duration) -> u64 {
+    wait.as_secs_f64().ceil().max(1.0) as u64
+}
+
 /// A request turned away: why, when to try again, and the numbers.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[non_exhaustive]
@@ -147,7 +153,7 @@ impl Rejection {
 
     /// `Retry-After` in whole seconds, rounded up, at least 1.
     pub fn retry_after_seconds(&self) -> u64 {
-        self.retry_after.as_secs_f64().ceil().max(1.0) as u64
+        retry_after_seconds(self.retry_after)
     }
 }
 
