@@ -7,6 +7,14 @@
 # runtime dependencies, cached under $SLUICEGATE_CACHE) and starts a single
 # KRaft node (broker and controller in one JVM) on the machine's Java.
 # No Docker, no tarball from the Apache mirrors: only Maven Central.
+#
+# A broker that stopped (crashed, killed) starts again from its data
+# directory, with its topics and committed offsets; only a directory that
+# does not start is formatted afresh. Run as a command, the file kills and
+# restarts the broker, for the fault-injection tests:
+#
+#   scripts/brokers/kafka.sh kill    SIGKILL the broker, wait until it is gone
+#   scripts/brokers/kafka.sh start   start it again from its data directory
 
 KAFKA_VERSION="${KAFKA_VERSION:-3.9.0}"
 SLUICEGATE_CACHE="${SLUICEGATE_CACHE:-$HOME/.cache/sluicegate}"
@@ -57,8 +65,11 @@ EOF
   echo "Kafka: $(ls "$home/libs" | wc -l) jars cached in $home/libs"
 }
 
+kafka_home() { echo "$SLUICEGATE_CACHE/kafka-$KAFKA_VERSION"; }
+
 ensure_kafka() {
-  local home="$SLUICEGATE_CACHE/kafka-$KAFKA_VERSION"
+  local home
+  home=$(kafka_home)
   export KAFKA_TLS_CA="$home/run/ca.pem"
   if port_open 9092; then
     if ! port_open 9094 || [ ! -f "$KAFKA_TLS_CA" ]; then
@@ -73,23 +84,46 @@ ensure_kafka() {
     return 1
   fi
   kafka_fetch_jars "$home" || return 1
+  if [ -f "$home/run/logs/meta.properties" ] && [ -f "$home/run/broker.p12" ]; then
+    echo "Kafka: starting again from its data directory ($home/run)"
+    kafka_start && return 0
+    echo "Kafka: its data directory did not start; formatting a fresh one"
+  fi
+  kafka_format "$home/run" || return 1
+  kafka_start
+}
 
-  # A fresh log directory per start: tests make their own topics.
-  local data="$home/run"
+# A fresh data directory: a self-signed certificate for 127.0.0.1 (its own
+# CA, exported to $KAFKA_TLS_CA), the SCRAM user, a new cluster id.
+kafka_format() {
+  local data="$1" secret=sluicegate-secret cp
+  cp="$(kafka_home)/libs/*"
   rm -rf "$data"
   mkdir -p "$data/logs"
-  # A self-signed certificate for 127.0.0.1, which is its own CA.
-  local secret=sluicegate-secret
   keytool -genkeypair -alias broker -keyalg RSA -keysize 2048 -validity 3650 \
     -dname CN=127.0.0.1 -ext SAN=IP:127.0.0.1,DNS:localhost \
     -keystore "$data/broker.p12" -storetype PKCS12 -storepass "$secret" -keypass "$secret" \
     >"$data/keytool.log" 2>&1 &&
     keytool -exportcert -rfc -alias broker -keystore "$data/broker.p12" -storepass "$secret" \
-      -file "$KAFKA_TLS_CA" >>"$data/keytool.log" 2>&1 || {
+      -file "$data/ca.pem" >>"$data/keytool.log" 2>&1 || {
     echo "scripts/test: making Kafka's TLS certificate failed:" >&2
     cat "$data/keytool.log" >&2
     return 1
   }
+  kafka_write_config "$data"
+  java -cp "$cp" kafka.tools.StorageTool format -t "$(java -cp "$cp" kafka.tools.StorageTool random-uuid)" \
+    -c "$data/server.properties" --add-scram "SCRAM-SHA-256=[name=sluicegate,password=$secret]" \
+    >"$data/format.log" 2>&1 || {
+    echo "scripts/test: formatting Kafka's log directory failed:" >&2
+    cat "$data/format.log" >&2
+    return 1
+  }
+}
+
+# The broker's configuration, written on every start so a data directory
+# from an older script runs with the current settings.
+kafka_write_config() {
+  local data="$1" secret=sluicegate-secret
   cat >"$data/server.properties" <<EOF
 process.roles=broker,controller
 node.id=1
@@ -123,40 +157,58 @@ log4j.appender.file.layout.ConversionPattern=[%d] %p %m (%c)%n
 log4j.logger.kafka.server.KafkaServer=INFO
 log4j.logger.kafka.server.BrokerServer=INFO
 EOF
-  local cp="$home/libs/*"
-  java -cp "$cp" kafka.tools.StorageTool format -t "$(java -cp "$cp" kafka.tools.StorageTool random-uuid)" \
-    -c "$data/server.properties" --add-scram "SCRAM-SHA-256=[name=sluicegate,password=$secret]" \
-    >"$data/format.log" 2>&1 || {
-    echo "scripts/test: formatting Kafka's log directory failed:" >&2
-    cat "$data/format.log" >&2
-    return 1
-  }
+}
+
+# Starts the broker on its data directory and waits for both listeners.
+kafka_start() {
+  local home data cp
+  home=$(kafka_home)
+  data="$home/run"
+  cp="$home/libs/*"
+  export KAFKA_TLS_CA="$data/ca.pem"
+  kafka_write_config "$data"
   echo "Kafka: starting $KAFKA_VERSION (KRaft, one node) on 127.0.0.1:9092"
   nohup java -Xms256m -Xmx768m -XX:+UseG1GC \
     -Dlog4j.configuration="file:$data/log4j.properties" \
     -cp "$cp" kafka.Kafka "$data/server.properties" >"$data/stdout.log" 2>&1 &
   echo $! >"$data/pid"
-  local deadline=$((SECONDS + 120))
-  until port_open 9092; do
-    if ! kill -0 "$(cat "$data/pid")" 2>/dev/null; then
-      echo "scripts/test: Kafka exited while starting; its output:" >&2
-      tail -n 40 "$data/stdout.log" "$data/server.log" >&2 2>/dev/null || true
-      return 1
-    fi
-    if [ "$SECONDS" -ge "$deadline" ]; then
-      echo "scripts/test: Kafka did not listen on 127.0.0.1:9092 within 120 s; its log:" >&2
-      tail -n 40 "$data/server.log" >&2 2>/dev/null || true
-      return 1
-    fi
-    sleep 1
-  done
-  until port_open 9094; do
-    if [ "$SECONDS" -ge "$deadline" ]; then
-      echo "scripts/test: Kafka's SASL_SSL listener did not open 127.0.0.1:9094 within 120 s; its log:" >&2
-      tail -n 40 "$data/server.log" >&2 2>/dev/null || true
-      return 1
-    fi
-    sleep 1
+  local deadline=$((SECONDS + 120)) port
+  for port in 9092 9094; do
+    until port_open "$port"; do
+      if ! kill -0 "$(cat "$data/pid")" 2>/dev/null; then
+        echo "scripts/test: Kafka exited while starting; its output:" >&2
+        tail -n 40 "$data/stdout.log" "$data/server.log" >&2 2>/dev/null || true
+        return 1
+      fi
+      if [ "$SECONDS" -ge "$deadline" ]; then
+        echo "scripts/test: Kafka did not listen on 127.0.0.1:$port within 120 s; its log:" >&2
+        tail -n 40 "$data/server.log" >&2 2>/dev/null || true
+        return 1
+      fi
+      sleep 0.2
+    done
   done
   echo "Kafka: up on 127.0.0.1:9092 and SASL_SSL :9094 (pid $(cat "$data/pid"), logs in $data)"
 }
+
+# SIGKILL, as a crash would: no controlled shutdown, nothing flushed.
+kafka_kill() {
+  local pidfile
+  pidfile="$(kafka_home)/run/pid"
+  if [ ! -f "$pidfile" ] || ! kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+    echo "scripts/brokers/kafka.sh: no broker started by this script is running" >&2
+    return 1
+  fi
+  kill -KILL "$(cat "$pidfile")"
+  while kill -0 "$(cat "$pidfile")" 2>/dev/null; do sleep 0.05; done
+  echo "Kafka: killed (SIGKILL)"
+}
+
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+  set -euo pipefail
+  case "${1:-}" in
+    kill) kafka_kill ;;
+    start) kafka_start ;;
+    *) echo "usage: $0 kill|start" >&2; exit 2 ;;
+  esac
+fi

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use rdkafka::ClientConfig;
 use sluicegate::ConfigError;
 use sluicegate::config::{Env, Var};
 
@@ -118,6 +119,12 @@ pub const ENV_VARS: &[Var] = &[
         "create or passive",
     ),
     Var::new(
+        "SLUICEGATE_KAFKA_INSTANCE_ID",
+        "",
+        "static group membership: this worker's stable id (`hostname` for the host name, as a StatefulSet gives it), so a restarted worker takes its partitions back at once",
+        "1 to 249 characters from [a-zA-Z0-9._-], or `hostname`",
+    ),
+    Var::new(
         "SLUICEGATE_KAFKA_<PROPERTY>",
         "",
         "any librdkafka property, dots as underscores (SLUICEGATE_KAFKA_SECURITY_PROTOCOL=SASL_SSL)",
@@ -126,6 +133,7 @@ pub const ENV_VARS: &[Var] = &[
 ];
 
 const PROPERTY_PREFIX: &str = "SLUICEGATE_KAFKA_";
+const INSTANCE_ID: &str = "SLUICEGATE_KAFKA_INSTANCE_ID";
 
 /// Properties the adapter sets itself: a user value would break its
 /// guarantees (offsets are stored only after processing).
@@ -203,7 +211,22 @@ impl KafkaConfig {
         if let Some(raw) = get("SLUICEGATE_REVOKE_TIMEOUT_MS") {
             config.revoke_timeout = millis("SLUICEGATE_REVOKE_TIMEOUT_MS", &raw, 0, 300_000)?;
         }
+        if let Some(raw) = get(INSTANCE_ID).filter(|raw| !raw.is_empty()) {
+            let id = match raw.as_str() {
+                "hostname" => host_name(env).ok_or_else(|| {
+                    ConfigError::new(INSTANCE_ID, &raw, "a host name to read (none was found)")
+                })?,
+                _ => raw,
+            };
+            if !valid_instance_id(&id) {
+                return Err(invalid(INSTANCE_ID, id));
+            }
+            config = config.instance_id(id);
+        }
         for (name, value) in env.with_prefix(PROPERTY_PREFIX) {
+            if name == INSTANCE_ID {
+                continue;
+            }
             let property = &name[PROPERTY_PREFIX.len()..];
             let property = property.to_ascii_lowercase().replace('_', ".");
             if property.is_empty() || RESERVED.contains(&property.as_str()) {
@@ -252,6 +275,37 @@ impl KafkaConfig {
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
+    }
+
+    /// Static group membership (`group.instance.id`): the group knows this
+    /// worker by `id` across restarts, so a worker that comes back within
+    /// `session.timeout.ms` takes its partitions back at once, with no
+    /// rebalance. Each worker of the group needs an id of its own. The cost:
+    /// a static member does not leave the group when it stops, so its
+    /// partitions wait for the session timeout when it does not come back.
+    pub fn instance_id(self, id: impl Into<String>) -> Self {
+        self.property("group.instance.id", id)
+    }
+
+    /// The client settings the consumer, the producer and the publisher
+    /// share: the brokers, the user's properties, and reconnecting within
+    /// a second once a broker is back (librdkafka backs off to 10 s by
+    /// default, so a restarted broker went unnoticed for up to that long).
+    pub(crate) fn client(&self) -> ClientConfig {
+        let mut client = ClientConfig::new();
+        client.set("bootstrap.servers", &self.brokers);
+        for (name, value) in &self.properties {
+            client.set(name, value);
+        }
+        for (name, value) in [
+            ("reconnect.backoff.ms", "100"),
+            ("reconnect.backoff.max.ms", "1000"),
+        ] {
+            if client.get(name).is_none() {
+                client.set(name, value);
+            }
+        }
+        client
     }
 
     /// Sets a librdkafka property on the consumer and the producer
@@ -315,6 +369,23 @@ fn valid_topic(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+fn valid_instance_id(id: &str) -> bool {
+    (1..=249).contains(&id.len())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// The host name: `HOSTNAME` when set (containers set it to the pod's
+/// name), else the system's.
+fn host_name(env: &Env) -> Option<String> {
+    env.get("HOSTNAME")
+        .map(str::to_owned)
+        .or_else(|| gethostname::gethostname().into_string().ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
 }
 
 fn missing(variable: &str, what: &str) -> ConfigError {
@@ -382,6 +453,7 @@ mod tests {
             ("SLUICEGATE_TOPICS", "a b"),
             ("KAFKA_BROKERS", "localhost"),
             ("SLUICEGATE_KAFKA_ENABLE_AUTO_OFFSET_STORE", "true"),
+            ("SLUICEGATE_KAFKA_INSTANCE_ID", "worker 1"),
         ] {
             let mut all: BTreeMap<&str, &str> = base.into_iter().collect();
             all.insert(name, value);
@@ -397,5 +469,40 @@ mod tests {
         assert_eq!(error.variable, "SLUICEGATE_TOPICS");
         let error = KafkaConfig::from_env_in(&vars(&[("SLUICEGATE_TOPICS", "t")])).unwrap_err();
         assert_eq!(error.variable, "SLUICEGATE_GROUP");
+    }
+
+    #[test]
+    fn the_instance_id_is_the_static_member_id_or_the_host_name() {
+        let base = [("SLUICEGATE_TOPICS", "t"), ("SLUICEGATE_GROUP", "g")];
+        let with = |id: &str, host: Option<&str>| {
+            let mut all: Vec<(&str, &str)> = base.to_vec();
+            all.push(("SLUICEGATE_KAFKA_INSTANCE_ID", id));
+            all.extend(host.map(|h| ("HOSTNAME", h)));
+            KafkaConfig::from_env_in(&vars(&all)).unwrap()
+        };
+        let config = with("worker-1", None);
+        assert_eq!(config.properties["group.instance.id"], "worker-1");
+        assert!(!config.properties.contains_key("instance.id"));
+        let config = with("hostname", Some("orders-worker-2"));
+        assert_eq!(config.properties["group.instance.id"], "orders-worker-2");
+        let config = with("hostname", None);
+        assert!(!config.properties["group.instance.id"].is_empty());
+        let config = KafkaConfig::from_env_in(&vars(&base)).unwrap();
+        assert!(!config.properties.contains_key("group.instance.id"));
+    }
+
+    #[test]
+    fn clients_reconnect_within_a_second_unless_told_otherwise() {
+        let config = KafkaConfig::new("a:1", "g", ["t"]);
+        assert_eq!(
+            config.client().get("reconnect.backoff.max.ms"),
+            Some("1000")
+        );
+        let config = config.property("reconnect.backoff.max.ms", "5000");
+        assert_eq!(
+            config.client().get("reconnect.backoff.max.ms"),
+            Some("5000")
+        );
+        assert_eq!(config.client().get("bootstrap.servers"), Some("a:1"));
     }
 }

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sluicegate::Headers;
@@ -60,11 +59,7 @@ impl KafkaPublisher {
     /// SASL...), idempotent, each record delivered within 30 s or failed
     /// (librdkafka connects in the background, as records need it).
     pub async fn connect(config: &KafkaConfig, publish: PublishConfig) -> Result<Self, KafkaError> {
-        let mut client = ClientConfig::new();
-        client.set("bootstrap.servers", &config.brokers);
-        for (name, value) in &config.properties {
-            client.set(name, value);
-        }
+        let mut client = config.client();
         for (name, value) in [
             ("enable.idempotence", "true"),
             ("delivery.timeout.ms", "30000"),

@@ -79,11 +79,7 @@ impl KafkaSource {
     /// names the brokers or the topic when they cannot be used.
     pub async fn connect(config: KafkaConfig) -> Result<Self, KafkaError> {
         config.validate()?;
-        let mut base = ClientConfig::new();
-        base.set("bootstrap.servers", &config.brokers);
-        for (name, value) in &config.properties {
-            base.set(name, value);
-        }
+        let base = config.client();
         prepare_topics(&config, &base).await?;
         let produced_to: Vec<String> = config
             .topics

@@ -1,8 +1,12 @@
 //! A worker killed with SIGKILL mid-run, then restarted: nothing is lost,
 //! and the duplicates are at most the in-flight limit plus what completed
-//! within one commit interval. Against the real Kafka broker started by
-//! `scripts/test`. The test binary runs itself as the worker process
-//! (`--child <topic> <group> <file>`), so the kill hits a real process.
+//! within one commit interval. Run twice: with dynamic membership the
+//! restarted worker waits for the group to drop the dead member (the
+//! session timeout, 45 s by default); with static membership
+//! (`group.instance.id`) it takes the partitions back at once. Against the
+//! real Kafka broker started by `scripts/test`. The test binary runs itself
+//! as the worker process (`--child <topic> <group> <file> [instance id]`),
+//! so the kill hits a real process.
 #![allow(clippy::unwrap_used, clippy::print_stderr)] // a test: a failed unwrap is a failed test
 
 mod common;
@@ -37,9 +41,18 @@ fn main() {
         .build()
         .unwrap();
     if args.get(1).map(String::as_str) == Some("--child") {
-        runtime.block_on(child(&args[2], &args[3], &args[4]));
+        runtime.block_on(child(&args[2], &args[3], &args[4], args.get(5)));
     } else {
-        runtime.block_on(parent());
+        let dynamic = runtime.block_on(parent(None));
+        let fixed = runtime.block_on(parent(Some("worker-1")));
+        eprintln!(
+            "restart to first record: {dynamic:.1?} with dynamic membership, {fixed:.1?} with static membership"
+        );
+        // Well under the 45 s session timeout the dynamic member waits for.
+        assert!(
+            fixed < Duration::from_secs(15),
+            "a static member resumed in {fixed:?}"
+        );
         println!("test kill_restart ... ok");
     }
 }
@@ -47,7 +60,7 @@ fn main() {
 /// The worker: handles jobs, writing each handled id to `file` before the
 /// handler returns (so before its offset can be committed). Stops
 /// gracefully on SIGTERM.
-async fn child(topic: &str, group: &str, file: &str) {
+async fn child(topic: &str, group: &str, file: &str, instance: Option<&String>) {
     let out = Arc::new(Mutex::new(
         std::fs::OpenOptions::new()
             .create(true)
@@ -55,10 +68,10 @@ async fn child(topic: &str, group: &str, file: &str) {
             .open(file)
             .unwrap(),
     ));
-    let config = KafkaConfig::new(brokers(), group, [topic])
-        .commit_interval(COMMIT_INTERVAL)
-        .property("session.timeout.ms", "6000")
-        .property("heartbeat.interval.ms", "500");
+    let mut config = KafkaConfig::new(brokers(), group, [topic]).commit_interval(COMMIT_INTERVAL);
+    if let Some(id) = instance {
+        config = config.instance_id(id);
+    }
     let source = KafkaSource::connect(config).await.unwrap();
     let handler = move |Json(job): Json<Job>, ctx: Context| {
         let out = out.clone();
@@ -75,9 +88,10 @@ async fn child(topic: &str, group: &str, file: &str) {
         .unwrap();
 }
 
-fn spawn_child(topic: &str, group: &str, file: &str) -> Child {
+fn spawn_child(topic: &str, group: &str, file: &str, instance: Option<&str>) -> Child {
     Command::new(std::env::current_exe().unwrap())
         .args(["--child", topic, group, file])
+        .args(instance)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -103,7 +117,9 @@ fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
-async fn parent() {
+/// One kill and restart; gives the time from the restart to the first
+/// record the restarted worker handled.
+async fn parent(instance: Option<&str>) -> Duration {
     let topic = unique("kill");
     let group = unique("kill-g");
     create_topic(&topic, PARTITIONS as i32).await;
@@ -119,7 +135,7 @@ async fn parent() {
     let first = dir.join(format!("{topic}.first")).display().to_string();
     let second = dir.join(format!("{topic}.second")).display().to_string();
 
-    let mut worker = spawn_child(&topic, &group, &first);
+    let mut worker = spawn_child(&topic, &group, &first, instance);
     wait_for("the first worker to start", Duration::from_secs(60), || {
         !handled(&first).is_empty()
     });
@@ -145,7 +161,14 @@ async fn parent() {
         .map_or(0, |(_, done)| *done);
     let in_window = before_kill.len() - done_before_window;
 
-    let mut restarted = spawn_child(&topic, &group, &second);
+    let mut restarted = spawn_child(&topic, &group, &second, instance);
+    let restarted_at = Instant::now();
+    wait_for(
+        "the restarted worker's first record",
+        Duration::from_secs(120),
+        || !handled(&second).is_empty(),
+    );
+    let resumed = restarted_at.elapsed();
     wait_for(
         "every job, after the restart",
         Duration::from_secs(120),
@@ -172,8 +195,13 @@ async fn parent() {
     let duplicates = before_kill.len() + after.len() - N as usize;
     let bound = usize::from(IN_FLIGHT) + in_window;
     eprintln!(
-        "kill -9 after {} of {N} jobs: {duplicates} handled twice; bound: {IN_FLIGHT} in flight + {in_window} completed in the last {window:?} = {bound}",
+        "kill -9 after {} of {N} jobs ({} membership): {duplicates} handled twice; bound: {IN_FLIGHT} in flight + {in_window} completed in the last {window:?} = {bound}; first record {resumed:.1?} after the restart",
         before_kill.len(),
+        if instance.is_some() {
+            "static"
+        } else {
+            "dynamic"
+        },
     );
     assert!(duplicates <= bound, "{duplicates} duplicates > {bound}");
     assert_eq!(
@@ -182,4 +210,5 @@ async fn parent() {
     );
     let _ = std::fs::remove_file(&first);
     let _ = std::fs::remove_file(&second);
+    resumed
 }

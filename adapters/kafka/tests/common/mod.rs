@@ -215,33 +215,44 @@ pub async fn read_all(topic: &str) -> Vec<In> {
 
 /// The group's committed offset per partition of `topic` (-1: none).
 pub async fn committed(group: &str, topic: &str, partitions: usize) -> Vec<i64> {
+    // The group coordinator is looked up first: "Unknown group" until then.
+    let start = Instant::now();
+    loop {
+        match try_committed(group, topic, partitions, Duration::from_secs(10)).await {
+            Ok(offsets) => return offsets,
+            Err(e) if start.elapsed() < Duration::from_secs(20) => {
+                eprintln!("committed offsets of {group}: {e}; asking again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("committed offsets of {group}: {e}"),
+        }
+    }
+}
+
+/// One try at [`committed`], within `timeout`: fails while the broker or
+/// the group coordinator is away.
+pub async fn try_committed(
+    group: &str,
+    topic: &str,
+    partitions: usize,
+    timeout: Duration,
+) -> Result<Vec<i64>, rdkafka::error::KafkaError> {
     let (group, topic) = (group.to_owned(), topic.to_owned());
     tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = client_config().set("group.id", &group).create().unwrap();
+        let consumer: BaseConsumer = client_config().set("group.id", &group).create()?;
         let mut tpl = TopicPartitionList::new();
         for p in 0..partitions as i32 {
             tpl.add_partition(&topic, p);
         }
-        // The group coordinator is looked up first: "Unknown group" until then.
-        let start = Instant::now();
-        let offsets = loop {
-            match consumer.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
-                Ok(offsets) => break offsets,
-                Err(e) if start.elapsed() < Duration::from_secs(20) => {
-                    eprintln!("committed offsets of {group}: {e}; asking again");
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-                Err(e) => panic!("committed offsets of {group}: {e}"),
-            }
-        };
-        (0..partitions as i32)
+        let offsets = consumer.committed_offsets(tpl, timeout)?;
+        Ok((0..partitions as i32)
             .map(
-                |p| match offsets.find_partition(&topic, p).unwrap().offset() {
-                    Offset::Offset(o) => o,
+                |p| match offsets.find_partition(&topic, p).map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) => o,
                     _ => -1,
                 },
             )
-            .collect()
+            .collect())
     })
     .await
     .unwrap()
