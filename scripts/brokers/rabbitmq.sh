@@ -2,6 +2,11 @@
 # 127.0.0.1:5672 (AMQP) and 127.0.0.1:5671 (AMQP over TLS, with a test CA
 # whose certificate is exported as $AMQP_TLS_CA), installing Debian's
 # rabbitmq-server and starting it when absent, reusing one that already runs.
+# Run as a command, the file stops and starts the node, for the
+# fault-injection tests:
+#
+#   scripts/brokers/rabbitmq.sh stop    shut the node down (the server process exits)
+#   scripts/brokers/rabbitmq.sh start   start it again and wait until it answers
 
 RABBITMQ_TLS_DIR=/etc/rabbitmq/sluicegate-tls
 
@@ -71,6 +76,12 @@ ensure_rabbitmq() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null
   fi
   rabbitmq_tls_setup || return 1
+  rabbitmq_start
+}
+
+# Starts the node (its queues and persistent messages come back from its
+# data directory) and waits until it answers on both ports.
+rabbitmq_start() {
   echo "RabbitMQ: starting"
   # Debian's package may not start it (no init system here): start it directly.
   rabbitmq-server -detached
@@ -82,7 +93,7 @@ ensure_rabbitmq() {
       tail -n 40 /var/log/rabbitmq/*.log >&2 2>/dev/null || true
       return 1
     fi
-    sleep 2
+    sleep 0.5
   done
   for _ in $(seq 1 60); do
     port_open 5672 && port_open 5671 && {
@@ -95,3 +106,22 @@ ensure_rabbitmq() {
   tail -n 40 /var/log/rabbitmq/*.log >&2 2>/dev/null || true
   return 1
 }
+
+# Shuts the node down and waits until the server process is gone.
+rabbitmq_stop() {
+  rabbitmqctl shutdown >/dev/null 2>&1 || {
+    echo "scripts/brokers/rabbitmq.sh: rabbitmqctl shutdown failed (is the node running?)" >&2
+    return 1
+  }
+  for _ in $(seq 1 100); do port_open 5672 || break; sleep 0.1; done
+  echo "RabbitMQ: stopped"
+}
+
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+  set -euo pipefail
+  case "${1:-}" in
+    stop) rabbitmq_stop ;;
+    start) rabbitmq_start ;;
+    *) echo "usage: $0 stop|start" >&2; exit 2 ;;
+  esac
+fi

@@ -13,7 +13,6 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,6 +20,7 @@ use common::{Out, brokers, committed, create_topic, log_end, produce, unique};
 use serde::Deserialize;
 use sluicegate::{Config, Context, Json, Worker};
 use sluicegate_kafka::{KafkaConfig, KafkaSource};
+use sluicegate_test_support::child::{child_args, handled, spawn_child, terminate, wait_for};
 
 const N: u32 = 20_000;
 const PARTITIONS: usize = 6;
@@ -34,14 +34,13 @@ struct Job {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    if args.get(1).map(String::as_str) == Some("--child") {
-        runtime.block_on(child(&args[2], &args[3], &args[4], args.get(5)));
+    if let Some(args) = child_args() {
+        runtime.block_on(child(&args[0], &args[1], &args[2], args.get(3)));
     } else {
         let dynamic = runtime.block_on(parent(None));
         let fixed = runtime.block_on(parent(Some("worker-1")));
@@ -88,35 +87,6 @@ async fn child(topic: &str, group: &str, file: &str, instance: Option<&String>) 
         .unwrap();
 }
 
-fn spawn_child(topic: &str, group: &str, file: &str, instance: Option<&str>) -> Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args(["--child", topic, group, file])
-        .args(instance)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-fn handled(file: &str) -> Vec<u32> {
-    std::fs::read_to_string(file)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
-        .collect()
-}
-
-fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// One kill and restart; gives the time from the restart to the first
 /// record the restarted worker handled.
 async fn parent(instance: Option<&str>) -> Duration {
@@ -135,7 +105,7 @@ async fn parent(instance: Option<&str>) -> Duration {
     let first = dir.join(format!("{topic}.first")).display().to_string();
     let second = dir.join(format!("{topic}.second")).display().to_string();
 
-    let mut worker = spawn_child(&topic, &group, &first, instance);
+    let mut worker = spawn_child([topic.as_str(), &group, &first].into_iter().chain(instance));
     wait_for("the first worker to start", Duration::from_secs(60), || {
         !handled(&first).is_empty()
     });
@@ -161,7 +131,11 @@ async fn parent(instance: Option<&str>) -> Duration {
         .map_or(0, |(_, done)| *done);
     let in_window = before_kill.len() - done_before_window;
 
-    let mut restarted = spawn_child(&topic, &group, &second, instance);
+    let mut restarted = spawn_child(
+        [topic.as_str(), &group, &second]
+            .into_iter()
+            .chain(instance),
+    );
     let restarted_at = Instant::now();
     wait_for(
         "the restarted worker's first record",
@@ -173,24 +147,18 @@ async fn parent(instance: Option<&str>) -> Duration {
         "every job, after the restart",
         Duration::from_secs(120),
         || {
-            let mut all: BTreeSet<u32> = before_kill.iter().copied().collect();
+            let mut all: BTreeSet<u64> = before_kill.iter().copied().collect();
             all.extend(handled(&second));
             all.len() == N as usize
         },
     );
-    let term = Command::new("kill")
-        .args(["-TERM", &restarted.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
-    let status = restarted.wait().unwrap();
     assert!(
-        status.success(),
-        "the restarted worker stopped cleanly on SIGTERM: {status}"
+        terminate(&mut restarted),
+        "the restarted worker stopped cleanly on SIGTERM"
     );
 
     let after = handled(&second);
-    let all: BTreeSet<u32> = before_kill.iter().chain(&after).copied().collect();
+    let all: BTreeSet<u64> = before_kill.iter().chain(&after).copied().collect();
     assert_eq!(all.len(), N as usize, "every job handled");
     let duplicates = before_kill.len() + after.len() - N as usize;
     let bound = usize::from(IN_FLIGHT) + in_window;
