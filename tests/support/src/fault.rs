@@ -128,6 +128,11 @@ impl Ledger {
         lock(&self.confirmed).len()
     }
 
+    /// The ids confirmed so far.
+    pub fn confirmed_ids(&self) -> BTreeSet<u64> {
+        lock(&self.confirmed).clone()
+    }
+
     /// Distinct ids handled so far.
     pub fn handled_count(&self) -> usize {
         lock(&self.handled).len()
