@@ -135,6 +135,13 @@ pub fn republish_headers(
     out
 }
 
+/// The longest a retry or a deferral waits: a longer delay is cut to it.
+/// It is RabbitMQ's largest delay tier, and the furthest ahead a Kafka
+/// worker honours a not-before header (a forged one far in the future
+/// would otherwise hold its record's offset, and so the partition's
+/// commits, for good).
+pub const DELAY_MAX: Duration = Duration::from_secs(60 * 60);
+
 /// Reads a [`header::NOT_BEFORE`] value: `None` unless it is a whole
 /// number of milliseconds.
 pub fn read_not_before(raw: &[u8]) -> Option<SystemTime> {

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use lapin::types::AMQPValue;
+use sluicegate::convention::DELAY_MAX;
 use sluicegate::message::header;
 use sluicegate::{Headers, Message, Origin};
 
@@ -69,12 +70,13 @@ pub(crate) fn delay_tier(after: Duration) -> u64 {
         50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 30_000, 60_000, 120_000, 300_000, 600_000,
         1_800_000, 3_600_000,
     ];
+    const _: () = assert!(TIERS_MS[TIERS_MS.len() - 1] == DELAY_MAX.as_millis() as u64);
     let ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
     TIERS_MS
         .iter()
         .copied()
         .find(|&t| t >= ms)
-        .unwrap_or(3_600_000)
+        .unwrap_or(TIERS_MS[TIERS_MS.len() - 1])
 }
 
 #[cfg(test)]

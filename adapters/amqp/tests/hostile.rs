@@ -20,7 +20,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use sluicegate::convention::{REASON_MAX, header};
 use sluicegate::{Config, Context, HandlerError, RetryPolicy, Settled, Worker};
 use sluicegate_amqp::{AmqpConfig, AmqpSource};
-use sluicegate_test_support::{Runs, fail_the_big_one, finished, run_until_metrics};
+use sluicegate_test_support::{Runs, corpus, fail_the_big_one, finished, run_until_metrics};
 
 /// The broker and the log capture are shared: these tests take turns.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -195,7 +195,12 @@ async fn a_message_too_large_to_retry_among_200_good_jobs_is_parked_and_nothing_
     let handler = fail_the_big_one(Arc::clone(&runs));
     let started = Instant::now();
     let worker = Worker::new(source, handler)
-        .config(Config::default().prefetch(50).retry(retry()))
+        .config(
+            Config::default()
+                .prefetch(50)
+                .retry(retry())
+                .max_message_bytes(32 << 20),
+        )
         .on_settled(move |message, how| {
             if *how == Settled::Acked {
                 let id = String::from_utf8_lossy(message.payload()).into_owned();
@@ -348,4 +353,89 @@ async fn a_dead_lettered_message_keeps_every_property_and_typed_header() {
     assert_eq!(text(header::ORIGIN), queue);
     assert_eq!(text(header::REASON), "second failure");
     delete(&ch, &[&queue, &dlq, &format!("{queue}.delay.100")]).await;
+}
+
+/// The value of `name` in a received message's headers, as text.
+fn header_text(props: &BasicProperties, name: &str) -> Option<String> {
+    match props
+        .headers()
+        .as_ref()?
+        .inner()
+        .get(&ShortString::from(name))?
+    {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_case_of_the_hostile_corpus_is_settled_once_with_a_clear_reason() {
+    let log = log_bytes();
+    let _serial = SERIAL.lock().await;
+    let Setup {
+        queue,
+        dlq,
+        _conn,
+        ch,
+        source,
+    } = setup("corpus").await;
+    let cases = corpus::corpus();
+    for case in &cases {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            corpus::CASE_HEADER.into(),
+            AMQPValue::LongString(case.name.into()),
+        );
+        for (name, value) in &case.headers {
+            headers.insert(
+                (*name).into(),
+                AMQPValue::LongString(LongString::from(value.clone())),
+            );
+        }
+        let mut props = BasicProperties::default().with_headers(headers);
+        if let Some(priority) = case.priority {
+            props = props.with_priority(priority);
+        }
+        publish(&ch, &queue, &case.body, props).await;
+    }
+    let before = log.lock().unwrap().len();
+
+    let outcomes: Arc<Mutex<corpus::Outcomes>> = Arc::default();
+    let config = Config::default()
+        .max_message_bytes(corpus::MAX_BYTES)
+        .retry(retry());
+    let worker = Worker::new(source, corpus::handler(Arc::clone(&outcomes))).config(config);
+    let sent = cases.len() as u64;
+    let run = run_until_metrics(worker, move |m| m.acked + m.dead_lettered >= sent);
+    let report = finished(run, Duration::from_secs(60)).await;
+    let m = &report.metrics;
+    let logged = log.lock().unwrap()[before..].to_vec();
+
+    for parked in take_all(&ch, &dlq).await {
+        let props = &parked.delivery.properties;
+        let name = header_text(props, corpus::CASE_HEADER).unwrap();
+        let reason = header_text(props, header::REASON).unwrap();
+        outcomes
+            .lock()
+            .unwrap()
+            .dead_lettered
+            .entry(name)
+            .or_default()
+            .push(reason);
+    }
+    let left = take_all(&ch, &queue).await.len();
+    outcomes.lock().unwrap().check(left);
+    assert_eq!(m.retried, 0, "nothing was retried: {m}");
+    assert_eq!(m.too_large, 1);
+    assert!(
+        m.bad_attempts >= 4,
+        "the forged attempt headers were counted: {m}"
+    );
+    println!(
+        "hostile corpus on RabbitMQ: {sent} sent, {} handled, {} dead-lettered, {left} left; {} lines of warnings",
+        m.acked,
+        m.dead_lettered,
+        logged.iter().filter(|b| **b == b'\n').count(),
+    );
+    delete(&ch, &[&queue, &dlq]).await;
 }

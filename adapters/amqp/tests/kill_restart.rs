@@ -66,7 +66,7 @@ async fn child(queue: &str, file: &str) {
     Worker::new(source, handler)
         .config(
             Config::default()
-                .prefetch(PREFETCH.into())
+                .prefetch(PREFETCH)
                 .max_in_flight(IN_FLIGHT),
         )
         .run()

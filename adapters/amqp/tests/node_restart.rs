@@ -57,11 +57,8 @@ async fn a_node_restarted_under_load_loses_nothing_confirmed_and_the_worker_reco
         seen.handled(job.id);
         tokio::time::sleep(Duration::from_millis(1))
     };
-    let worker = Worker::new(source, handler).config(
-        Config::default()
-            .prefetch(PREFETCH.into())
-            .max_in_flight(16),
-    );
+    let worker =
+        Worker::new(source, handler).config(Config::default().prefetch(PREFETCH).max_in_flight(16));
     let (stop, run) = run_until_stopped(worker);
     let publisher =
         AmqpPublisher::connect(AmqpConfig::new(url(), &queue), PublishConfig::default())

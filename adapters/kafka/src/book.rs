@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering::{Relaxed, Release};
 use std::time::SystemTime;
 
 use rdkafka::{Offset, TopicPartitionList};
+use sluicegate::convention::DELAY_MAX;
 use tokio::time::Instant;
 
 use crate::config::Ordering;
@@ -136,9 +137,12 @@ impl Book {
                 key: Some(key.clone()),
             }),
         };
-        let not_before = not_before.and_then(|at| {
+        // Only a retry topic's records wait: sluicegate writes not-before
+        // there alone, and one on a work topic (forged, or copied back by
+        // hand) would hold its whole chain.
+        let not_before = not_before.filter(|_| retry).and_then(|at| {
             let wait = at.duration_since(SystemTime::now()).ok()?;
-            Some(Instant::now() + wait)
+            Some(Instant::now() + wait.min(DELAY_MAX))
         });
         let record = Pending {
             message,
@@ -308,6 +312,7 @@ fn commit_points<'a>(
 mod tests {
     use super::*;
     use sluicegate::{Message, Origin};
+    use std::time::Duration;
 
     fn fetched(topic: &str, partition: i32, offset: i64, key: Option<&str>) -> Fetched {
         let mut origin = Origin::new(topic, u64::try_from(offset).unwrap_or_default());
@@ -410,6 +415,30 @@ mod tests {
         assert_eq!(stats.late_settlements.load(Relaxed), 1);
         assert!(!book.store_due());
         assert_eq!(book.held, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_not_before_waits_only_on_a_retry_topic_and_at_most_the_longest_delay() {
+        let stats = KafkaStats::default();
+        let mut book = Book::new(Ordering::Partition);
+        book.assign([("jobs", 0), ("jobs.retry", 0)]);
+        let far = SystemTime::now() + Duration::from_secs(10_000 * 365 * 86_400);
+        let mut forged = fetched("jobs", 0, 0, None);
+        forged.not_before = Some(far);
+        let mut retry = fetched("jobs.retry", 0, 0, None);
+        retry.not_before = Some(far);
+        assert!(book.accept(forged, &stats));
+        assert!(book.accept(retry, &stats));
+        let mut out = Vec::new();
+        book.pop(10, &mut out);
+        assert_eq!(out.len(), 1, "the work topic's record does not wait");
+        assert!(!book.topics.is_retry(out[0].slot.part.topic));
+        let due = book.pop(10, &mut out);
+        assert_eq!(
+            due,
+            Some(Instant::now() + DELAY_MAX),
+            "the retry waits at most DELAY_MAX"
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use sluicegate::convention::{REASON_MAX, header};
 use sluicegate::{Config, Context, HandlerError, RetryPolicy, Worker};
 use sluicegate_kafka::{KafkaConfig, KafkaSource};
-use sluicegate_test_support::{Runs, fail_the_big_one, finished, run_until_metrics};
+use sluicegate_test_support::{Runs, corpus, fail_the_big_one, finished, run_until_metrics};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -178,4 +178,70 @@ async fn a_dead_lettered_record_keeps_its_key_and_every_header() {
     assert_eq!(copy.headers[header::ATTEMPT], "2");
     assert_eq!(copy.headers[header::ORIGIN], format!("{topic}[0]@0"));
     assert_eq!(copy.headers[header::REASON], "second failure");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_case_of_the_hostile_corpus_is_settled_once_with_a_clear_reason() {
+    sluicegate_test_support::logs();
+    let _serial = SERIAL.lock().await;
+    let topic = unique("corpus");
+    let group = unique("corpus-group");
+    create_topic(&topic, 1).await;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let cases = corpus::corpus();
+    for case in &cases {
+        let mut headers = OwnedHeaders::new().insert(Header {
+            key: corpus::CASE_HEADER,
+            value: Some(case.name),
+        });
+        for (key, value) in &case.headers {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value),
+            });
+        }
+        // Kafka has no priority property: the case goes as a plain record.
+        let record = FutureRecord::<(), _>::to(&topic)
+            .payload(&case.body)
+            .headers(headers);
+        producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .unwrap();
+    }
+
+    let outcomes: Arc<std::sync::Mutex<corpus::Outcomes>> = Arc::default();
+    let config = Config::default()
+        .max_message_bytes(corpus::MAX_BYTES)
+        .retry(retry());
+    let handler = corpus::handler(Arc::clone(&outcomes));
+    let worker = Worker::new(source(&topic, &group).await, handler).config(config);
+    let sent = cases.len() as u64;
+    let run = run_until_metrics(worker, move |m| m.acked + m.dead_lettered >= sent);
+    let report = finished(run, Duration::from_secs(60)).await;
+    let m = &report.metrics;
+
+    for copy in read_all(&format!("{topic}.dlq")).await {
+        outcomes
+            .lock()
+            .unwrap()
+            .dead_lettered
+            .entry(copy.headers[corpus::CASE_HEADER].clone())
+            .or_default()
+            .push(copy.headers[header::REASON].clone());
+    }
+    let committed = committed(&group, &topic, 1).await;
+    let end = log_end(&topic).await;
+    let left = (end[0] - committed[0]) as usize;
+    outcomes.lock().unwrap().check(left);
+    assert_eq!(m.retried, 0, "nothing was retried: {m}");
+    assert_eq!(m.too_large, 1);
+    assert!(read_all(&format!("{topic}.retry")).await.is_empty());
+    println!(
+        "hostile corpus on Kafka: {sent} sent, {} handled, {} dead-lettered, {left} left",
+        m.acked, m.dead_lettered,
+    );
 }

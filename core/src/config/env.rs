@@ -94,6 +94,9 @@ impl Config {
         if let Some(v) = env.read_millis(var("SLUICEGATE_SHUTDOWN_GRACE_MS"))? {
             self.shutdown_grace = v;
         }
+        if let Some(v) = env.read::<usize>(var("SLUICEGATE_MAX_MESSAGE_BYTES"))? {
+            self.max_message_bytes = v;
+        }
         Ok(())
     }
 

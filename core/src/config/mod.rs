@@ -84,6 +84,7 @@ pub struct Config {
     unsettleable: Unsettleable,
     handler_timeout: Duration,
     shutdown_grace: Duration,
+    max_message_bytes: usize,
     rate_limit: Option<RateLimit>,
     breaker: Option<BreakerPolicy>,
     adaptive: Option<AdaptivePolicy>,
@@ -107,6 +108,7 @@ impl Default for Config {
             unsettleable: Unsettleable::default(),
             handler_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
+            max_message_bytes: 4 * 1024 * 1024,
             rate_limit: None,
             breaker: None,
             adaptive: None,
@@ -159,6 +161,18 @@ impl Config {
     pub fn shutdown_grace(mut self, d: Duration) -> Self {
         self.shutdown_grace = d;
         self
+    }
+
+    /// Sets the largest payload the worker decodes: a larger one is
+    /// dead-lettered with the reason before any extractor reads it.
+    pub fn max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = bytes;
+        self
+    }
+
+    /// The largest payload the worker decodes.
+    pub fn max_message_bytes_limit(&self) -> usize {
+        self.max_message_bytes
     }
 
     /// The prefetch.

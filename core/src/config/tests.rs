@@ -23,8 +23,10 @@ fn environment_overrides_defaults() {
         ("SLUICEGATE_HANDLER_TIMEOUT_MS", "1500"),
         ("SLUICEGATE_SHUTDOWN_GRACE_MS", "0"),
         ("SLUICEGATE_OVERFLOW_DELAY_MS", "250"),
+        ("SLUICEGATE_MAX_MESSAGE_BYTES", "1048576"),
     ])
     .unwrap();
+    assert_eq!(c.max_message_bytes_limit(), 1 << 20);
     assert_eq!(c.prefetch_limit(), 200);
     assert_eq!(c.max_in_flight_limit(), 50);
     assert_eq!(c.overflow_policy(), Overflow::Drop);
@@ -126,6 +128,18 @@ fn bad_values_name_the_variable_the_value_and_what_is_allowed() {
             "SLUICEGATE_RETRY_JITTER",
             "maybe",
             "true or false",
+        ),
+        (
+            &[("SLUICEGATE_MAX_MESSAGE_BYTES", "0")],
+            "SLUICEGATE_MAX_MESSAGE_BYTES",
+            "0",
+            "at least 1",
+        ),
+        (
+            &[("SLUICEGATE_MAX_MESSAGE_BYTES", "4MiB")],
+            "SLUICEGATE_MAX_MESSAGE_BYTES",
+            "4MiB",
+            "a whole number of bytes",
         ),
         (
             &[("SLUICEGATE_HANDLER_TIMEOUT_MS", "0")],

@@ -79,6 +79,13 @@ impl Config {
                 ),
             ));
         }
+        if self.max_message_bytes == 0 {
+            return Err(ConfigError::new(
+                "SLUICEGATE_MAX_MESSAGE_BYTES",
+                0,
+                "at least 1",
+            ));
+        }
         if self.handler_timeout.is_zero() {
             return Err(ConfigError::new(
                 "SLUICEGATE_HANDLER_TIMEOUT_MS",

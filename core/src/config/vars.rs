@@ -115,6 +115,12 @@ pub const ENV_VARS: &[Var] = &[
         "a whole number of milliseconds",
     ),
     Var::new(
+        "SLUICEGATE_MAX_MESSAGE_BYTES",
+        "4194304",
+        "a larger payload is dead-lettered before decoding, with the reason. >= 1",
+        "a whole number of bytes",
+    ),
+    Var::new(
         "SLUICEGATE_SHUTDOWN_GRACE_MS",
         "10000",
         "on shutdown, how long running handlers may finish before they are cancelled and requeued. >= 0",

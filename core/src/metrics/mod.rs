@@ -38,6 +38,7 @@ pub struct Metrics {
     pub(crate) settle_refused: AtomicU64,
     pub(crate) dead_lettered_truncated: AtomicU64,
     pub(crate) bad_attempts: AtomicU64,
+    pub(crate) too_large: AtomicU64,
     pub(crate) source_errors: AtomicU64,
     pub(crate) breaker_state: AtomicU64,
     pub(crate) breaker_opened: AtomicU64,
@@ -194,6 +195,7 @@ impl Metrics {
             settle_refused: AtomicU64::new(0),
             dead_lettered_truncated: AtomicU64::new(0),
             bad_attempts: AtomicU64::new(0),
+            too_large: AtomicU64::new(0),
             source_errors: AtomicU64::new(0),
             breaker_state: AtomicU64::new(0),
             breaker_opened: AtomicU64::new(0),
@@ -324,6 +326,7 @@ impl Metrics {
             settle_refused: self.settle_refused.load(Relaxed),
             dead_lettered_truncated: self.dead_lettered_truncated.load(Relaxed),
             bad_attempts: self.bad_attempts.load(Relaxed),
+            too_large: self.too_large.load(Relaxed),
             source_errors: self.source_errors.load(Relaxed),
             breaker: crate::BreakerState::from_code(self.breaker_state.load(Relaxed)),
             breaker_opened: self.breaker_opened.load(Relaxed),
@@ -388,6 +391,9 @@ pub struct MetricsSnapshot {
     /// corrupt) or above the retry limit, and was corrected; each is logged
     /// once.
     pub bad_attempts: u64,
+    /// Deliveries larger than the maximum message size, dead-lettered
+    /// before decoding (counted in `dead_lettered` too).
+    pub too_large: u64,
     /// Errors from the source (the runtime backs off and tries again).
     pub source_errors: u64,
     /// The circuit breaker now (closed when there is none).
@@ -492,6 +498,9 @@ impl fmt::Display for MetricsSnapshot {
         }
         if self.bad_attempts > 0 {
             write!(f, " bad_attempts={}", self.bad_attempts)?;
+        }
+        if self.too_large > 0 {
+            write!(f, " too_large={}", self.too_large)?;
         }
         Ok(())
     }

@@ -160,6 +160,11 @@ const SETTLED: &[(&str, &str, Read)] = &[
         "Deliveries whose attempt header was corrupt or forged, and corrected.",
         |s| s.bad_attempts,
     ),
+    (
+        "too_large",
+        "Deliveries over SLUICEGATE_MAX_MESSAGE_BYTES, dead-lettered before decoding.",
+        |s| s.too_large,
+    ),
     ("breaker_opened", "Times the circuit breaker opened.", |s| {
         s.breaker_opened
     }),

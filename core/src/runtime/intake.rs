@@ -45,6 +45,17 @@ impl<S: Source> Flow<S> {
         self.metrics.received.fetch_add(1, Relaxed);
         delivery.count_abandon_in(Arc::clone(&self.metrics.abandoned));
         self.check_attempt(&mut delivery);
+        let size = delivery.message().payload().len();
+        let limit = self.config.max_message_bytes_limit();
+        if size > limit {
+            self.metrics.too_large.fetch_add(1, Relaxed);
+            let reason = format!(
+                "too large: {size} bytes, over SLUICEGATE_MAX_MESSAGE_BYTES ({limit}); not decoded"
+            );
+            tracing::warn!(origin = %delivery.message().origin(), %reason, "message dead-lettered unread");
+            self.settle_shed(ShedAction::DeadLetter, delivery, reason);
+            return;
+        }
         if let Some(classify) = &self.classify {
             let priority = classify(delivery.message());
             delivery.set_priority(priority);

@@ -3,6 +3,7 @@
 //! condition, parse a scrape. Not part of any published crate.
 
 pub mod child;
+pub mod corpus;
 pub mod exposition;
 pub mod fault;
 pub mod load;
