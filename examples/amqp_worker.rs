@@ -21,10 +21,19 @@ use sluicegate_amqp::{AmqpConfig, AmqpSource};
 
 #[path = "common/jobs.rs"]
 mod jobs;
+#[path = "common/logs.rs"]
+mod logs;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    jobs::init_logs();
+    logs::init(
+        "info",
+        &[
+            sluicegate::config::ENV_VARS,
+            sluicegate_amqp::ENV_VARS,
+            sluicegate_http::ENV_VARS,
+        ],
+    );
     let (config, amqp) = match (Config::from_env(), AmqpConfig::from_env()) {
         (Ok(config), Ok(amqp)) => (config, amqp),
         (Err(e), _) | (_, Err(e)) => {

@@ -37,17 +37,24 @@ use sluicegate_kafka::{KafkaConfig, KafkaPublisher};
 mod ingest;
 #[path = "common/ingest_vars.rs"]
 mod ingest_vars;
+#[path = "common/logs.rs"]
+mod logs;
 
 use ingest_vars::INGEST_VARS;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    logs::init(
+        "info",
+        &[
+            INGEST_VARS,
+            sluicegate::publish::PUBLISH_VARS,
+            sluicegate_http::admission::ADMISSION_VARS,
+            sluicegate_amqp::ENV_VARS,
+            sluicegate_kafka::ENV_VARS,
+            sluicegate_http::ENV_VARS,
+        ],
+    );
     match run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

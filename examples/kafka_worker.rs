@@ -23,10 +23,19 @@ use sluicegate_kafka::{KafkaConfig, KafkaSource};
 
 #[path = "common/jobs.rs"]
 mod jobs;
+#[path = "common/logs.rs"]
+mod logs;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    jobs::init_logs();
+    logs::init(
+        "info",
+        &[
+            sluicegate::config::ENV_VARS,
+            sluicegate_kafka::ENV_VARS,
+            sluicegate_http::ENV_VARS,
+        ],
+    );
     let (config, kafka) = match (Config::from_env(), KafkaConfig::from_env()) {
         (Ok(config), Ok(kafka)) => (config, kafka),
         (Err(e), _) | (_, Err(e)) => {

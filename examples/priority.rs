@@ -33,6 +33,9 @@ use sluicegate::shutdown::CancellationToken;
 use sluicegate::{Config, Metrics, Overflow, ShedAction, Source, Worker};
 use sluicegate_amqp::{AmqpConfig, AmqpSource};
 
+#[path = "common/logs.rs"]
+mod logs;
+
 const TIERS: [&str; 3] = ["high", "normal", "low"];
 const RATE: u64 = 4_000;
 
@@ -214,13 +217,10 @@ fn seconds_from_args() -> Result<u64, String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
-        )
-        .init();
+    logs::init(
+        "error",
+        &[sluicegate::config::ENV_VARS, sluicegate_amqp::ENV_VARS],
+    );
     let seconds = match seconds_from_args() {
         Ok(s) => s,
         Err(e) => {

@@ -6,8 +6,8 @@
 //! SLUICEGATE_OVERFLOW=drop cargo run --release --example quickstart -- --seconds 5
 //! ```
 //!
-//! One status line a second shows what the worker holds and how each
-//! message was settled; the summary at the end shows that `held` never
+//! A short status a second (three lines that fit an 80-column terminal)
+//! shows what the worker holds and how each message was settled; the summary at the end shows that `held` never
 //! exceeded the prefetch and memory stayed flat. Every `SLUICEGATE_*`
 //! variable of the README applies.
 
@@ -21,6 +21,9 @@ use sluicegate::memory::{MemoryBroker, PublishError, QueueOptions, WhenFull};
 use sluicegate::shutdown::CancellationToken;
 use sluicegate::{Config, Context, HandlerError, Json, Worker};
 use tokio::sync::Mutex;
+
+#[path = "common/logs.rs"]
+mod logs;
 
 const QUEUE: &str = "orders";
 const PRODUCER_RATE: u64 = 10_000;
@@ -147,13 +150,7 @@ async fn produce(broker: MemoryBroker, counts: Arc<ProducerCounts>, stop: Cancel
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+    logs::init("warn", &[sluicegate::config::ENV_VARS]);
     let seconds = match demo_seconds() {
         Ok(s) => s,
         Err(e) => {
@@ -171,8 +168,9 @@ async fn main() -> ExitCode {
     let prefetch = config.prefetch_limit();
     let in_flight = config.max_in_flight_limit();
     println!(
-        "quickstart: producer {PRODUCER_RATE} msg/s, handler ~100 msg/s, {seconds} s; prefetch={prefetch} \
-         max_in_flight={in_flight} overflow={} (broker queue bounded at {BROKER_CAPACITY}, publishes beyond refused)",
+        "quickstart: producer {PRODUCER_RATE} msg/s, handler ~100 msg/s, {seconds} s\n  \
+         prefetch={prefetch} max_in_flight={in_flight} overflow={}\n  \
+         the broker's queue holds {BROKER_CAPACITY}; publishes beyond are refused",
         config.overflow_policy()
     );
 
@@ -206,12 +204,27 @@ async fn main() -> ExitCode {
         let s = metrics.snapshot();
         let rss = rss_mib();
         rss_max = rss_max.max(rss.unwrap_or(0.0));
+        // Three short lines, so an 80-column terminal does not wrap them.
         println!(
-            "t={t:>3}s published={} refused={} broker_ready={} | {s} | rss={}",
+            "t={t}s\tsent {} (refused {})  broker ready {}  rss {}\n  \
+             held {}/{}  running {}/{}  queue p99 {:.1?}  handler p99 {:.1?}\n  \
+             acked {}  retried {}  delayed {}  requeued {}  dropped {}  dead-lettered {}",
             counts.published.load(Relaxed),
             counts.refused.load(Relaxed),
             broker.stats(QUEUE).ready,
             fmt_mib(rss),
+            s.held,
+            s.prefetch,
+            s.running,
+            s.limit,
+            s.queue_p99,
+            s.handler_p99,
+            s.acked,
+            s.retried,
+            s.deferred,
+            s.requeued,
+            s.dropped,
+            s.dead_lettered,
         );
     }
     stop.cancel();

@@ -41,17 +41,6 @@ pub(crate) fn settled_line(message: &Message, how: &Settled) -> String {
     serde_json::json!({ "id": id, "outcome": how.name(), "attempt": message.attempt() }).to_string()
 }
 
-/// Logs to stderr, `RUST_LOG` or `info`.
-pub(crate) fn init_logs() {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-}
-
 /// Runs the job handler against `source` until SIGINT or SIGTERM, one line
 /// per settled message on stdout; `program` names the errors on stderr.
 pub(crate) async fn run(program: &str, source: impl Source, config: Config) -> ExitCode {

@@ -24,12 +24,7 @@ use sluicegate_test_support::{finished, run_until_stopped, wait_until};
 /// The broker's process id, from the pid file `scripts/brokers/kafka.sh`
 /// writes beside the TLS CA it exports.
 fn broker_pid() -> String {
-    let ca = std::env::var("KAFKA_TLS_CA").unwrap_or_else(|_| {
-        format!(
-            "{}/.cache/sluicegate/kafka-3.9.0/run/ca.pem",
-            std::env::var("HOME").unwrap()
-        )
-    });
+    let ca = sluicegate_test_support::kafka_ca();
     let pid_file = PathBuf::from(ca).with_file_name("pid");
     std::fs::read_to_string(&pid_file)
         .unwrap_or_else(|e| panic!("{}: {e} (scripts/test starts Kafka)", pid_file.display()))

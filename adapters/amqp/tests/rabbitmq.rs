@@ -637,8 +637,7 @@ async fn several_queues_are_consumed_as_priority_lanes() {
 async fn amqps_with_a_private_ca_consumes_and_tls_errors_name_what_failed() {
     sluicegate_test_support::logs();
     let _serial = SERIAL.lock().await;
-    let ca = std::env::var("AMQP_TLS_CA")
-        .expect("AMQP_TLS_CA: the test CA of RabbitMQ's TLS listener (scripts/test sets it up)");
+    let ca = sluicegate_test_support::rabbitmq_ca();
     let tls_url = "amqps://127.0.0.1:5671/%2f";
     let queue = unique("tls");
 

@@ -55,9 +55,21 @@ impl ClientContext for ConsumerCtx {
 #[derive(Default)]
 pub(crate) struct ClientCtx {
     last_error: Mutex<Option<String>>,
+    /// librdkafka's lines at debug level only: the caller reports the
+    /// failure itself, once, in its own words.
+    quiet: bool,
 }
 
 impl ClientCtx {
+    /// A context that keeps librdkafka's errors for the caller to report
+    /// and logs them only at debug level.
+    pub(crate) fn quiet() -> Self {
+        Self {
+            quiet: true,
+            ..Self::default()
+        }
+    }
+
     /// The last error librdkafka reported, if any.
     pub(crate) fn last_error(&self) -> Option<String> {
         self.last_error
@@ -69,7 +81,11 @@ impl ClientCtx {
 
 impl ClientContext for ClientCtx {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, line: &str) {
-        log_line(level, facility, line);
+        if self.quiet {
+            tracing::debug!(target: "librdkafka", facility, "{line}");
+        } else {
+            log_line(level, facility, line);
+        }
         // Failures to connect arrive as log lines (errors are events, which
         // an admin client does not poll).
         if (level as i32) <= (RDKafkaLogLevel::Warning as i32) {
@@ -81,7 +97,11 @@ impl ClientContext for ClientCtx {
     }
 
     fn error(&self, error: RdKafkaError, reason: &str) {
-        tracing::warn!(target: "librdkafka", %error, reason, "Kafka client error (librdkafka retries)");
+        if self.quiet {
+            tracing::debug!(target: "librdkafka", %error, reason, "Kafka client error");
+        } else {
+            tracing::warn!(target: "librdkafka", %error, reason, "Kafka client error (librdkafka retries)");
+        }
         *self
             .last_error
             .lock()

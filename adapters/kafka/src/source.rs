@@ -476,6 +476,9 @@ fn set_default(config: &mut ClientConfig, name: &str, value: &str) {
     }
 }
 
+/// How long one metadata request may wait while the brokers do not answer.
+const METADATA_TRY: Duration = Duration::from_secs(2);
+
 /// Checks that the brokers answer and the topics exist; creates the retry
 /// and dead-letter topics unless the setup is passive.
 async fn prepare_topics(config: &KafkaConfig, base: &ClientConfig) -> Result<(), KafkaError> {
@@ -483,16 +486,34 @@ async fn prepare_topics(config: &KafkaConfig, base: &ClientConfig) -> Result<(),
     // A plain consumer (no group) asks for the metadata: polling it serves
     // librdkafka's log and error events, so a failure can say why.
     let probe: BaseConsumer<ClientCtx> = base
-        .create_with_context(ClientCtx::default())
+        .create_with_context(ClientCtx::quiet())
         .map_err(KafkaError::client("creating the metadata client"))?;
+    let brokers = config.brokers.clone();
     let (metadata, last_error) = tokio::task::spawn_blocking(move || {
-        let metadata = probe.fetch_metadata(None, timeout);
-        if metadata.is_err() {
+        // Short tries, so the wait says what is wrong while it waits, in
+        // one line a try, instead of nothing and then librdkafka's lines.
+        let started = std::time::Instant::now();
+        loop {
+            let left = timeout.saturating_sub(started.elapsed());
+            let metadata = probe.fetch_metadata(None, left.min(METADATA_TRY));
+            if metadata.is_ok() {
+                return (metadata, None);
+            }
             for _ in 0..10 {
                 let _ = probe.poll(Duration::from_millis(10));
             }
+            let last_error = probe.context().last_error();
+            if started.elapsed() >= timeout {
+                return (metadata, last_error);
+            }
+            tracing::warn!(
+                %brokers,
+                waited = %format_args!("{:.1?}", started.elapsed()),
+                gives_up_after = ?timeout,
+                last_error = last_error.as_deref().unwrap_or("none reported"),
+                "waiting for Kafka"
+            );
         }
-        (metadata, probe.context().last_error())
     })
     .await
     .map_err(|e| KafkaError::Thread(e.to_string()))?;

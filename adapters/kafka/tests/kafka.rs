@@ -560,9 +560,7 @@ async fn a_handler_slower_than_max_poll_interval_keeps_the_worker_in_the_group()
 async fn tls_with_scram_sasl_works_from_env_properties_and_a_wrong_password_fails_by_name() {
     sluicegate_test_support::logs();
     let _serial = SERIAL.lock().await;
-    let ca = std::env::var("KAFKA_TLS_CA").expect(
-        "KAFKA_TLS_CA: the broker's CA certificate (scripts/test starts the broker and sets it)",
-    );
+    let ca = sluicegate_test_support::kafka_ca();
     let topic = unique("tls");
     let group = unique("tls-g");
     create_topic(&topic, 2).await;

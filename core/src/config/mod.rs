@@ -21,7 +21,7 @@
 //!
 //! Split by concern: `policies` (the overflow and shed choices), `vars`
 //! (the table of variables), `env` (reading them), `validate` (checking
-//! the settings together); this module holds the settings and their
+//! the settings together), `unknown` (naming a variable no table knows); this module holds the settings and their
 //! builder methods.
 
 use std::fmt;
@@ -35,11 +35,13 @@ use crate::settling::Unsettleable;
 
 mod env;
 mod policies;
+mod unknown;
 mod validate;
 mod vars;
 
 pub use env::Env;
 pub use policies::{Overflow, ShedAction};
+pub use unknown::{Unknown, unknown_variables, warn_unknown_variables};
 pub use vars::{ENV_VARS, Var, invalid, lookup};
 
 /// A configuration value that cannot be used. Names the variable, the value

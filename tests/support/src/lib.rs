@@ -266,3 +266,44 @@ impl Drop for MemoryAlarm {
             .output();
     }
 }
+
+/// The CA certificate of the Kafka broker's TLS listener: `KAFKA_TLS_CA`
+/// when set, else where `scripts/brokers/kafka.sh` writes it, so `cargo
+/// test` run by hand, with the brokers already started, finds it.
+///
+/// # Panics
+///
+/// When there is none, saying in one line to run `scripts/test`.
+pub fn kafka_ca() -> String {
+    test_ca("KAFKA_TLS_CA", || {
+        let cache = std::env::var("SLUICEGATE_CACHE").unwrap_or_else(|_| {
+            format!(
+                "{}/.cache/sluicegate",
+                std::env::var("HOME").unwrap_or_default()
+            )
+        });
+        let version = std::env::var("KAFKA_VERSION").unwrap_or_else(|_| "3.9.0".into());
+        format!("{cache}/kafka-{version}/run/ca.pem")
+    })
+}
+
+/// The CA of RabbitMQ's TLS listener: `AMQP_TLS_CA` when set, else where
+/// `scripts/brokers/rabbitmq.sh` writes it.
+///
+/// # Panics
+///
+/// When there is none, saying in one line to run `scripts/test`.
+pub fn rabbitmq_ca() -> String {
+    test_ca("AMQP_TLS_CA", || {
+        "/etc/rabbitmq/sluicegate-tls/ca.pem".into()
+    })
+}
+
+fn test_ca(variable: &str, default: impl FnOnce() -> String) -> String {
+    let path = std::env::var(variable).unwrap_or_else(|_| default());
+    assert!(
+        std::path::Path::new(&path).is_file(),
+        "no test CA at {path} ({variable}): run scripts/test, which starts the brokers and makes their CAs"
+    );
+    path
+}
