@@ -158,6 +158,7 @@ mod tests {
         Outcome {
             summary,
             samples: Vec::new(),
+            faults: Vec::new(),
         }
     }
 

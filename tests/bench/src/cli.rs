@@ -80,6 +80,15 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// A long overload with broker faults (`--faults`, every 5 minutes by
+    /// default): writes the samples, charts and a verdict into `--out`,
+    /// and fails when memory, descriptors or threads grew.
+    Soak {
+        #[command(flatten)]
+        load: LoadArgs,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// One worker process of `scale`: handles jobs until stdin closes.
     #[command(hide = true)]
     Worker {
@@ -142,6 +151,10 @@ struct LoadArgs {
     /// Replays a recorded trace instead of the synthetic load.
     #[arg(long)]
     trace: Option<PathBuf>,
+    /// A broker fault this often (RabbitMQ: the node restarted, then its
+    /// connections closed, in turn; Kafka: the broker killed and started).
+    #[arg(long, value_parser = spec::duration)]
+    faults: Option<Duration>,
 }
 
 impl LoadArgs {
@@ -175,6 +188,7 @@ impl LoadArgs {
             sample_every: Duration::from_millis(self.sample_ms.max(50)),
             size: self.size,
             record: None,
+            faults: self.faults,
         })
     }
 
@@ -210,6 +224,9 @@ impl LoadArgs {
         }
         if let Some(trace) = &self.trace {
             args.push(format!("--trace={}", trace.display()));
+        }
+        if let Some(every) = self.faults {
+            args.push(format!("--faults={}s", every.as_secs()));
         }
         args.extend(self.settings.iter().map(|(k, v)| format!("--set={k}={v}")));
         args
@@ -307,6 +324,7 @@ pub(crate) async fn execute(cli: Cli) -> Result<(), String> {
             only,
             breaker_outage,
         } => compare(&load, &out, &only, breaker_outage).await,
+        Command::Soak { load, out } => soak(&load, &out).await,
         Command::Scale {
             broker,
             workers,
@@ -416,6 +434,40 @@ async fn in_own_process(load: &LoadArgs, label: &str, dir: &Path) -> Result<Outc
     let text = std::fs::read_to_string(&json).map_err(|e| format!("{}: {e}", json.display()))?;
     let _ = std::fs::remove_file(&json);
     from_json_lines(&text)
+}
+
+async fn soak(load: &LoadArgs, out: &Path) -> Result<(), String> {
+    let mut scenario = load.scenario("soak")?;
+    scenario.faults = scenario.faults.or(Some(Duration::from_secs(300)));
+    scenario.sample_every = Duration::from_secs(1);
+    let outcome = run_with_bar(&scenario).await?;
+    let about = about(load, &scenario, "soak");
+    let verdict = crate::soak::write(out, &about, &outcome)?;
+    println!("{}\n{}", header(), row(&outcome.summary));
+    for r in &verdict {
+        println!(
+            "{}: {:.1} near the start, {:.1} at the end, peak {:.1} {}: {}",
+            r.name,
+            r.early,
+            r.late,
+            r.max,
+            r.unit,
+            if r.flat { "flat" } else { "GREW" }
+        );
+    }
+    for f in &outcome.faults {
+        println!(
+            "fault at {:.0} s: {} (back after {:.1} s)",
+            f.at, f.what, f.down
+        );
+    }
+    match verdict.iter().find(|r| !r.flat) {
+        Some(r) => Err(format!(
+            "the soak's {} grew: {:.1} to {:.1}",
+            r.name, r.early, r.late
+        )),
+        None => Ok(()),
+    }
 }
 
 fn about(load: &LoadArgs, scenario: &Scenario, command: &str) -> About {

@@ -12,12 +12,14 @@ mod advice;
 mod arrivals;
 mod cli;
 mod compare;
+mod faults;
 mod measure;
 mod plot;
 mod report;
 mod run;
 mod sampler;
 mod scale;
+mod soak;
 mod spec;
 mod tape;
 mod target;
@@ -34,6 +36,7 @@ async fn main() -> ExitCode {
                 .unwrap_or_else(|_| "error".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = cli::Cli::parse();
     match cli::execute(cli).await {

@@ -104,6 +104,21 @@ impl Recorder {
 
 /// The process's resident memory now and at its peak, in MiB (Linux's
 /// `/proc/self/status`; 0 elsewhere).
+/// This process's open file descriptors (Linux; 0 elsewhere).
+pub(crate) fn fds() -> u64 {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count() as u64)
+}
+
+/// This process's threads (Linux; 0 elsewhere).
+pub(crate) fn threads() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 pub(crate) fn rss_mib() -> (f64, f64) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let field = |name: &str| {

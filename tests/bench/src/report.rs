@@ -28,6 +28,12 @@ pub(crate) struct Sample {
     pub(crate) queue_p99_ms: f64,
     pub(crate) e2e_p99_ms: f64,
     pub(crate) rss_mib: f64,
+    /// The process's open file descriptors.
+    #[serde(default)]
+    pub(crate) fds: u64,
+    /// The process's threads.
+    #[serde(default)]
+    pub(crate) threads: u64,
 }
 
 /// A whole run.
@@ -101,6 +107,8 @@ impl Summary {
 pub(crate) struct Outcome {
     pub(crate) summary: Summary,
     pub(crate) samples: Vec<Sample>,
+    /// Broker faults injected during the run.
+    pub(crate) faults: Vec<crate::faults::Fault>,
 }
 
 /// Messages turned away for good: dropped, whatever the reason.
@@ -211,7 +219,11 @@ pub(crate) fn from_json_lines(text: &str) -> Result<Outcome, String> {
         }
     }
     let summary = summary.ok_or("the run wrote no summary")?;
-    Ok(Outcome { summary, samples })
+    Ok(Outcome {
+        summary,
+        samples,
+        faults: Vec::new(),
+    })
 }
 
 /// A run as JSON lines: each sample, then the summary.
@@ -239,6 +251,7 @@ mod tests {
         let back = from_json_lines(&json_lines(&Outcome {
             summary: summary.clone(),
             samples: vec![Sample::default()],
+            faults: Vec::new(),
         }));
         assert_eq!(
             back.map(|o| (o.summary.label, o.samples.len())),

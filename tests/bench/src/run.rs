@@ -42,6 +42,9 @@ pub(crate) struct Scenario {
     pub(crate) size: usize,
     /// Records what the worker saw as a trace here.
     pub(crate) record: Option<PathBuf>,
+    /// A broker fault this often (the soak).
+    #[serde(skip)]
+    pub(crate) faults: Option<Duration>,
 }
 
 /// What the handler shares across runs of itself.
@@ -195,6 +198,10 @@ async fn drive<S: Source>(
         scenario.size,
         Arc::clone(&sent),
     ));
+    let injecting = scenario.faults.map(|every| {
+        let end = start + scenario.load.length;
+        tokio::spawn(crate::faults::inject(scenario.broker, every, start, end))
+    });
     let sampler = Sampler::new(ops, Arc::clone(&shared.recorder), start, Arc::clone(&sent));
     let samples = sampler
         .every(scenario.sample_every, scenario.load.length, progress)
@@ -206,6 +213,10 @@ async fn drive<S: Source>(
         start.elapsed(),
     );
     producing.abort();
+    let faults = match injecting {
+        Some(task) => task.await.unwrap_or_default(),
+        None => Vec::new(),
+    };
     let _ = stop.send(());
     match tokio::time::timeout(Duration::from_secs(60), running).await {
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "bench: the worker ended with an error"),
@@ -216,7 +227,11 @@ async fn drive<S: Source>(
         let n = tape.write(path)?;
         eprintln!("recorded {n} arrivals into {}", path.display());
     }
-    Ok(Outcome { summary, samples })
+    Ok(Outcome {
+        summary,
+        samples,
+        faults,
+    })
 }
 
 /// Sends each arrival at its time (at once when behind).

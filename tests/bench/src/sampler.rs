@@ -10,7 +10,7 @@ use sluicegate::MetricsSnapshot;
 use sluicegate::ops::Ops;
 use tokio::time::Instant;
 
-use crate::measure::{Recorder, rss_mib};
+use crate::measure::{Recorder, fds, rss_mib, threads};
 use crate::report::{Sample, Summary, lost, returned};
 
 /// Reads a running worker.
@@ -80,6 +80,8 @@ impl Sampler {
                 queue_p99_ms: queue.p99,
                 e2e_p99_ms: e2e.p99,
                 rss_mib: rss_mib().0,
+                fds: fds(),
+                threads: threads(),
             };
             progress(&sample);
             samples.push(sample);
