@@ -22,7 +22,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -237,7 +237,31 @@ pub trait Settle: Send + 'static {
 
 /// The result of [`Settle::settle`]: finished already, or a future to await.
 /// Brokers that settle without a round trip allocate nothing.
-pub struct SettleFuture(Settling);
+pub struct SettleFuture(Settling, Option<Weight>);
+
+/// A delivery's payload bytes, counted in the worker's held bytes from
+/// intake until its settlement finishes (or it is handed back): what
+/// `SLUICEGATE_PREFETCH_BYTES` bounds.
+pub(crate) struct Weight {
+    bytes: usize,
+    held: Arc<AtomicUsize>,
+}
+
+impl Weight {
+    fn new(bytes: usize, held: &Arc<AtomicUsize>) -> Self {
+        held.fetch_add(bytes, Ordering::Relaxed);
+        Self {
+            bytes,
+            held: Arc::clone(held),
+        }
+    }
+}
+
+impl Drop for Weight {
+    fn drop(&mut self) {
+        self.held.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
 
 /// A failed settlement is boxed: the handle passes through the loop for
 /// every message, and the error is rare and large.
@@ -249,12 +273,12 @@ enum Settling {
 impl SettleFuture {
     /// Finished with `result`.
     pub fn done(result: Result<(), SettleError>) -> Self {
-        SettleFuture(Settling::Done(Some(result.map_err(Box::new))))
+        SettleFuture(Settling::Done(Some(result.map_err(Box::new))), None)
     }
 
     /// Finishes when `future` does.
     pub fn pending(future: impl Future<Output = Result<(), SettleError>> + Send + 'static) -> Self {
-        SettleFuture(Settling::Pending(Box::pin(future)))
+        SettleFuture(Settling::Pending(Box::pin(future)), None)
     }
 
     /// The result of a settlement that finished at once, without polling.
@@ -307,6 +331,7 @@ pub struct Delivery {
     message: Arc<Message>,
     handle: Option<Box<dyn Settle>>,
     abandoned: Option<Arc<AtomicU64>>,
+    weight: Option<Weight>,
 }
 
 impl Delivery {
@@ -316,6 +341,7 @@ impl Delivery {
             message: Arc::new(message),
             handle: Some(Box::new(handle)),
             abandoned: None,
+            weight: None,
         }
     }
 
@@ -358,6 +384,12 @@ impl Delivery {
         self.abandoned = Some(counter);
     }
 
+    /// Counts the payload's bytes in `held` until the settlement finishes
+    /// or the delivery is handed back.
+    pub(crate) fn weigh_in(&mut self, held: &Arc<AtomicUsize>) {
+        self.weight = Some(Weight::new(self.message.payload().len(), held));
+    }
+
     /// Settles the delivery, consuming it.
     pub async fn settle(self, settlement: Settlement) -> Result<(), SettleError> {
         self.begin_settle(settlement).await
@@ -366,11 +398,13 @@ impl Delivery {
     /// Hands the settlement to the broker's handle: what is left to wait
     /// for (nothing, for a settlement the handle finished at once).
     pub(crate) fn begin_settle(mut self, settlement: Settlement) -> SettleFuture {
-        match self.handle.take() {
+        let mut settling = match self.handle.take() {
             Some(handle) => handle.settle(Arc::clone(&self.message), settlement),
             // Unreachable: the handle is only taken here and in Drop.
             None => SettleFuture::done(Ok(())),
-        }
+        };
+        settling.1 = self.weight.take();
+        settling
     }
 
     /// Acknowledges the delivery.

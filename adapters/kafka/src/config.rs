@@ -72,6 +72,9 @@ pub struct KafkaConfig {
     pub(crate) revoke_timeout: Duration,
     pub(crate) connect_timeout: Duration,
     pub(crate) properties: BTreeMap<String, String>,
+    /// The worker's byte limit (`SLUICEGATE_PREFETCH_BYTES`), which also
+    /// bounds what librdkafka fetches ahead for each partition.
+    pub(crate) prefetch_bytes: Option<usize>,
 }
 
 /// The environment variables the adapter reads.
@@ -134,6 +137,8 @@ pub const ENV_VARS: &[Var] = &[
 
 const PROPERTY_PREFIX: &str = "SLUICEGATE_KAFKA_";
 const INSTANCE_ID: &str = "SLUICEGATE_KAFKA_INSTANCE_ID";
+/// The core's byte limit: the adapter reads it too, to bound librdkafka.
+const PREFETCH_BYTES: &str = "SLUICEGATE_PREFETCH_BYTES";
 
 /// Properties the adapter sets itself: a user value would break its
 /// guarantees (offsets are stored only after processing).
@@ -162,6 +167,7 @@ impl KafkaConfig {
             revoke_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             properties: BTreeMap::new(),
+            prefetch_bytes: None,
         }
     }
 
@@ -210,6 +216,10 @@ impl KafkaConfig {
         }
         if let Some(raw) = get("SLUICEGATE_REVOKE_TIMEOUT_MS") {
             config.revoke_timeout = millis("SLUICEGATE_REVOKE_TIMEOUT_MS", &raw, 0, 300_000)?;
+        }
+        let bytes = sluicegate::config::lookup(sluicegate::config::ENV_VARS, PREFETCH_BYTES);
+        if let Some(limit) = env.read::<usize>(bytes)?.filter(|n| *n > 0) {
+            config.prefetch_bytes = Some(limit);
         }
         if let Some(raw) = get(INSTANCE_ID).filter(|raw| !raw.is_empty()) {
             let id = match raw.as_str() {
@@ -285,6 +295,15 @@ impl KafkaConfig {
     /// partitions wait for the session timeout when it does not come back.
     pub fn instance_id(self, id: impl Into<String>) -> Self {
         self.property("group.instance.id", id)
+    }
+
+    /// The worker's byte limit (give the worker's `Config` the same): each
+    /// partition's queue in librdkafka holds at most this much too
+    /// (`queued.max.messages.kbytes`, 4 MiB by default here), so what the
+    /// process holds is bounded by bytes even before the worker takes it.
+    pub fn prefetch_bytes(mut self, bytes: usize) -> Self {
+        self.prefetch_bytes = (bytes > 0).then_some(bytes);
+        self
     }
 
     /// The client settings the consumer, the producer and the publisher
@@ -489,6 +508,20 @@ mod tests {
         assert!(!config.properties["group.instance.id"].is_empty());
         let config = KafkaConfig::from_env_in(&vars(&base)).unwrap();
         assert!(!config.properties.contains_key("group.instance.id"));
+    }
+
+    #[test]
+    fn the_workers_byte_limit_is_read_for_librdkafka_too() {
+        let with = |bytes: Option<&str>| {
+            let mut all = vec![("SLUICEGATE_TOPICS", "t"), ("SLUICEGATE_GROUP", "g")];
+            all.extend(bytes.map(|b| ("SLUICEGATE_PREFETCH_BYTES", b)));
+            KafkaConfig::from_env_in(&vars(&all))
+        };
+        assert_eq!(with(Some("2097152")).unwrap().prefetch_bytes, Some(2 << 20));
+        assert_eq!(with(Some("0")).unwrap().prefetch_bytes, None);
+        assert_eq!(with(None).unwrap().prefetch_bytes, None);
+        let error = with(Some("lots")).unwrap_err();
+        assert_eq!(error.variable, "SLUICEGATE_PREFETCH_BYTES");
     }
 
     #[test]

@@ -457,7 +457,14 @@ fn consumer_config(mut consumer_config: ClientConfig, config: &KafkaConfig) -> C
     // records and 64 MiB), and checks again after the backoff (1 s by
     // default, a stall once the worker catches up).
     set_default(&mut consumer_config, "queued.min.messages", "10000");
-    set_default(&mut consumer_config, "queued.max.messages.kbytes", "4096");
+    let kbytes = config
+        .prefetch_bytes
+        .map_or(4096, |bytes| (bytes / 1024).clamp(1, 4096));
+    set_default(
+        &mut consumer_config,
+        "queued.max.messages.kbytes",
+        &kbytes.to_string(),
+    );
     set_default(&mut consumer_config, "fetch.queue.backoff.ms", "20");
     // A partition whose queue fell below those thresholds joins the next
     // fetch request only when the one in flight returns, and the broker

@@ -97,6 +97,9 @@ impl Config {
         if let Some(v) = env.read::<usize>(var("SLUICEGATE_MAX_MESSAGE_BYTES"))? {
             self.max_message_bytes = v;
         }
+        if let Some(v) = env.read::<usize>(var("SLUICEGATE_PREFETCH_BYTES"))? {
+            self.prefetch_bytes = v;
+        }
         Ok(())
     }
 

@@ -87,6 +87,7 @@ pub struct Config {
     handler_timeout: Duration,
     shutdown_grace: Duration,
     max_message_bytes: usize,
+    prefetch_bytes: usize,
     rate_limit: Option<RateLimit>,
     breaker: Option<BreakerPolicy>,
     adaptive: Option<AdaptivePolicy>,
@@ -111,6 +112,7 @@ impl Default for Config {
             handler_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
             max_message_bytes: 4 * 1024 * 1024,
+            prefetch_bytes: 0,
             rate_limit: None,
             breaker: None,
             adaptive: None,
@@ -170,6 +172,21 @@ impl Config {
     pub fn max_message_bytes(mut self, bytes: usize) -> Self {
         self.max_message_bytes = bytes;
         self
+    }
+
+    /// Sets the most payload bytes the worker holds, as well as the
+    /// prefetch's count (0: no byte limit). It takes a message only while
+    /// one of the largest size ([`Config::max_message_bytes`]) still fits,
+    /// so what it holds never passes `bytes` (a message over the maximum
+    /// size is dead-lettered at once, but counts while it is).
+    pub fn prefetch_bytes(mut self, bytes: usize) -> Self {
+        self.prefetch_bytes = bytes;
+        self
+    }
+
+    /// The byte limit on what the worker holds, if there is one.
+    pub fn prefetch_bytes_limit(&self) -> Option<usize> {
+        (self.prefetch_bytes > 0).then_some(self.prefetch_bytes)
     }
 
     /// The largest payload the worker decodes.

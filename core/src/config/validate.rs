@@ -86,6 +86,16 @@ impl Config {
                 "at least 1",
             ));
         }
+        if self.prefetch_bytes > 0 && self.prefetch_bytes < self.max_message_bytes {
+            return Err(ConfigError::new(
+                "SLUICEGATE_PREFETCH_BYTES",
+                self.prefetch_bytes,
+                format!(
+                    "0 (no byte limit) or at least SLUICEGATE_MAX_MESSAGE_BYTES ({}): the worker keeps room for one message of the largest size",
+                    self.max_message_bytes
+                ),
+            ));
+        }
         if self.handler_timeout.is_zero() {
             return Err(ConfigError::new(
                 "SLUICEGATE_HANDLER_TIMEOUT_MS",

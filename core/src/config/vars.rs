@@ -115,6 +115,12 @@ pub const ENV_VARS: &[Var] = &[
         "a whole number of milliseconds",
     ),
     Var::new(
+        "SLUICEGATE_PREFETCH_BYTES",
+        "0",
+        "the most payload bytes the worker holds, as well as SLUICEGATE_PREFETCH messages; it takes one only while one of SLUICEGATE_MAX_MESSAGE_BYTES fits. 0 = no byte limit",
+        "a whole number of bytes: 0, or at least SLUICEGATE_MAX_MESSAGE_BYTES",
+    ),
+    Var::new(
         "SLUICEGATE_MAX_MESSAGE_BYTES",
         "4194304",
         "a larger payload is dead-lettered before decoding, with the reason. >= 1",

@@ -49,6 +49,8 @@ pub struct Metrics {
     pub(crate) limit: AtomicU64,
     pub(crate) prefetch: AtomicU64,
     held: Gauge,
+    held_bytes: Gauge,
+    pub(crate) prefetch_bytes: AtomicU64,
     running: Gauge,
     queued: AtomicU64,
     /// What one lane may hold now: the prefetch less the intake reserve,
@@ -206,6 +208,8 @@ impl Metrics {
             limit: AtomicU64::new(0),
             prefetch: AtomicU64::new(0),
             held: Gauge::default(),
+            held_bytes: Gauge::default(),
+            prefetch_bytes: AtomicU64::new(0),
             running: Gauge::default(),
             queued: AtomicU64::new(0),
             lane_capacity: AtomicU64::new(0),
@@ -222,6 +226,10 @@ impl Metrics {
     pub(crate) fn set_held(&self, held: usize, queued: usize) {
         self.held.set(held as u64);
         self.queued.store(queued as u64, Relaxed);
+    }
+
+    pub(crate) fn set_held_bytes(&self, bytes: usize) {
+        self.held_bytes.set(bytes as u64);
     }
 
     /// A delivery arrived for `priority`'s lane.
@@ -338,6 +346,9 @@ impl Metrics {
             prefetch: self.prefetch.load(Relaxed),
             held: self.held.now.load(Relaxed),
             max_held: self.held.max.load(Relaxed),
+            held_bytes: self.held_bytes.now.load(Relaxed),
+            max_held_bytes: self.held_bytes.max.load(Relaxed),
+            prefetch_bytes: self.prefetch_bytes.load(Relaxed),
             running: self.running.now.load(Relaxed),
             max_running: self.running.max.load(Relaxed),
             queued: self.queued.load(Relaxed),
@@ -419,6 +430,13 @@ pub struct MetricsSnapshot {
     pub held: u64,
     /// The most ever held at once.
     pub max_held: u64,
+    /// Payload bytes held now (lanes, running, being settled).
+    pub held_bytes: u64,
+    /// The most payload bytes held at once.
+    pub max_held_bytes: u64,
+    /// `SLUICEGATE_PREFETCH_BYTES`: the most payload bytes the worker may
+    /// hold; 0 when there is no byte limit.
+    pub prefetch_bytes: u64,
     /// Handlers running now.
     pub running: u64,
     /// The most handlers ever running at once.

@@ -213,7 +213,7 @@ fn saturation(e: &mut DescriptorEncoder<'_>, s: &MetricsSnapshot) -> fmt::Result
 
 /// What the worker holds now, against its limits.
 fn held(e: &mut DescriptorEncoder<'_>, s: &MetricsSnapshot, ops: &super::Ops) -> fmt::Result {
-    let gauges: [(&str, &str, u64); 6] = [
+    let gauges: [(&str, &str, u64); 9] = [
         (
             "held",
             "Deliveries held now: waiting in the lanes, running, being settled.",
@@ -223,6 +223,21 @@ fn held(e: &mut DescriptorEncoder<'_>, s: &MetricsSnapshot, ops: &super::Ops) ->
             "held_max",
             "The most deliveries ever held at once.",
             s.max_held,
+        ),
+        (
+            "held_bytes",
+            "Payload bytes held now: waiting, running, being settled.",
+            s.held_bytes,
+        ),
+        (
+            "held_bytes_max",
+            "The most payload bytes ever held at once.",
+            s.max_held_bytes,
+        ),
+        (
+            "prefetch_bytes",
+            "The most payload bytes the worker may hold (SLUICEGATE_PREFETCH_BYTES); 0: no byte limit.",
+            s.prefetch_bytes,
         ),
         ("running", "Handlers running now.", s.running),
         ("queued", "Deliveries waiting in the lanes now.", s.queued),

@@ -44,6 +44,8 @@ impl<S: Source> Flow<S> {
     pub(super) fn intake(&mut self, mut delivery: Delivery) {
         self.metrics.received.fetch_add(1, Relaxed);
         delivery.count_abandon_in(Arc::clone(&self.metrics.abandoned));
+        delivery.weigh_in(&self.held_bytes);
+        self.metrics.set_held_bytes(self.held_bytes.load(Relaxed));
         self.check_attempt(&mut delivery);
         let size = delivery.message().payload().len();
         let limit = self.config.max_message_bytes_limit();

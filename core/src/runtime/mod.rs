@@ -9,14 +9,16 @@
 //! Bounds it keeps at every moment:
 //! - held (lanes + running handlers + settlements in flight) ≤ prefetch
 //!   (the configured one, or the one following the adaptive limit);
+//! - with a byte limit, their payload bytes ≤ the limit: the loop pulls
+//!   only while a message of the largest size still fits;
 //! - accepted (lanes + running) ≤ prefetch − intake reserve, the reserve
 //!   being the slots kept to see and settle overflowing messages;
 //! - running handlers ≤ max in-flight (or the adaptive limit).
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -72,6 +74,9 @@ pub(crate) struct Flow<S> {
     prefetch_now: usize,
     /// The last pass stopped starting handlers with more ready to start.
     more_ready: bool,
+    /// Payload bytes held: every delivery's weight, from intake until its
+    /// settlement finishes.
+    held_bytes: Arc<AtomicUsize>,
 }
 
 impl<S: Source> Flow<S> {
@@ -117,6 +122,9 @@ impl<S: Source> Flow<S> {
             None => usize::from(config.prefetch_limit()),
         };
         metrics.limit.store(limit as u64, Relaxed);
+        metrics
+            .prefetch_bytes
+            .store(config.prefetch_bytes_limit().unwrap_or(0) as u64, Relaxed);
         metrics.prefetch.store(prefetch_now as u64, Relaxed);
         let cool_down = config
             .breaker_policy()
@@ -146,6 +154,7 @@ impl<S: Source> Flow<S> {
             adaptive_at: None,
             prefetch_now,
             more_ready: false,
+            held_bytes: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -170,7 +179,20 @@ impl<S: Source> Flow<S> {
         !self.source_done
             && self.retry_source_at.is_none()
             && self.held() < self.prefetch()
+            && self.room_in_bytes() > 0
             && !(self.nack_hold && self.accepted() >= self.accept_limit())
+    }
+
+    /// How many messages of the largest size still fit under the byte
+    /// limit (no limit: as many as there are).
+    fn room_in_bytes(&self) -> usize {
+        match self.config.prefetch_bytes_limit() {
+            Some(limit) => {
+                let free = limit.saturating_sub(self.held_bytes.load(Relaxed));
+                free / self.config.max_message_bytes_limit().max(1)
+            }
+            None => usize::MAX,
+        }
     }
 
     async fn run(mut self, shutdown: impl Future<Output = ()> + Send) -> Result<Report, Error> {
@@ -277,6 +299,7 @@ impl<S: Source> Flow<S> {
     /// depths and what they may hold (a few stores a turn, no lock).
     fn publish_gauges(&self) {
         self.metrics.set_held(self.held(), self.lanes.len());
+        self.metrics.set_held_bytes(self.held_bytes.load(Relaxed));
         for (priority, depth) in self.lanes.depths() {
             self.metrics.set_lane_depth(priority, depth);
         }
@@ -292,7 +315,7 @@ impl<S: Source> Flow<S> {
             if !self.can_pull() {
                 return Ok(());
             }
-            let room = self.prefetch() - self.held();
+            let room = (self.prefetch() - self.held()).min(self.room_in_bytes());
             self.source.next_ready(room, ready)?;
             let all_there_was = ready.len() < room;
             if ready.is_empty() {
@@ -347,7 +370,10 @@ impl<S: Source> Flow<S> {
                 self.metrics.source_errors.fetch_add(1, Relaxed);
                 tracing::warn!(%error, "source refused to pause");
             }
-        } else if self.paused && self.held() <= prefetch - (prefetch / 4).max(1) {
+        } else if self.paused
+            && self.held() <= prefetch - (prefetch / 4).max(1)
+            && self.room_in_bytes() > 0
+        {
             self.paused = false;
             if let Err(error) = self.source.resume().await {
                 self.metrics.source_errors.fetch_add(1, Relaxed);
