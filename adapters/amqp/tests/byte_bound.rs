@@ -3,16 +3,13 @@
 //! if they were all large) and `SLUICEGATE_PREFETCH_BYTES` at 4 MiB: what
 //! the worker holds never passes 4 MiB, and every message is handled.
 
-#![allow(clippy::unwrap_used, clippy::print_stderr)] // a test: a failed unwrap is a failed test
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test
 
 mod common;
 
-use std::time::Duration;
-
 use common::{channel, declare, delete, publish_all, ready, unique, url};
-use sluicegate::{Config, Payload, Worker};
 use sluicegate_amqp::{AmqpConfig, AmqpSource};
-use sluicegate_test_support::{finished, run_until_metrics};
+use sluicegate_test_support::run_under_a_byte_limit;
 
 const MIB: usize = 1024 * 1024;
 const N: usize = 200;
@@ -26,33 +23,10 @@ async fn held_bytes_never_pass_the_byte_limit_with_100_byte_and_1_mib_messages_m
     let bodies = (0..N).map(|i| vec![b'x'; if i % 5 == 0 { MIB } else { 100 }]);
     publish_all(&ch, &queue, bodies).await;
 
-    let limit = 4 * MIB;
     let source = AmqpSource::connect(AmqpConfig::new(url(), &queue))
         .await
         .unwrap();
-    let config = Config::default()
-        .prefetch(100)
-        .max_in_flight(8)
-        .max_message_bytes(MIB)
-        .prefetch_bytes(limit);
-    let handler = |_: Payload| tokio::time::sleep(Duration::from_millis(10));
-    let worker = Worker::new(source, handler).config(config);
-    let run = run_until_metrics(worker, |m| m.acked >= N as u64);
-    let report = finished(run, Duration::from_secs(120)).await;
-    let m = &report.metrics;
-    eprintln!(
-        "RabbitMQ, byte limit {limit}: held at most {} bytes and {} messages; {} handled",
-        m.max_held_bytes, m.max_held, m.acked
-    );
-    assert!(
-        m.max_held_bytes <= limit as u64,
-        "{} > {limit}",
-        m.max_held_bytes
-    );
-    assert!(
-        m.max_held_bytes >= 3 * MIB as u64,
-        "the limit was reached: {m:?}"
-    );
+    run_under_a_byte_limit(source, 4 * MIB, N as u64, "RabbitMQ").await;
     assert_eq!(ready(&ch, &queue).await, 0);
     delete(&ch, &[queue.clone(), format!("{queue}.dlq")]).await;
 }

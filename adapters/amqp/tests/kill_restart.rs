@@ -8,16 +8,16 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{broker_unacked, channel, declare, delete, publish_all, ready, unique, url};
 use serde::Deserialize;
 use sluicegate::{Config, Json, Worker};
 use sluicegate_amqp::{AmqpConfig, AmqpSource};
-use sluicegate_test_support::child::{child_args, handled, spawn_child, terminate, wait_for};
+use sluicegate_test_support::child::{
+    after_restart, child_args, handled, record_to, runtime, spawn_child, terminate, wait_for,
+};
 
 const N: u64 = 6_000;
 const PREFETCH: u16 = 100;
@@ -30,11 +30,7 @@ struct Job {
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime();
     if let Some(args) = child_args() {
         runtime.block_on(child(&args[0], &args[1]));
     } else {
@@ -46,13 +42,7 @@ fn main() {
 /// The worker: handles jobs, writing each handled id to `file` before the
 /// handler returns (so before its ack). Stops gracefully on SIGTERM.
 async fn child(queue: &str, file: &str) {
-    let out = Arc::new(Mutex::new(
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(file)
-            .unwrap(),
-    ));
+    let out = record_to(file);
     let source = AmqpSource::connect(AmqpConfig::new(url(), queue))
         .await
         .unwrap();
@@ -94,20 +84,12 @@ async fn parent() {
 
     let restarted_at = Instant::now();
     let mut restarted = spawn_child([&queue, &second]);
-    wait_for(
-        "the restarted worker's first job",
-        Duration::from_secs(60),
-        || !handled(&second).is_empty(),
-    );
-    let resumed = restarted_at.elapsed();
-    wait_for(
-        "every job, after the restart",
+    let again = after_restart(
+        &before_kill,
+        &second,
+        N,
+        restarted_at,
         Duration::from_secs(120),
-        || {
-            let mut all: BTreeSet<u64> = before_kill.iter().copied().collect();
-            all.extend(handled(&second));
-            all.len() == N as usize
-        },
     );
     wait_for(
         "the broker's unacked count back to 0",
@@ -120,10 +102,7 @@ async fn parent() {
         "the restarted worker stopped cleanly on SIGTERM"
     );
 
-    let after = handled(&second);
-    let all: BTreeSet<u64> = before_kill.iter().chain(&after).copied().collect();
-    assert_eq!(all.len(), N as usize, "every job handled");
-    let duplicates = before_kill.len() + after.len() - N as usize;
+    let (duplicates, resumed) = (again.duplicates, again.resumed);
     eprintln!(
         "AMQP worker kill -9 after {} of {N} jobs: {duplicates} handled twice, bound {PREFETCH} (the prefetch: \
          delivered, not yet acked); first job {resumed:.1?} after the restart; queue drained, 0 unacked",

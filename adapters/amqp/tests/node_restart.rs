@@ -73,13 +73,7 @@ async fn a_node_restarted_under_load_loses_nothing_confirmed_and_the_worker_reco
     let (stopped_at, back) = restart_node(Duration::from_secs(1)).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let published = producer.stop().await;
-    wait_until(
-        "every confirmed job handled",
-        Duration::from_secs(120),
-        || ledger.missing().is_empty(),
-    )
-    .await;
-    let resumed = ledger.first_handled_after(back).unwrap() - back;
+    let resumed = ledger.all_handled(back, Duration::from_secs(120)).await;
     stop.stop();
     let report = finished(run, Duration::from_secs(60)).await;
 

@@ -5,18 +5,18 @@
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lapin::options::{
-    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
-};
-use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use common::{broker_unacked, channel, delete, publish_all, ready, unique, url};
+use lapin::Channel;
+use lapin::options::BasicGetOptions;
+use lapin::types::{AMQPValue, ShortString};
 use sluicegate::message::header;
 use sluicegate::{
     AdaptiveAlgorithm, AdaptivePolicy, BreakerPolicy, Config, Context, HandlerError, Json,
@@ -29,72 +29,9 @@ use sluicegate_test_support::{finished, run_until_metrics, run_until_stopped, wa
 /// these tests take turns.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://127.0.0.1:5672/%2f".into())
-}
-
-fn unique(name: &str) -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "sg-test-{name}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-async fn channel() -> (Connection, Channel) {
-    let conn = Connection::connect(&url(), ConnectionProperties::default())
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "RabbitMQ is not reachable at {}: {e} (scripts/test starts it)",
-                url()
-            )
-        });
-    let ch = conn.create_channel().await.unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    (conn, ch)
-}
-
 /// Publishes one message and waits for its confirm.
 async fn publish(ch: &Channel, queue: &str, payload: &[u8]) {
     publish_all(ch, queue, &[payload.to_vec()]).await;
-}
-
-/// Publishes all of `payloads`, then waits for every confirm at once.
-async fn publish_all(ch: &Channel, queue: &str, payloads: &[Vec<u8>]) {
-    for payload in payloads {
-        let _confirm = ch
-            .basic_publish(
-                ShortString::from(""),
-                ShortString::from(queue),
-                BasicPublishOptions::default(),
-                payload,
-                BasicProperties::default(),
-            )
-            .await
-            .unwrap();
-    }
-    let returned = ch.wait_for_confirms().await.unwrap();
-    assert!(
-        returned.is_empty(),
-        "{} publishes were returned",
-        returned.len()
-    );
-}
-
-/// Messages ready in `queue`, from the broker (passive declare).
-async fn ready(ch: &Channel, queue: &str) -> u32 {
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..QueueDeclareOptions::default()
-    };
-    ch.queue_declare(ShortString::from(queue), passive, FieldTable::default())
-        .await
-        .unwrap()
-        .message_count()
 }
 
 /// Takes every message out of `queue`: payload and headers as text.
@@ -122,34 +59,6 @@ async fn take_all(ch: &Channel, queue: &str) -> Vec<(String, BTreeMap<String, St
         ));
     }
     out
-}
-
-async fn delete(ch: &Channel, queues: &[String]) {
-    for q in queues {
-        let _ = ch
-            .queue_delete(ShortString::from(q.as_str()), QueueDeleteOptions::default())
-            .await;
-    }
-}
-
-/// The broker's own count of unacknowledged messages on `queue`.
-fn broker_unacked(queue: &str) -> u64 {
-    let out = Command::new("rabbitmqctl")
-        .args([
-            "list_queues",
-            "name",
-            "messages_unacknowledged",
-            "--no-table-headers",
-            "-q",
-        ])
-        .output()
-        .expect("rabbitmqctl (installed with rabbitmq-server by scripts/test)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .filter_map(|l| l.split_once('\t'))
-        .find(|(name, _)| name.trim() == queue)
-        .and_then(|(_, n)| n.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// The prefetch the broker applies to the channels consuming `queue`

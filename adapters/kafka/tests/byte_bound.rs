@@ -4,16 +4,13 @@
 //! for each partition bounded to it too): what the worker holds never
 //! passes 4 MiB, and every record is handled and committed.
 
-#![allow(clippy::unwrap_used, clippy::print_stderr)] // a test: a failed unwrap is a failed test
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test
 
 mod common;
 
-use std::time::Duration;
-
 use common::{Out, brokers, committed, create_topic, log_end, produce, unique};
-use sluicegate::{Config, Payload, Worker};
 use sluicegate_kafka::{KafkaConfig, KafkaSource, Ordering};
-use sluicegate_test_support::{finished, run_until_metrics};
+use sluicegate_test_support::run_under_a_byte_limit;
 
 const MIB: usize = 1024 * 1024;
 const N: usize = 200;
@@ -40,28 +37,6 @@ async fn held_bytes_never_pass_the_byte_limit_with_100_byte_and_1_mib_records_mi
         .ordering(Ordering::Unordered)
         .prefetch_bytes(limit);
     let source = KafkaSource::connect(kafka).await.unwrap();
-    let config = Config::default()
-        .prefetch(100)
-        .max_in_flight(8)
-        .max_message_bytes(MIB)
-        .prefetch_bytes(limit);
-    let handler = |_: Payload| tokio::time::sleep(Duration::from_millis(10));
-    let worker = Worker::new(source, handler).config(config);
-    let run = run_until_metrics(worker, |m| m.acked >= N as u64);
-    let report = finished(run, Duration::from_secs(120)).await;
-    let m = &report.metrics;
-    eprintln!(
-        "Kafka, byte limit {limit}: held at most {} bytes and {} records; {} handled",
-        m.max_held_bytes, m.max_held, m.acked
-    );
-    assert!(
-        m.max_held_bytes <= limit as u64,
-        "{} > {limit}",
-        m.max_held_bytes
-    );
-    assert!(
-        m.max_held_bytes >= 2 * large as u64,
-        "the limit was reached: {m:?}"
-    );
+    run_under_a_byte_limit(source, limit, N as u64, "Kafka").await;
     assert_eq!(committed(&group, &topic, 3).await, log_end(&topic).await);
 }

@@ -11,16 +11,16 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{Out, brokers, committed, create_topic, log_end, produce, unique};
 use serde::Deserialize;
 use sluicegate::{Config, Context, Json, Worker};
 use sluicegate_kafka::{KafkaConfig, KafkaSource};
-use sluicegate_test_support::child::{child_args, handled, spawn_child, terminate, wait_for};
+use sluicegate_test_support::child::{
+    after_restart, child_args, handled, record_to, runtime, spawn_child, terminate, wait_for,
+};
 
 const N: u32 = 20_000;
 const PARTITIONS: usize = 6;
@@ -34,11 +34,7 @@ struct Job {
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime();
     if let Some(args) = child_args() {
         runtime.block_on(child(&args[0], &args[1], &args[2], args.get(3)));
     } else {
@@ -60,13 +56,7 @@ fn main() {
 /// handler returns (so before its offset can be committed). Stops
 /// gracefully on SIGTERM.
 async fn child(topic: &str, group: &str, file: &str, instance: Option<&String>) {
-    let out = Arc::new(Mutex::new(
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(file)
-            .unwrap(),
-    ));
+    let out = record_to(file);
     let mut config = KafkaConfig::new(brokers(), group, [topic]).commit_interval(COMMIT_INTERVAL);
     if let Some(id) = instance {
         config = config.instance_id(id);
@@ -137,30 +127,19 @@ async fn parent(instance: Option<&str>) -> Duration {
             .chain(instance),
     );
     let restarted_at = Instant::now();
-    wait_for(
-        "the restarted worker's first record",
+    let again = after_restart(
+        &before_kill,
+        &second,
+        u64::from(N),
+        restarted_at,
         Duration::from_secs(120),
-        || !handled(&second).is_empty(),
     );
-    let resumed = restarted_at.elapsed();
-    wait_for(
-        "every job, after the restart",
-        Duration::from_secs(120),
-        || {
-            let mut all: BTreeSet<u64> = before_kill.iter().copied().collect();
-            all.extend(handled(&second));
-            all.len() == N as usize
-        },
-    );
+    let (duplicates, resumed) = (again.duplicates, again.resumed);
     assert!(
         terminate(&mut restarted),
         "the restarted worker stopped cleanly on SIGTERM"
     );
 
-    let after = handled(&second);
-    let all: BTreeSet<u64> = before_kill.iter().chain(&after).copied().collect();
-    assert_eq!(all.len(), N as usize, "every job handled");
-    let duplicates = before_kill.len() + after.len() - N as usize;
     let bound = usize::from(IN_FLIGHT) + in_window;
     eprintln!(
         "kill -9 after {} of {N} jobs ({} membership): {duplicates} handled twice; bound: {IN_FLIGHT} in flight + {in_window} completed in the last {window:?} = {bound}; first record {resumed:.1?} after the restart",

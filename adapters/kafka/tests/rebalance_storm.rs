@@ -13,7 +13,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::Child;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{brokers, committed, create_topic, log_end, unique};
@@ -21,7 +21,9 @@ use serde::Deserialize;
 use sluicegate::publish::PublishConfig;
 use sluicegate::{Config, Context, Json, Worker};
 use sluicegate_kafka::{KafkaConfig, KafkaPublisher, KafkaSource};
-use sluicegate_test_support::child::{child_args, spawn_child, terminate, wait_for};
+use sluicegate_test_support::child::{
+    child_args, record_to, runtime, spawn_child, terminate, wait_for,
+};
 use sluicegate_test_support::fault::{Ledger, Producer};
 
 const PARTITIONS: usize = 6;
@@ -36,11 +38,7 @@ struct Job {
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime();
     if let Some(args) = child_args() {
         runtime.block_on(child(&args[0], &args[1], &args[2]));
     } else {
@@ -60,13 +58,7 @@ fn epoch_ms() -> u128 {
 /// returns. A short session timeout, so a killed member's partitions move
 /// within seconds of the storm's pace.
 async fn child(topic: &str, group: &str, file: &str) {
-    let out = Arc::new(Mutex::new(
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(file)
-            .unwrap(),
-    ));
+    let out = record_to(file);
     let config = KafkaConfig::new(brokers(), group, [topic])
         .commit_interval(COMMIT_INTERVAL)
         .property("session.timeout.ms", "6000")

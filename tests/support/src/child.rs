@@ -68,3 +68,80 @@ pub fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// The runtime a test binary with a main of its own runs on, as parent or
+/// as child: two worker threads, like the tests' `#[tokio::test]`.
+///
+/// # Panics
+///
+/// When the runtime cannot be built.
+#[allow(clippy::expect_used)]
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+/// What a restarted worker did.
+#[derive(Debug)]
+pub struct Restarted {
+    /// From its start to the first id it handled.
+    pub resumed: Duration,
+    /// Every id it handled.
+    pub handled: Vec<u64>,
+    /// Ids handled by both the killed worker and this one.
+    pub duplicates: usize,
+}
+
+/// Waits for the worker restarted at `restarted_at`, writing to `file`:
+/// for its first id, then until it and the killed worker (which handled
+/// `before`) have handled all of `0..n` between them.
+///
+/// # Panics
+///
+/// When either takes longer than `limit`.
+pub fn after_restart(
+    before: &[u64],
+    file: &str,
+    n: u64,
+    restarted_at: Instant,
+    limit: Duration,
+) -> Restarted {
+    wait_for("the restarted worker's first id", limit, || {
+        !handled(file).is_empty()
+    });
+    let resumed = restarted_at.elapsed();
+    let all = |after: &[u64]| {
+        let mut all: std::collections::BTreeSet<u64> = before.iter().copied().collect();
+        all.extend(after);
+        all.len() as u64
+    };
+    wait_for("every id, after the restart", limit, || {
+        all(&handled(file)) == n
+    });
+    let after = handled(file);
+    Restarted {
+        resumed,
+        duplicates: before.len() + after.len() - n as usize,
+        handled: after,
+    }
+}
+
+/// A child's record of what it handled: `file`, opened to append, shared
+/// by its handlers (each line written before the handler returns, so
+/// before the message can be acked or committed).
+///
+/// # Panics
+///
+/// When the file cannot be opened.
+#[allow(clippy::expect_used)]
+pub fn record_to(file: &str) -> std::sync::Arc<std::sync::Mutex<std::fs::File>> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)
+        .expect("the child's record file opens");
+    std::sync::Arc::new(std::sync::Mutex::new(out))
+}

@@ -153,6 +153,24 @@ impl Ledger {
         lock(&self.handled).values().map(|at| at.len() - 1).sum()
     }
 
+    /// Waits until every confirmed id was handled; then how long after
+    /// `back` (the broker back) the first handling came.
+    ///
+    /// # Panics
+    ///
+    /// When that takes longer than `limit`, or nothing was handled after
+    /// `back`.
+    #[allow(clippy::expect_used)]
+    pub async fn all_handled(&self, back: Instant, limit: Duration) -> Duration {
+        crate::wait_until("every confirmed id handled", limit, || {
+            self.missing().is_empty()
+        })
+        .await;
+        self.first_handled_after(back)
+            .expect("a handling after the broker was back")
+            - back
+    }
+
     /// When the first handling after `moment` happened, if one did.
     pub fn first_handled_after(&self, moment: Instant) -> Option<Instant> {
         lock(&self.handled)

@@ -307,3 +307,43 @@ fn test_ca(variable: &str, default: impl FnOnce() -> String) -> String {
     );
     path
 }
+
+/// The byte-limit tests' run: `source` holds `n` messages of 100 B and
+/// about 1 MiB mixed; a worker with a prefetch of 100 messages (far more
+/// bytes than `limit`), a 1 MiB maximum message size and `limit` as its
+/// byte limit handles them all, 10 ms each. Checks that what it held
+/// never passed `limit` and came near it; its counters.
+///
+/// # Panics
+///
+/// When the bound was passed or never approached: a failed test.
+pub async fn run_under_a_byte_limit<S: Source>(
+    source: S,
+    limit: usize,
+    n: u64,
+    broker: &str,
+) -> MetricsSnapshot {
+    let config = sluicegate::Config::default()
+        .prefetch(100)
+        .max_in_flight(8)
+        .max_message_bytes(1024 * 1024)
+        .prefetch_bytes(limit);
+    let handler = |_: sluicegate::Payload| tokio::time::sleep(Duration::from_millis(10));
+    let worker = Worker::new(source, handler).config(config);
+    let run = run_until_metrics(worker, move |m| m.acked >= n);
+    let m = finished(run, Duration::from_secs(120)).await.metrics;
+    println!(
+        "{broker}, byte limit {limit}: held at most {} bytes and {} messages; {} handled",
+        m.max_held_bytes, m.max_held, m.acked
+    );
+    assert!(
+        m.max_held_bytes <= limit as u64,
+        "{} > {limit}",
+        m.max_held_bytes
+    );
+    assert!(
+        m.max_held_bytes >= limit as u64 / 2,
+        "the limit was approached: {m:?}"
+    );
+    m
+}

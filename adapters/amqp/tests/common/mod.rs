@@ -55,14 +55,18 @@ pub async fn declare(ch: &Channel, queue: &str) {
 }
 
 /// Publishes every payload persistent, then waits for every confirm.
-pub async fn publish_all(ch: &Channel, queue: &str, payloads: impl IntoIterator<Item = Vec<u8>>) {
+pub async fn publish_all(
+    ch: &Channel,
+    queue: &str,
+    payloads: impl IntoIterator<Item = impl AsRef<[u8]>>,
+) {
     for payload in payloads {
         let _confirm = ch
             .basic_publish(
                 ShortString::from(""),
                 ShortString::from(queue),
                 BasicPublishOptions::default(),
-                &payload,
+                payload.as_ref(),
                 BasicProperties::default().with_delivery_mode(2),
             )
             .await
