@@ -143,6 +143,9 @@ pub struct AmqpPublisher {
     config: AmqpConfig,
     window: Arc<Window>,
     link: tokio::sync::Mutex<Arc<Confirming>>,
+    /// The channel `waiting` counts on, kept between calls (admission asks
+    /// twice a second); opened again after a failed count closed it.
+    counting: tokio::sync::Mutex<Option<Channel>>,
 }
 
 impl std::fmt::Debug for AmqpPublisher {
@@ -163,6 +166,7 @@ impl AmqpPublisher {
             config,
             window,
             link: tokio::sync::Mutex::new(link),
+            counting: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -275,8 +279,14 @@ impl Publish for AmqpPublisher {
     /// The queue's ready count, from a passive declare on a channel of its
     /// own (a missing queue closes the channel it is asked on).
     async fn waiting(&self, queue: &str) -> Option<u64> {
-        let link = self.link().await.ok()?;
-        let channel = link.connection().create_channel().await.ok()?;
+        let mut counting = self.counting.lock().await;
+        let channel = match counting.take() {
+            Some(channel) if channel.status().connected() => channel,
+            _ => {
+                let link = self.link().await.ok()?;
+                link.connection().create_channel().await.ok()?
+            }
+        };
         let passive = QueueDeclareOptions {
             passive: true,
             ..QueueDeclareOptions::default()
@@ -284,9 +294,12 @@ impl Publish for AmqpPublisher {
         let declared = channel
             .queue_declare(ShortString::from(queue), passive, FieldTable::default())
             .await;
-        let _ = channel.close(200, ShortString::from("counted")).await;
         match declared {
-            Ok(q) => Some(u64::from(q.message_count())),
+            Ok(q) => {
+                *counting = Some(channel);
+                Some(u64::from(q.message_count()))
+            }
+            // A missing queue closes the channel: the next count opens one.
             Err(error) => {
                 tracing::debug!(%queue, %error, "publisher: counting the queue failed");
                 None

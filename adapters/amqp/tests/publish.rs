@@ -185,3 +185,40 @@ async fn an_unroutable_publish_is_an_error_not_a_silent_loss() {
     }
     assert_eq!(p.pressure().refused, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_counts_the_queue_on_one_channel_and_a_missing_queue_costs_only_that_count() {
+    sluicegate_test_support::logs();
+    let queue = format!("publish-waiting-{}", std::process::id());
+    let config = AmqpConfig::new(url(), &queue);
+    let publisher = AmqpPublisher::connect(config, publisher_config(PublishPolicy::Fail))
+        .await
+        .unwrap();
+    let conn = Connection::connect(&url(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_declare(
+        ShortString::from(queue.as_str()),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    for id in 0..7 {
+        publish_id(&publisher, &queue, id).await.unwrap();
+    }
+    assert_eq!(publisher.waiting(&queue).await, Some(7));
+    assert_eq!(publisher.waiting("no-such-queue-here").await, None);
+    assert_eq!(
+        publisher.waiting(&queue).await,
+        Some(7),
+        "counted again after the failure"
+    );
+    ch.queue_delete(
+        ShortString::from(queue.as_str()),
+        QueueDeleteOptions::default(),
+    )
+    .await
+    .unwrap();
+}

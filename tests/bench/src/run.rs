@@ -173,18 +173,7 @@ async fn drive<S: Source>(
     })
     .config(config);
     let tape = scenario.record.as_ref().map(|_| Arc::new(Tape::default()));
-    let worker = match &tape {
-        Some(tape) => {
-            let tape = Arc::clone(tape);
-            worker.on_settled(move |message, _| tape.saw(message))
-        }
-        None => worker,
-    };
-    let worker = match by_key {
-        // Kafka carries the priority in the key.
-        true => worker.classify(|m| m.key().and_then(|k| k.first().copied()).unwrap_or(0)),
-        false => worker,
-    };
+    let worker = dressed(worker, tape.as_ref(), by_key);
     let ops = worker.ops();
     let (stop, stopped) = oneshot::channel::<()>();
     let running = tokio::spawn(worker.run_until(async move {
@@ -198,10 +187,7 @@ async fn drive<S: Source>(
         scenario.size,
         Arc::clone(&sent),
     ));
-    let injecting = scenario.faults.map(|every| {
-        let end = start + scenario.load.length;
-        tokio::spawn(crate::faults::inject(scenario.broker, every, start, end))
-    });
+    let injecting = inject_faults(scenario, start);
     let sampler = Sampler::new(ops, Arc::clone(&shared.recorder), start, Arc::clone(&sent));
     let samples = sampler
         .every(scenario.sample_every, scenario.load.length, progress)
@@ -231,6 +217,33 @@ async fn drive<S: Source>(
         summary,
         samples,
         faults,
+    })
+}
+
+/// The worker recording to `tape` if there is one, and reading the
+/// priority from the key when `by_key` (Kafka carries it there).
+fn dressed<S: Source>(worker: Worker<S>, tape: Option<&Arc<Tape>>, by_key: bool) -> Worker<S> {
+    let worker = match tape {
+        Some(tape) => {
+            let tape = Arc::clone(tape);
+            worker.on_settled(move |message, _| tape.saw(message))
+        }
+        None => worker,
+    };
+    match by_key {
+        true => worker.classify(|m| m.key().and_then(|k| k.first().copied()).unwrap_or(0)),
+        false => worker,
+    }
+}
+
+/// The scenario's broker faults, injected over its length from `start`.
+fn inject_faults(
+    scenario: &Scenario,
+    start: Instant,
+) -> Option<tokio::task::JoinHandle<Vec<crate::faults::Fault>>> {
+    scenario.faults.map(|every| {
+        let end = start + scenario.load.length;
+        tokio::spawn(crate::faults::inject(scenario.broker, every, start, end))
     })
 }
 
