@@ -89,6 +89,9 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Writes a soak's charts and report again from what it saved in
+    /// `dir`, judged as this program judges.
+    SoakReport { dir: PathBuf },
     /// One worker process of `scale`: handles jobs until stdin closes.
     #[command(hide = true)]
     Worker {
@@ -325,6 +328,7 @@ pub(crate) async fn execute(cli: Cli) -> Result<(), String> {
             breaker_outage,
         } => compare(&load, &out, &only, breaker_outage).await,
         Command::Soak { load, out } => soak(&load, &out).await,
+        Command::SoakReport { dir } => soak_verdict(&crate::soak::rebuild(&dir)?),
         Command::Scale {
             broker,
             workers,
@@ -442,29 +446,24 @@ async fn soak(load: &LoadArgs, out: &Path) -> Result<(), String> {
     scenario.sample_every = Duration::from_secs(1);
     let outcome = run_with_bar(&scenario).await?;
     let about = about(load, &scenario, "soak");
-    let verdict = crate::soak::write(out, &about, &outcome)?;
+    let verdict = crate::soak::write(out, about, &outcome)?;
     println!("{}\n{}", header(), row(&outcome.summary));
-    for r in &verdict {
-        println!(
-            "{}: {:.1} near the start, {:.1} at the end, peak {:.1} {}: {}",
-            r.name,
-            r.early,
-            r.late,
-            r.max,
-            r.unit,
-            if r.flat { "flat" } else { "GREW" }
-        );
-    }
     for f in &outcome.faults {
         println!(
             "fault at {:.0} s: {} (back after {:.1} s)",
             f.at, f.what, f.down
         );
     }
+    soak_verdict(&verdict)
+}
+
+/// Prints the soak's verdict; an error when something grew.
+fn soak_verdict(verdict: &[crate::soak::Resource]) -> Result<(), String> {
+    print!("{}", crate::soak::verdict_table(verdict));
     match verdict.iter().find(|r| !r.flat) {
         Some(r) => Err(format!(
-            "the soak's {} grew: {:.1} to {:.1}",
-            r.name, r.early, r.late
+            "the soak's {} grew: {:.1} warmed up, {:.1} at the end",
+            r.name, r.settled, r.end
         )),
         None => Ok(()),
     }
@@ -491,7 +490,7 @@ fn about(load: &LoadArgs, scenario: &Scenario, command: &str) -> About {
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
     About {
-        broker: load.broker.name(),
+        broker: load.broker.name().to_owned(),
         command: format!(
             "cargo run --release -p sluicegate-bench -- {}",
             args.join(" ")

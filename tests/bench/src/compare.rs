@@ -115,8 +115,9 @@ pub(crate) fn write(dir: &Path, about: &About, outcomes: &[Outcome]) -> Result<(
 }
 
 /// Where and how a report was made.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub(crate) struct About {
-    pub(crate) broker: &'static str,
+    pub(crate) broker: String,
     pub(crate) command: String,
     pub(crate) scenario: String,
     pub(crate) machine: String,

@@ -6,17 +6,17 @@
 use std::process::Command;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::target::Broker;
 
 /// One fault, when it began and how long the broker took to come back.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct Fault {
     /// Seconds since the start of the run.
     pub(crate) at: f64,
-    pub(crate) what: &'static str,
+    pub(crate) what: String,
     /// Seconds from the fault to the broker listening again.
     pub(crate) down: f64,
     /// What went wrong injecting it, if anything.
@@ -52,7 +52,7 @@ pub(crate) async fn inject(
             .unwrap_or_else(|e| Err(e.to_string()));
         done.push(Fault {
             at: began.duration_since(start).as_secs_f64(),
-            what,
+            what: what.to_owned(),
             down: began.elapsed().as_secs_f64(),
             error: result.err(),
         });
