@@ -36,6 +36,12 @@ use crate::settle::{AmqpSettle, Topology};
 pub struct AmqpSource {
     config: AmqpConfig,
     link: Option<Link>,
+    /// Connecting, or starting the consumers, in a task of its own: the
+    /// runtime drops a pending `next` whenever another branch of its loop
+    /// wins, and a consumer started by a dropped future would hold the
+    /// prefetch with deliveries nobody reads.
+    /// With the prefetch it applied.
+    opening: Option<tokio::task::JoinHandle<Result<(Link, u16), AmqpError>>>,
     /// The queues, for log lines.
     label: String,
     prefetch: u16,
@@ -217,6 +223,7 @@ impl AmqpSource {
             label: config.queues().join(","),
             config,
             link: Some(link),
+            opening: None,
             prefetch: 0,
             watched,
         })
@@ -247,32 +254,61 @@ impl AmqpSource {
     }
 
     /// The link, consuming; reconnects first if the connection was lost.
+    /// Cancel-safe: the work that talks to the broker runs in a task, and a
+    /// dropped call leaves it running for the next to take up.
     async fn consuming(&mut self) -> Result<&mut Link, SourceError> {
         if self.prefetch == 0 {
             self.set_prefetch(1).await?;
         }
-        let link = match self.link.take() {
-            Some(link) => link,
-            None => {
-                let link = Link::open(&self.config, &self.watched).await.map_err(|e| {
+        let ready = self.link.as_ref().is_some_and(|l| l.incoming.is_some());
+        if !ready {
+            let opening = match self.opening.take() {
+                Some(opening) => opening,
+                None => self.start_opening(),
+            };
+            let opening = self.opening.insert(opening);
+            let opened = opening.await;
+            self.opening = None;
+            let (link, applied) = opened
+                .map_err(|e| SourceError::retryable(format!("reconnecting to RabbitMQ: {e}")))?
+                .map_err(|e| {
                     SourceError::retryable(format!("reconnecting to RabbitMQ: {e}")).with_cause(e)
                 })?;
+            // The prefetch may have moved while the link was opening.
+            if applied != self.prefetch {
                 set_qos(link.channel.clone(), self.prefetch)
                     .await
                     .map_err(|e| SourceError::retryable(e.to_string()))?;
                 link.acks.set_prefetch(self.prefetch);
-                let reconnects = self.watched.reconnects.fetch_add(1, Relaxed) + 1;
-                tracing::info!(queues = %self.label, reconnects, "reconnected to RabbitMQ");
-                link
             }
-        };
-        let link = self.link.insert(link);
-        if link.incoming.is_none() {
-            link.consume()
-                .await
-                .map_err(|e| SourceError::retryable(e.to_string()))?;
+            self.link = Some(link);
         }
-        Ok(link)
+        self.link
+            .as_mut()
+            .ok_or_else(|| SourceError::retryable("no RabbitMQ connection"))
+    }
+
+    /// Starts the consumers on the link there is, or on a new connection
+    /// when there is none (with the prefetch set first).
+    fn start_opening(&mut self) -> tokio::task::JoinHandle<Result<(Link, u16), AmqpError>> {
+        let existing = self.link.take();
+        let (config, watched) = (self.config.clone(), Arc::clone(&self.watched));
+        let (prefetch, label) = (self.prefetch, self.label.clone());
+        tokio::spawn(async move {
+            let mut link = match existing {
+                Some(link) => link,
+                None => {
+                    let link = Link::open(&config, &watched).await?;
+                    set_qos(link.channel.clone(), prefetch).await?;
+                    link.acks.set_prefetch(prefetch);
+                    let reconnects = watched.reconnects.fetch_add(1, Relaxed) + 1;
+                    tracing::info!(queues = %label, reconnects, "reconnected to RabbitMQ");
+                    link
+                }
+            };
+            link.consume().await?;
+            Ok((link, prefetch))
+        })
     }
 
     /// A consumer ended or failed. A dead connection or channel is dropped
@@ -377,6 +413,11 @@ impl Source for AmqpSource {
     /// it, acks included, so no finished message comes back for want of
     /// its ack. Each step waits at most a few seconds.
     async fn close(&mut self) -> Result<(), SourceError> {
+        if let Some(opening) = self.opening.take() {
+            // Nothing consumed on it was handed out: the broker takes back
+            // whatever it delivered when the connection drops.
+            opening.abort();
+        }
         let Some(link) = self.link.take() else {
             return Ok(());
         };

@@ -349,6 +349,54 @@ async fn an_unreachable_broker_is_a_clear_error() {
     assert!(!text.contains("secret"), "{text}");
 }
 
+/// The runtime's loop drops a pending `next` whenever another branch wins
+/// (a task ended, a timer fired), and under overload with `drop` tasks end
+/// all the time: a reconnect cut short that way left a consumer holding the
+/// whole prefetch with deliveries nobody read, and the worker received
+/// nothing more (found by the soak after a forced close).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_forced_close_under_overload_with_drop_the_worker_takes_messages_again() {
+    sluicegate_test_support::logs();
+    let _serial = SERIAL.lock().await;
+    let queue = unique("drop-close");
+    let source = AmqpSource::connect(AmqpConfig::new(url(), &queue))
+        .await
+        .unwrap();
+    let (_conn, ch) = channel().await;
+    let payloads: Vec<Vec<u8>> = (0..30_000).map(|i| format!("{i}").into_bytes()).collect();
+    publish_all(&ch, &queue, &payloads).await;
+    let handler = |_: String| tokio::time::sleep(Duration::from_millis(20));
+    let config = Config::default()
+        .prefetch(64)
+        .max_in_flight(16)
+        .overflow(Overflow::Drop);
+    let worker = Worker::new(source, handler).config(config);
+    let metrics = worker.metrics();
+    let (stop, run) = run_until_stopped(worker);
+    let m = Arc::clone(&metrics);
+    wait_until("500 handled", Duration::from_secs(30), || {
+        m.snapshot().acked >= 500
+    })
+    .await;
+    let closed = Command::new("rabbitmqctl")
+        .args(["close_all_connections", "sluicegate test: forced close"])
+        .output()
+        .unwrap();
+    assert!(closed.status.success(), "{closed:?}");
+    let at_close = metrics.snapshot().acked;
+    let m = Arc::clone(&metrics);
+    wait_until(
+        "500 more handled after the close",
+        Duration::from_secs(20),
+        || m.snapshot().acked >= at_close + 500,
+    )
+    .await;
+    stop.stop();
+    let report = finished(run, Duration::from_secs(60)).await;
+    assert!(report.metrics.source_errors >= 1, "{}", report.metrics);
+    delete(&ch, &[queue.clone(), format!("{queue}.dlq")]).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forced_connection_close_mid_run_loses_nothing() {
     sluicegate_test_support::logs();

@@ -140,16 +140,13 @@ impl Target {
         match self.broker {
             Broker::Memory => Ok(Producer::Memory(self.memory.clone(), self.name.clone())),
             Broker::Rabbitmq => {
-                let (connection, channel) = amqp_channel().await?;
-                channel
-                    .confirm_select(ConfirmSelectOptions::default())
-                    .await
-                    .map_err(|e| format!("RabbitMQ confirms: {e}"))?;
+                let (connection, channel) = confirming_channel().await?;
                 Ok(Producer::Amqp {
-                    _connection: Box::new(connection),
+                    connection: Box::new(connection),
                     channel: Box::new(channel),
                     queue: self.name.clone(),
                     pending: VecDeque::new(),
+                    retry_at: None,
                 })
             }
             Broker::Kafka => {
@@ -229,11 +226,15 @@ fn confirmed(confirm: lapin::Result<Confirmation>, queue: &str) -> Result<(), St
 /// Sends a run's messages, with at most [`WINDOW`] unconfirmed.
 pub(crate) enum Producer {
     Memory(MemoryBroker, String),
+    /// A broker restart or a forced close (the soak's faults) costs the
+    /// sends until the connection is back: it is opened again, at most
+    /// twice a second.
     Amqp {
-        _connection: Box<Connection>,
+        connection: Box<Connection>,
         channel: Box<Channel>,
         queue: String,
         pending: VecDeque<PublisherConfirm>,
+        retry_at: Option<tokio::time::Instant>,
     },
     /// Records go round the partitions (the key carries the priority).
     Kafka {
@@ -254,35 +255,16 @@ impl Producer {
                 .await
                 .map_err(|e| e.to_string()),
             Producer::Amqp {
+                connection,
                 channel,
                 queue,
                 pending,
-                ..
+                retry_at,
             } => {
-                if pending.len() >= WINDOW {
-                    if let Some(oldest) = pending.pop_front() {
-                        confirmed(oldest.await, queue)?;
-                    }
+                if !channel.status().connected() {
+                    reconnect(connection, channel, pending, retry_at).await?;
                 }
-                let properties = BasicProperties::default().with_priority(priority);
-                // Mandatory: a queue that is not there is an error, not a
-                // silent loss.
-                let options = BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                };
-                let confirm = channel
-                    .basic_publish(
-                        ShortString::from(""),
-                        ShortString::from(queue.as_str()),
-                        options,
-                        &body,
-                        properties,
-                    )
-                    .await
-                    .map_err(|e| format!("publish: {e}"))?;
-                pending.push_back(confirm);
-                Ok(())
+                amqp_send(channel, queue, pending, &body, priority).await
             }
             Producer::Kafka {
                 producer,
@@ -337,4 +319,70 @@ impl Producer {
             }
         }
     }
+}
+
+/// A connection and a channel in confirm mode.
+async fn confirming_channel() -> Result<(Connection, Channel), String> {
+    let (connection, channel) = amqp_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(|e| format!("RabbitMQ confirms: {e}"))?;
+    Ok((connection, channel))
+}
+
+/// Opens the producer's connection again, unless the last try was under
+/// half a second ago; the confirms it waited for are gone with the old one.
+async fn reconnect(
+    connection: &mut Connection,
+    channel: &mut Channel,
+    pending: &mut VecDeque<PublisherConfirm>,
+    retry_at: &mut Option<tokio::time::Instant>,
+) -> Result<(), String> {
+    let now = tokio::time::Instant::now();
+    if retry_at.is_some_and(|at| now < at) {
+        return Err("RabbitMQ is away".into());
+    }
+    *retry_at = Some(now + Duration::from_millis(500));
+    pending.clear();
+    let (c, ch) = confirming_channel().await?;
+    *connection = c;
+    *channel = ch;
+    *retry_at = None;
+    Ok(())
+}
+
+/// Publishes one message, waiting first for the oldest confirm when the
+/// window is full.
+async fn amqp_send(
+    channel: &Channel,
+    queue: &str,
+    pending: &mut VecDeque<PublisherConfirm>,
+    body: &[u8],
+    priority: u8,
+) -> Result<(), String> {
+    if pending.len() >= WINDOW {
+        if let Some(oldest) = pending.pop_front() {
+            confirmed(oldest.await, queue)?;
+        }
+    }
+    let properties = BasicProperties::default().with_priority(priority);
+    // Mandatory: a queue that is not there is an error, not a
+    // silent loss.
+    let options = BasicPublishOptions {
+        mandatory: true,
+        ..BasicPublishOptions::default()
+    };
+    let confirm = channel
+        .basic_publish(
+            ShortString::from(""),
+            ShortString::from(queue),
+            options,
+            body,
+            properties,
+        )
+        .await
+        .map_err(|e| format!("publish: {e}"))?;
+    pending.push_back(confirm);
+    Ok(())
 }
