@@ -39,8 +39,8 @@ pub struct AmqpSource {
     /// Connecting, or starting the consumers, in a task of its own: the
     /// runtime drops a pending `next` whenever another branch of its loop
     /// wins, and a consumer started by a dropped future would hold the
-    /// prefetch with deliveries nobody reads.
-    /// With the prefetch it applied.
+    /// prefetch with deliveries nobody reads. It yields the link with the
+    /// prefetch it applied.
     opening: Option<tokio::task::JoinHandle<Result<(Link, u16), AmqpError>>>,
     /// The queues, for log lines.
     label: String,

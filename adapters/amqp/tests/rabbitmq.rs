@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{broker_unacked, channel, delete, publish_all, ready, unique, url};
+use common::{
+    broker_unacked, channel, close_all_connections, delete, publish_all, ready, unique, url,
+};
 use lapin::Channel;
 use lapin::options::BasicGetOptions;
 use lapin::types::{AMQPValue, ShortString};
@@ -378,11 +380,7 @@ async fn after_a_forced_close_under_overload_with_drop_the_worker_takes_messages
         m.snapshot().acked >= 500
     })
     .await;
-    let closed = Command::new("rabbitmqctl")
-        .args(["close_all_connections", "sluicegate test: forced close"])
-        .output()
-        .unwrap();
-    assert!(closed.status.success(), "{closed:?}");
+    close_all_connections();
     let at_close = metrics.snapshot().acked;
     let m = Arc::clone(&metrics);
     wait_until(
@@ -434,11 +432,7 @@ async fn a_forced_connection_close_mid_run_loses_nothing() {
         m.snapshot().acked >= 300
     })
     .await;
-    let closed = Command::new("rabbitmqctl")
-        .args(["close_all_connections", "sluicegate test: forced close"])
-        .output()
-        .unwrap();
-    assert!(closed.status.success(), "{closed:?}");
+    close_all_connections();
     let report = tokio::time::timeout(Duration::from_secs(90), run)
         .await
         .unwrap()

@@ -119,3 +119,13 @@ pub fn broker_unacked(queue: &str) -> u64 {
         .and_then(|(_, n)| n.trim().parse().ok())
         .unwrap_or(0)
 }
+
+/// Closes every connection to the broker, as an operator's
+/// `rabbitmqctl close_all_connections` does.
+pub fn close_all_connections() {
+    let closed = Command::new("rabbitmqctl")
+        .args(["close_all_connections", "sluicegate test: forced close"])
+        .output()
+        .expect("rabbitmqctl (installed with rabbitmq-server by scripts/test)");
+    assert!(closed.status.success(), "{closed:?}");
+}
