@@ -90,7 +90,8 @@ pub fn first_origin(message: &Message) -> Cow<'_, str> {
 /// The headers sluicegate writes on the copy of `message` that
 /// `settlement` republishes, to be set over the message's own (replacing
 /// any of [`header::ALL`] it had): the attempt the copy carries, the
-/// reason, the first origin, the not-before time of a retry, and what was
+/// reason, the first origin, the not-before time of a retry (of a
+/// dead-letter: when it was dead-lettered), and what was
 /// cut from a truncated dead-letter (`cut_body`: the original body length;
 /// `cut_headers`: names of headers left out). `now` is the wall clock.
 pub fn republish_headers(
@@ -116,11 +117,15 @@ pub fn republish_headers(
         (header::REASON, cap_reason(reason).into_owned()),
         (header::ORIGIN, first_origin(message).into_owned()),
     ];
-    if let Some(after) = after {
-        out.push((
+    match after {
+        Some(after) => out.push((
             header::NOT_BEFORE,
             millis_since_epoch(now + after).to_string(),
-        ));
+        )),
+        None if settlement.is_dead_letter() => {
+            out.push((header::DEAD_AT, millis_since_epoch(now).to_string()));
+        }
+        None => {}
     }
     let mut cut = Vec::new();
     if let Some(length) = cut_body {
@@ -145,6 +150,12 @@ pub const DELAY_MAX: Duration = Duration::from_secs(60 * 60);
 /// Reads a [`header::NOT_BEFORE`] value: `None` unless it is a whole
 /// number of milliseconds.
 pub fn read_not_before(raw: &[u8]) -> Option<SystemTime> {
+    read_millis(raw)
+}
+
+/// Reads a time header ([`header::NOT_BEFORE`], [`header::DEAD_AT`]):
+/// `None` unless it is a whole number of milliseconds since the epoch.
+pub fn read_millis(raw: &[u8]) -> Option<SystemTime> {
     let ms: u64 = std::str::from_utf8(raw).ok()?.trim().parse().ok()?;
     Some(UNIX_EPOCH + Duration::from_millis(ms))
 }

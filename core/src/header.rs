@@ -32,10 +32,20 @@ pub const NOT_BEFORE: &str = "x-sluicegate-not-before";
 /// `body=<original bytes>` and, where headers had to go,
 /// `headers=<name>,<name>`.
 pub const TRUNCATED: &str = "x-sluicegate-truncated";
+/// On a dead-lettered copy: when it was dead-lettered, in milliseconds
+/// since the Unix epoch (a broker's own timestamp, where there is one, is
+/// when the message was first published).
+pub const DEAD_AT: &str = "x-sluicegate-dead-at";
+
+/// How many times an operator has put the message back from a
+/// dead-letter queue (`sluicegate dlq redrive`), as decimal text. Not
+/// among [`ALL`]: a retry or a dead-letter keeps it, so the count
+/// survives the trip back and the redrive's loop guard sees it.
+pub const REDRIVES: &str = "x-sluicegate-redrives";
 
 /// Every header sluicegate writes: a republish replaces these and keeps
 /// every other header the message had.
-pub const ALL: [&str; 5] = [ATTEMPT, REASON, ORIGIN, NOT_BEFORE, TRUNCATED];
+pub const ALL: [&str; 6] = [ATTEMPT, REASON, ORIGIN, NOT_BEFORE, TRUNCATED, DEAD_AT];
 
 /// What was wrong with an attempt header, and so why it was not used as it
 /// stood.

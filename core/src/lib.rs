@@ -51,6 +51,7 @@ mod admission;
 mod breaker;
 pub mod config;
 pub mod convention;
+pub mod deadletter;
 mod dispatch;
 mod gate;
 pub mod handler;

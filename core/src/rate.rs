@@ -110,6 +110,46 @@ impl Limiter {
     }
 }
 
+/// Waits its turn at a [`RateLimit`]: for work paced by an operator (a
+/// redrive of 100,000 messages must not flood the workers it is trying to
+/// help). With no limit it never waits.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// use sluicegate::RateLimit;
+/// use sluicegate::rate::Pacer;
+/// let pacer = Pacer::new(RateLimit::per_second(10));
+/// let start = tokio::time::Instant::now();
+/// for _ in 0..11 {
+///     pacer.wait().await;
+/// }
+/// assert!(start.elapsed() >= std::time::Duration::from_secs(1));
+/// # }
+/// ```
+pub struct Pacer {
+    limiter: Option<Limiter>,
+}
+
+impl Pacer {
+    /// Paced at `limit`, or not at all.
+    pub fn new(limit: Option<RateLimit>) -> Self {
+        Self {
+            limiter: limit.map(Limiter::new),
+        }
+    }
+
+    /// Returns once a token is taken.
+    pub async fn wait(&self) {
+        let Some(limiter) = &self.limiter else {
+            return;
+        };
+        while let Err(next) = limiter.try_take() {
+            tokio::time::sleep_until(next).await;
+        }
+    }
+}
+
 /// One bucket per priority lane, by rank (highest priority first; lanes
 /// past the list take the last entry; `None`: no limit).
 pub(crate) struct LaneLimits {

@@ -76,6 +76,15 @@ impl Settlement {
             Settlement::DeadLetterTruncated { .. } => "dead-letter-truncated",
         }
     }
+
+    /// Whether it moves the message to the dead-letter destination (whole
+    /// or cut).
+    pub fn is_dead_letter(&self) -> bool {
+        matches!(
+            self,
+            Settlement::DeadLetter { .. } | Settlement::DeadLetterTruncated { .. }
+        )
+    }
 }
 
 /// Why a settlement failed, which decides what happens next.

@@ -213,6 +213,11 @@ impl AmqpConfig {
         self.dead_letter_queue_for(self.queue())
     }
 
+    /// The broker's URL without its password, for messages.
+    pub fn redacted_url(&self) -> String {
+        crate::connect::redact(&self.url)
+    }
+
     /// The dead-letter queue of `queue`: the one set, or `<queue>.dlq`.
     pub fn dead_letter_queue_for(&self, queue: &str) -> String {
         self.dead_letter_queue

@@ -41,7 +41,7 @@ pub(crate) async fn connect(config: &AmqpConfig) -> Result<Connection, AmqpError
 }
 
 /// The URL without its password, for messages.
-fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let userinfo = &url[scheme + 3..at];

@@ -47,6 +47,7 @@ mod acks;
 mod config;
 mod connect;
 mod convert;
+mod dlq;
 mod probe;
 mod publish;
 mod republish;
@@ -54,6 +55,7 @@ mod settle;
 mod source;
 
 pub use config::{AmqpConfig, Declare, ENV_VARS};
+pub use dlq::AmqpDeadLetters;
 pub use publish::AmqpPublisher;
 pub use source::AmqpSource;
 

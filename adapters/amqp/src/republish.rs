@@ -16,6 +16,7 @@ use bytes::Bytes;
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use sluicegate::convention::{header, plan_cut, republish_headers, too_large};
+use sluicegate::deadletter::{DeadLetter, redrive_headers};
 use sluicegate::{Message, Settlement};
 
 /// A copy ready to publish.
@@ -86,6 +87,24 @@ pub(crate) fn copy_for(
         ));
     }
     Ok(Copy { properties, body })
+}
+
+/// The copy of a dead letter that a redrive puts back to work: every
+/// property and header of `original` but ours, and [`redrive_headers`]
+/// (attempt 1, the first origin, one more redrive).
+pub(crate) fn redriven(original: &BasicProperties, letter: &DeadLetter) -> BasicProperties {
+    let theirs: Vec<(&ShortString, &AMQPValue)> = original
+        .headers()
+        .as_ref()
+        .map(|table| {
+            table
+                .inner()
+                .iter()
+                .filter(|(name, _)| name.as_str() != header::REDRIVES)
+                .collect()
+        })
+        .unwrap_or_default();
+    properties(original, &theirs, &redrive_headers(letter))
 }
 
 /// `original`'s properties but expiration, with `theirs` and `ours` as

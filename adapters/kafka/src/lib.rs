@@ -47,6 +47,7 @@ mod book;
 mod config;
 mod context;
 mod convert;
+mod dlq;
 mod handover;
 mod ids;
 mod limits;
@@ -63,6 +64,7 @@ mod stats;
 
 pub use config::{ENV_VARS, KafkaConfig, Ordering, TopicSetup};
 pub use convert::NOT_BEFORE;
+pub use dlq::KafkaDeadLetters;
 pub use publish::KafkaPublisher;
 pub use source::KafkaSource;
 pub use stats::{KafkaStats, KafkaStatsSnapshot, PartitionLag};

@@ -1,0 +1,259 @@
+//! A RabbitMQ dead-letter queue, read and redriven by an operator.
+//!
+//! Reading takes messages with `basic.get` and no auto-ack, then gives
+//! them all back by closing the channel: RabbitMQ puts a requeued message
+//! back where it was, so the queue reads the same again. A redrive publishes each picked message to its work queue on a
+//! confirming channel, and acks it off the dead-letter queue only after
+//! the broker confirmed the copy; what it does not move it holds unacked
+//! until the end, so it never reads a message twice in one run. Closing
+//! the channel gives back whatever is still held (so does the process
+//! dying: the broker requeues what a lost connection held).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use lapin::options::{BasicAckOptions, BasicGetOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{Channel, Connection};
+use sluicegate::deadletter::{
+    DeadLetter, DeadLetterError, DeadLetterQueue, Decision, Redrive, RedriveLog, RedriveReport,
+    content_id,
+};
+use sluicegate::rate::Pacer;
+
+use crate::config::AmqpConfig;
+use crate::connect::{connect, redact};
+use crate::convert::message_from;
+use crate::publish::{Confirming, Failure};
+use crate::republish::redriven;
+
+/// Dead-letter queues on one RabbitMQ broker; implements
+/// [`DeadLetterQueue`].
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use sluicegate::deadletter::{DeadLetterQueue, Redrive};
+/// use sluicegate_amqp::{AmqpConfig, AmqpDeadLetters};
+///
+/// let dlq = AmqpDeadLetters::connect(AmqpConfig::from_env()?).await?;
+/// for letter in dlq.browse("orders.dlq", 100).await? {
+///     println!("{} {}", letter.id, letter.reason);
+/// }
+/// # Ok(()) }
+/// ```
+pub struct AmqpDeadLetters {
+    url: String,
+    connection: Arc<Connection>,
+    confirming: Confirming,
+}
+
+impl std::fmt::Debug for AmqpDeadLetters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpDeadLetters")
+            .field("broker", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+fn broker_error(action: impl Into<String>) -> impl FnOnce(lapin::Error) -> DeadLetterError {
+    let action = action.into();
+    move |e| DeadLetterError::Broker {
+        action,
+        why: e.to_string(),
+    }
+}
+
+impl AmqpDeadLetters {
+    /// Connects to `config`'s broker (over TLS with its CA, if set).
+    pub async fn connect(config: AmqpConfig) -> Result<Self, DeadLetterError> {
+        let url = redact(&config.url);
+        let unreachable = |why: String| DeadLetterError::Unreachable {
+            at: format!("AMQP_URL={url}"),
+            why,
+        };
+        let connection = connect(&config).await.map_err(|e| {
+            let why =
+                std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
+            unreachable(why)
+        })?;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let connection = Arc::new(connection);
+        let confirming = Confirming::new(Arc::clone(&connection), channel);
+        Ok(Self {
+            url: format!("AMQP_URL={url}"),
+            connection,
+            confirming,
+        })
+    }
+
+    async fn channel(&self) -> Result<Channel, DeadLetterError> {
+        self.connection
+            .create_channel()
+            .await
+            .map_err(broker_error("opening a channel"))
+    }
+
+    /// How many messages are ready in `queue`, asked on a channel of its
+    /// own (a missing queue closes the channel it is asked on).
+    async fn ready(&self, queue: &str) -> Result<u64, DeadLetterError> {
+        let channel = self.channel().await?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let declared = channel
+            .queue_declare(ShortString::from(queue), passive, FieldTable::default())
+            .await;
+        match declared {
+            Ok(q) => {
+                let _ = channel.close(200, "counted".into()).await;
+                Ok(u64::from(q.message_count()))
+            }
+            Err(e) if e.to_string().contains("NOT_FOUND") => Err(DeadLetterError::NotFound {
+                kind: "queue",
+                name: queue.to_owned(),
+                at: self.url.clone(),
+            }),
+            Err(e) => Err(broker_error(format!("looking up queue {queue:?}"))(e)),
+        }
+    }
+
+    /// The next message of `queue`, held unacked on `channel`.
+    async fn get(
+        channel: &Channel,
+        queue: &str,
+    ) -> Result<Option<lapin::message::BasicGetMessage>, DeadLetterError> {
+        channel
+            .basic_get(ShortString::from(queue), BasicGetOptions { no_ack: false })
+            .await
+            .map_err(broker_error(format!("reading from queue {queue:?}")))
+    }
+
+    async fn redrive_on(
+        &self,
+        channel: &Channel,
+        queue: &str,
+        plan: &Redrive,
+        log: &mut dyn RedriveLog,
+    ) -> Result<RedriveReport, DeadLetterError> {
+        let total = self.ready(queue).await?;
+        log.begin(total);
+        let pacer = Pacer::new(plan.rate);
+        let mut report = RedriveReport::new(plan.dry_run);
+        let mut targets = HashSet::new();
+        while report.scanned < total {
+            let Some(got) = Self::get(channel, queue).await? else {
+                break;
+            };
+            report.scanned += 1;
+            log.scanned();
+            let letter = letter_from(queue, &got.delivery);
+            match plan.decide(&letter, SystemTime::now(), report.moved)? {
+                Decision::Stop => break,
+                Decision::Leave => report.left += 1,
+                Decision::Refuse(why) => {
+                    report.refused += 1;
+                    log.refused(&letter, &why);
+                }
+                Decision::Move { to } => {
+                    if targets.insert(to.clone()) {
+                        self.ready(&to).await?;
+                    }
+                    if !plan.dry_run {
+                        pacer.wait().await;
+                        let copy = redriven(&got.delivery.properties, &letter);
+                        self.confirming
+                            .publish(&to, &got.delivery.data, copy)
+                            .await
+                            .map_err(|failure| DeadLetterError::Broker {
+                                action: format!("putting {:?} back on {to:?}", letter.id),
+                                why: match failure {
+                                    Failure::Refused(why) | Failure::Unsettled(why) => why,
+                                },
+                            })?;
+                        channel
+                            .basic_ack(got.delivery.delivery_tag, BasicAckOptions::default())
+                            .await
+                            .map_err(broker_error(format!(
+                                "removing {:?} from {queue:?} (its copy is on {to:?})",
+                                letter.id
+                            )))?;
+                    }
+                    report.moved += 1;
+                    log.moved(&letter, &to);
+                }
+                _ => report.left += 1,
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// Gives back every message `channel` holds (closing a channel requeues
+/// what it held, each where it was).
+async fn give_back(channel: Channel) {
+    let _ = channel.close(200, "done".into()).await;
+}
+
+fn letter_from(queue: &str, delivery: &lapin::message::Delivery) -> DeadLetter {
+    let message = message_from(&Arc::from(queue), delivery);
+    let id = match delivery.properties.message_id() {
+        Some(id) => id.as_str().to_owned(),
+        None => content_id(message.headers(), &delivery.data),
+    };
+    DeadLetter::new(
+        id,
+        queue,
+        message.headers().clone(),
+        None,
+        message.payload().clone(),
+    )
+    .with_timestamp(message.broker_timestamp())
+}
+
+#[async_trait]
+impl DeadLetterQueue for AmqpDeadLetters {
+    fn broker(&self) -> String {
+        self.url.clone()
+    }
+
+    async fn browse(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>, DeadLetterError> {
+        let total = self.ready(queue).await?;
+        let channel = self.channel().await?;
+        let mut letters = Vec::new();
+        let mut read = Ok(());
+        while (letters.len() as u64) < total && letters.len() < limit {
+            match Self::get(&channel, queue).await {
+                Ok(Some(got)) => letters.push(letter_from(queue, &got.delivery)),
+                Ok(None) => break,
+                Err(e) => {
+                    read = Err(e);
+                    break;
+                }
+            }
+        }
+        give_back(channel).await;
+        read.map(|()| letters)
+    }
+
+    async fn redrive(
+        &self,
+        queue: &str,
+        plan: &Redrive,
+        log: &mut dyn RedriveLog,
+    ) -> Result<RedriveReport, DeadLetterError> {
+        let channel = self.channel().await?;
+        let report = self.redrive_on(&channel, queue, plan, log).await;
+        give_back(channel).await;
+        report
+    }
+}

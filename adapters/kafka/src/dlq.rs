@@ -1,0 +1,595 @@
+//! A Kafka dead-letter topic, read and redriven by an operator.
+//!
+//! A topic is a log: nothing is taken out of it. What "removed" means here
+//! is two things kept on the broker. A redrive cursor, the committed
+//! offsets of the group `sluicegate-dlq.<topic>`, marks every record
+//! before it as dealt with. Past the cursor, a record redriven while one
+//! before it stays (a redrive by id or reason) is marked in the compacted
+//! topic `<topic>.redriven`, keyed by its id. Each copy is produced and
+//! acknowledged by the brokers before its mark is written and the cursor
+//! moves over it, so a crash in between duplicates a message, never loses
+//! one. Reading assigns partitions by offset and commits nothing.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use rdkafka::message::{Header, Headers as _, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Message as _, Offset, TopicPartitionList};
+use sluicegate::Headers;
+use sluicegate::convention::header;
+use sluicegate::deadletter::{
+    DeadLetter, DeadLetterError, DeadLetterQueue, Decision, Redrive, RedriveLog, RedriveReport,
+    redrive_headers,
+};
+use sluicegate::rate::Pacer;
+
+use crate::config::KafkaConfig;
+use crate::context::ClientCtx;
+use crate::produce::{Failure, produce};
+
+/// The topic that marks records redriven past the cursor.
+fn marks_topic(topic: &str) -> String {
+    format!("{topic}.redriven")
+}
+
+/// Records moved between two commits of the cursor: what a crash can
+/// re-read (each one marked, so none is moved twice).
+const COMMIT_EVERY: u64 = 100;
+
+/// Dead-letter topics on one Kafka cluster; implements
+/// [`DeadLetterQueue`].
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use sluicegate::deadletter::{DeadLetterQueue, Redrive};
+/// use sluicegate_kafka::{KafkaConfig, KafkaDeadLetters};
+///
+/// let dlq = KafkaDeadLetters::connect(&KafkaConfig::from_env()?).await?;
+/// let report = dlq.redrive("orders.dlq", &Redrive::default(), &mut ()).await?;
+/// println!("{report}");
+/// # Ok(()) }
+/// ```
+pub struct KafkaDeadLetters {
+    brokers: String,
+    timeout: Duration,
+    client: ClientConfig,
+    producer: FutureProducer<ClientCtx>,
+}
+
+impl std::fmt::Debug for KafkaDeadLetters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaDeadLetters")
+            .field("brokers", &self.brokers)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A partition to read: from `start` up to (not including) `end`.
+#[derive(Clone, Copy, Debug)]
+struct Range {
+    partition: i32,
+    start: i64,
+    end: i64,
+}
+
+fn client_error(
+    action: impl Into<String>,
+) -> impl FnOnce(rdkafka::error::KafkaError) -> DeadLetterError {
+    let action = action.into();
+    move |e| DeadLetterError::Broker {
+        action,
+        why: e.to_string(),
+    }
+}
+
+impl KafkaDeadLetters {
+    /// A client for `config`'s brokers, once they answer (within its
+    /// connect timeout).
+    pub async fn connect(config: &KafkaConfig) -> Result<Self, DeadLetterError> {
+        let mut client = config.client();
+        client.set("enable.idempotence", "true");
+        let producer: FutureProducer<ClientCtx> = client
+            .create_with_context(ClientCtx::quiet())
+            .map_err(client_error("creating the producer"))?;
+        let dlq = Self {
+            brokers: format!("KAFKA_BROKERS={}", config.brokers),
+            timeout: config.connect_timeout,
+            client: config.client(),
+            producer,
+        };
+        let probe = dlq.consumer("sluicegate-dlq")?;
+        let timeout = dlq.timeout;
+        let answered = tokio::task::spawn_blocking(move || {
+            probe
+                .fetch_metadata(None, timeout)
+                .map(|_| ())
+                .map_err(|e| match probe.context().last_error() {
+                    Some(last) => format!("{e} (last error: {last})"),
+                    None => e.to_string(),
+                })
+        })
+        .await
+        .map_err(|e| DeadLetterError::Broker {
+            action: "asking for metadata".into(),
+            why: e.to_string(),
+        })?;
+        answered.map_err(|why| DeadLetterError::Unreachable {
+            at: dlq.brokers.clone(),
+            why,
+        })?;
+        Ok(dlq)
+    }
+
+    fn consumer(&self, group: &str) -> Result<StreamConsumer<ClientCtx>, DeadLetterError> {
+        let mut client = self.client.clone();
+        client
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest");
+        client
+            .create_with_context(ClientCtx::quiet())
+            .map_err(client_error("creating a consumer"))
+    }
+
+    /// `topic`'s partitions with their low and high watermarks, or
+    /// [`DeadLetterError::NotFound`].
+    async fn partitions(
+        &self,
+        consumer: &StreamConsumer<ClientCtx>,
+        topic: &str,
+    ) -> Result<Vec<Range>, DeadLetterError> {
+        let metadata = consumer
+            .fetch_metadata(None, self.timeout)
+            .map_err(client_error("asking for metadata"))?;
+        let Some(found) = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+        else {
+            return Err(DeadLetterError::NotFound {
+                kind: "topic",
+                name: topic.to_owned(),
+                at: self.brokers.clone(),
+            });
+        };
+        let mut ranges = Vec::new();
+        for partition in found.partitions() {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, partition.id(), self.timeout)
+                .map_err(client_error(format!(
+                    "reading {topic}[{}]'s offsets",
+                    partition.id()
+                )))?;
+            ranges.push(Range {
+                partition: partition.id(),
+                start: low,
+                end: high,
+            });
+        }
+        Ok(ranges)
+    }
+
+    /// Moves each range's start up to the redrive cursor.
+    fn after_cursor(
+        &self,
+        consumer: &StreamConsumer<ClientCtx>,
+        topic: &str,
+        ranges: &mut [Range],
+    ) -> Result<(), DeadLetterError> {
+        let mut tpl = TopicPartitionList::new();
+        for range in ranges.iter() {
+            tpl.add_partition(topic, range.partition);
+        }
+        let committed = consumer
+            .committed_offsets(tpl, self.timeout)
+            .map_err(client_error(format!(
+                "reading the redrive cursor of {topic}"
+            )))?;
+        for range in ranges.iter_mut() {
+            if let Some(Offset::Offset(at)) = committed
+                .find_partition(topic, range.partition)
+                .map(|p| p.offset())
+            {
+                range.start = range.start.max(at);
+            }
+        }
+        Ok(())
+    }
+
+    /// The ids marked redriven past the cursor (none before the first
+    /// redrive by id or reason).
+    async fn marks(&self, topic: &str) -> Result<HashSet<String>, DeadLetterError> {
+        let marks = marks_topic(topic);
+        let consumer = self.consumer("sluicegate-dlq")?;
+        let ranges = match self.partitions(&consumer, &marks).await {
+            Ok(ranges) => ranges,
+            Err(DeadLetterError::NotFound { .. }) => return Ok(HashSet::new()),
+            Err(e) => return Err(e),
+        };
+        let mut reader = Reader::start(consumer, &marks, ranges)?;
+        let mut ids = HashSet::new();
+        while let Some(record) = reader.next().await? {
+            ids.insert(String::from_utf8_lossy(&record.key.unwrap_or_default()).into_owned());
+        }
+        Ok(ids)
+    }
+
+    /// What waits in `topic` past its cursor, with its marks.
+    async fn open(&self, topic: &str) -> Result<(Reader, HashSet<String>), DeadLetterError> {
+        let consumer = self.consumer(&format!("sluicegate-dlq.{topic}"))?;
+        let mut ranges = self.partitions(&consumer, topic).await?;
+        self.after_cursor(&consumer, topic, &mut ranges)?;
+        let marks = self.marks(topic).await?;
+        Ok((Reader::start(consumer, topic, ranges)?, marks))
+    }
+
+    /// Produces `record` and waits for the brokers' acknowledgement.
+    async fn send(
+        &self,
+        record: FutureRecord<'_, [u8], [u8]>,
+        what: impl FnOnce() -> String,
+    ) -> Result<(), DeadLetterError> {
+        produce(&self.producer, record, self.timeout)
+            .await
+            .map(|_| ())
+            .map_err(|failure| {
+                let (Failure::Refused(e) | Failure::QueueFull(e) | Failure::Unsettled(e)) = failure;
+                DeadLetterError::Broker {
+                    action: what(),
+                    why: e.to_string(),
+                }
+            })
+    }
+
+    /// Puts `record` back on `to`, then marks it redriven.
+    async fn put_back(
+        &self,
+        letter: &DeadLetter,
+        record: &Record,
+        to: &str,
+    ) -> Result<(), DeadLetterError> {
+        let headers = copy_headers(letter);
+        let mut copy = FutureRecord::<[u8], [u8]>::to(to)
+            .payload(&record.payload[..])
+            .headers(headers);
+        if let Some(key) = &record.key {
+            copy = copy.key(&key[..]);
+        }
+        self.send(copy, || format!("putting {:?} back on {to:?}", letter.id))
+            .await?;
+        let marks = marks_topic(&letter.queue);
+        let at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis()
+            .to_string();
+        let mark = FutureRecord::<[u8], [u8]>::to(&marks)
+            .key(letter.id.as_bytes())
+            .payload(at.as_bytes());
+        self.send(mark, || {
+            format!("marking {:?} redriven in {marks:?}", letter.id)
+        })
+        .await
+    }
+
+    /// Creates `<topic>.redriven`, compacted, if it is missing.
+    async fn ensure_marks_topic(&self, topic: &str) -> Result<(), DeadLetterError> {
+        let marks = marks_topic(topic);
+        let admin: AdminClient<ClientCtx> = self
+            .client
+            .create_with_context(ClientCtx::quiet())
+            .map_err(client_error("creating the admin client"))?;
+        let new =
+            NewTopic::new(&marks, 1, TopicReplication::Fixed(-1)).set("cleanup.policy", "compact");
+        let results = admin
+            .create_topics(
+                [&new],
+                &AdminOptions::new().operation_timeout(Some(self.timeout)),
+            )
+            .await
+            .map_err(client_error(format!("creating {marks:?}")))?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => {
+                    return Err(DeadLetterError::Broker {
+                        action: format!("creating {name:?}"),
+                        why: code.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The copy's headers: the dead letter's own but ours, with
+/// [`redrive_headers`] on top.
+fn copy_headers(letter: &DeadLetter) -> OwnedHeaders {
+    let ours = redrive_headers(letter);
+    let mut headers = OwnedHeaders::new();
+    for (name, value) in letter.headers.iter() {
+        if !header::ALL.contains(&name) && name != header::REDRIVES {
+            headers = headers.insert(Header {
+                key: name,
+                value: Some(&value[..]),
+            });
+        }
+    }
+    for (name, value) in &ours {
+        headers = headers.insert(Header {
+            key: name,
+            value: Some(value.as_bytes()),
+        });
+    }
+    headers
+}
+
+/// A record read, owned.
+struct Record {
+    partition: i32,
+    offset: i64,
+    key: Option<Bytes>,
+    payload: Bytes,
+    headers: Headers,
+    timestamp: Option<SystemTime>,
+}
+
+impl Record {
+    fn letter(&self, topic: &str) -> DeadLetter {
+        let id = format!("{topic}[{}]@{}", self.partition, self.offset);
+        DeadLetter::new(
+            id,
+            topic,
+            self.headers.clone(),
+            self.key.clone(),
+            self.payload.clone(),
+        )
+        .with_timestamp(self.timestamp)
+    }
+}
+
+/// Reads assigned partitions up to the ends they had when it started.
+struct Reader {
+    consumer: StreamConsumer<ClientCtx>,
+    topic: String,
+    /// Per partition: the next offset wanted, and the end.
+    next: HashMap<i32, (i64, i64)>,
+}
+
+/// How long a read may go without a record before it gives up.
+const READ_STALL: Duration = Duration::from_secs(30);
+
+impl Reader {
+    fn start(
+        consumer: StreamConsumer<ClientCtx>,
+        topic: &str,
+        ranges: Vec<Range>,
+    ) -> Result<Self, DeadLetterError> {
+        let mut tpl = TopicPartitionList::new();
+        let mut next = HashMap::new();
+        for range in ranges.into_iter().filter(|r| r.start < r.end) {
+            tpl.add_partition_offset(topic, range.partition, Offset::Offset(range.start))
+                .map_err(client_error(format!(
+                    "assigning {topic}[{}]",
+                    range.partition
+                )))?;
+            next.insert(range.partition, (range.start, range.end));
+        }
+        consumer
+            .assign(&tpl)
+            .map_err(client_error(format!("assigning {topic}")))?;
+        Ok(Self {
+            consumer,
+            topic: topic.to_owned(),
+            next,
+        })
+    }
+
+    fn done(&self) -> bool {
+        self.next.values().all(|(next, end)| next >= end)
+    }
+
+    /// The next record below its partition's end, or `None` at the ends.
+    async fn next(&mut self) -> Result<Option<Record>, DeadLetterError> {
+        let mut idle = Duration::ZERO;
+        while !self.done() {
+            let step = Duration::from_secs(1);
+            let received = match tokio::time::timeout(step, self.consumer.recv()).await {
+                Ok(received) => received,
+                Err(_) => {
+                    idle += step;
+                    // Transaction markers and compacted gaps never arrive as
+                    // records: the position says they are passed.
+                    self.catch_up();
+                    if idle >= READ_STALL && !self.done() {
+                        return Err(DeadLetterError::Broker {
+                            action: format!("reading {}", self.topic),
+                            why: format!("no record for {READ_STALL:?} before its end"),
+                        });
+                    }
+                    continue;
+                }
+            };
+            let m = received.map_err(client_error(format!("reading {}", self.topic)))?;
+            let Some((next, end)) = self.next.get_mut(&m.partition()) else {
+                continue;
+            };
+            if m.offset() < *next || m.offset() >= *end {
+                *next = (*next).max(m.offset() + 1);
+                continue;
+            }
+            *next = m.offset() + 1;
+            return Ok(Some(owned(&m)));
+        }
+        Ok(None)
+    }
+
+    fn catch_up(&mut self) {
+        let Ok(positions) = self.consumer.position() else {
+            return;
+        };
+        for (partition, (next, _)) in self.next.iter_mut() {
+            if let Some(Offset::Offset(at)) = positions
+                .find_partition(&self.topic, *partition)
+                .map(|p| p.offset())
+            {
+                *next = (*next).max(at);
+            }
+        }
+    }
+}
+
+fn owned(m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
+    let mut headers = Headers::new();
+    if let Some(borrowed) = m.headers() {
+        for h in borrowed.iter() {
+            headers.insert(h.key, Bytes::copy_from_slice(h.value.unwrap_or_default()));
+        }
+    }
+    Record {
+        partition: m.partition(),
+        offset: m.offset(),
+        key: m.key().map(Bytes::copy_from_slice),
+        payload: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+        headers,
+        timestamp: m
+            .timestamp()
+            .to_millis()
+            .and_then(|ms| u64::try_from(ms).ok())
+            .map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
+    }
+}
+
+/// Per partition: where the cursor may move to (every record before it
+/// dealt with), and whether a record that stays was met.
+struct Cursor {
+    topic: String,
+    at: HashMap<i32, (i64, bool)>,
+}
+
+impl Cursor {
+    fn new(reader: &Reader) -> Self {
+        let at = reader
+            .next
+            .iter()
+            .map(|(p, (next, _))| (*p, (*next, true)))
+            .collect();
+        Self {
+            topic: reader.topic.clone(),
+            at,
+        }
+    }
+
+    fn passed(&mut self, partition: i32, offset: i64, dealt_with: bool) {
+        if let Some((at, open)) = self.at.get_mut(&partition) {
+            if *open && dealt_with && offset >= *at {
+                *at = offset + 1;
+            } else if !dealt_with {
+                *open = false;
+            }
+        }
+    }
+
+    fn commit(&self, consumer: &StreamConsumer<ClientCtx>) -> Result<(), DeadLetterError> {
+        let mut tpl = TopicPartitionList::new();
+        for (partition, (at, _)) in &self.at {
+            tpl.add_partition_offset(&self.topic, *partition, Offset::Offset(*at))
+                .map_err(client_error("moving the redrive cursor"))?;
+        }
+        consumer
+            .commit(&tpl, CommitMode::Sync)
+            .map_err(client_error(format!(
+                "moving the redrive cursor of {}",
+                self.topic
+            )))
+    }
+}
+
+#[async_trait]
+impl DeadLetterQueue for KafkaDeadLetters {
+    fn broker(&self) -> String {
+        self.brokers.clone()
+    }
+
+    async fn browse(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>, DeadLetterError> {
+        let (mut reader, marks) = self.open(queue).await?;
+        let mut letters = Vec::new();
+        while letters.len() < limit {
+            let Some(record) = reader.next().await? else {
+                break;
+            };
+            let letter = record.letter(queue);
+            if !marks.contains(&letter.id) {
+                letters.push(letter);
+            }
+        }
+        Ok(letters)
+    }
+
+    async fn redrive(
+        &self,
+        queue: &str,
+        plan: &Redrive,
+        log: &mut dyn RedriveLog,
+    ) -> Result<RedriveReport, DeadLetterError> {
+        let (mut reader, marks) = self.open(queue).await?;
+        if !plan.dry_run {
+            self.ensure_marks_topic(queue).await?;
+        }
+        let total: i64 = reader.next.values().map(|(next, end)| end - next).sum();
+        log.begin(u64::try_from(total).unwrap_or_default());
+        let pacer = Pacer::new(plan.rate);
+        let mut cursor = Cursor::new(&reader);
+        let mut report = RedriveReport::new(plan.dry_run);
+        let mut checked = HashSet::new();
+        while let Some(record) = reader.next().await? {
+            let letter = record.letter(queue);
+            log.scanned();
+            if marks.contains(&letter.id) {
+                cursor.passed(record.partition, record.offset, true);
+                continue;
+            }
+            report.scanned += 1;
+            let moved = match plan.decide(&letter, SystemTime::now(), report.moved)? {
+                Decision::Stop => break,
+                Decision::Refuse(why) => {
+                    report.refused += 1;
+                    log.refused(&letter, &why);
+                    false
+                }
+                Decision::Move { to } => {
+                    if checked.insert(to.clone()) {
+                        self.partitions(&reader.consumer, &to).await?;
+                    }
+                    if !plan.dry_run {
+                        pacer.wait().await;
+                        self.put_back(&letter, &record, &to).await?;
+                    }
+                    report.moved += 1;
+                    log.moved(&letter, &to);
+                    !plan.dry_run
+                }
+                _ => {
+                    report.left += 1;
+                    false
+                }
+            };
+            cursor.passed(record.partition, record.offset, moved);
+            if moved && report.moved % COMMIT_EVERY == 0 {
+                cursor.commit(&reader.consumer)?;
+            }
+        }
+        if !plan.dry_run {
+            cursor.commit(&reader.consumer)?;
+        }
+        Ok(report)
+    }
+}
