@@ -17,7 +17,7 @@
 use std::process::ExitCode;
 
 use sluicegate::Config;
-use sluicegate_amqp::{AmqpConfig, AmqpSource};
+use sluicegate_amqp::{AmqpConfig, AmqpDeadLetters, AmqpSource};
 
 #[path = "common/jobs.rs"]
 mod jobs;
@@ -41,8 +41,29 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The status page lists the dead-letter queues and redrives from them;
+    // without them it still shows the worker.
+    let dead_letters = match AmqpDeadLetters::connect(amqp.clone()).await {
+        Ok(store) => {
+            let mut queues: Vec<String> = amqp
+                .queues()
+                .iter()
+                .map(|q| amqp.dead_letter_queue_for(q))
+                .collect();
+            queues.dedup();
+            Some(jobs::DeadLetters {
+                store: std::sync::Arc::new(store),
+                queues,
+                lanes: amqp.queues().to_vec(),
+            })
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "the status page will not show the dead-letter queues");
+            None
+        }
+    };
     match AmqpSource::connect(amqp).await {
-        Ok(source) => jobs::run("amqp_worker", source, config).await,
+        Ok(source) => jobs::run("amqp_worker", source, config, dead_letters).await,
         Err(e) => {
             eprintln!("amqp_worker: {e}");
             ExitCode::FAILURE

@@ -19,7 +19,7 @@
 use std::process::ExitCode;
 
 use sluicegate::Config;
-use sluicegate_kafka::{KafkaConfig, KafkaSource};
+use sluicegate_kafka::{KafkaConfig, KafkaDeadLetters, KafkaSource};
 
 #[path = "common/jobs.rs"]
 mod jobs;
@@ -43,8 +43,25 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The status page lists the dead-letter topics and redrives from them;
+    // without them it still shows the worker.
+    let dead_letters = match KafkaDeadLetters::connect(&kafka).await {
+        Ok(store) => Some(jobs::DeadLetters {
+            store: std::sync::Arc::new(store),
+            queues: kafka
+                .topics()
+                .iter()
+                .map(|t| kafka.dead_letter_topic(t))
+                .collect(),
+            lanes: kafka.topics().to_vec(),
+        }),
+        Err(e) => {
+            tracing::warn!(error = %e, "the status page will not show the dead-letter topics");
+            None
+        }
+    };
     match KafkaSource::connect(kafka).await {
-        Ok(source) => jobs::run("kafka_worker", source, config).await,
+        Ok(source) => jobs::run("kafka_worker", source, config, dead_letters).await,
         Err(e) => {
             eprintln!("kafka_worker: {e}");
             ExitCode::FAILURE

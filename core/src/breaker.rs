@@ -116,6 +116,15 @@ impl BreakerState {
         }
     }
 
+    /// `closed`, `open` or `half-open`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+            Self::HalfOpen => "half-open",
+        }
+    }
+
     /// From [`BreakerState::code`].
     pub fn from_code(code: u64) -> Self {
         match code {
@@ -265,7 +274,7 @@ impl Breaker {
     fn open(&self, inner: &mut Inner) {
         inner.open_until = Instant::now() + self.policy.cool_down;
         inner.probes_passed = 0;
-        self.metrics.breaker_opened.fetch_add(1, Relaxed);
+        self.metrics.breaker_opened();
         self.set(inner, BreakerState::Open);
         tracing::warn!(cool_down = ?self.policy.cool_down, "circuit breaker open: no handler starts until the cool-down ends; messages wait in the lanes and at the broker");
     }

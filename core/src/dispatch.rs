@@ -388,7 +388,7 @@ impl Dispatch {
             Outcome::DeadLetter { reason } => {
                 let reason = capped(reason);
                 m.failed.fetch_add(1, Relaxed);
-                m.dead_lettered.fetch_add(1, Relaxed);
+                m.dead_lettered(origin, &reason);
                 tracing::warn!(%origin, attempt, %reason, "message dead-lettered");
                 dead_letter(reason)
             }
@@ -413,8 +413,8 @@ impl Dispatch {
                         )
                     }
                     None => {
-                        m.dead_lettered.fetch_add(1, Relaxed);
                         let reason = capped(format!("gave up after {attempt} attempts: {reason}"));
+                        m.dead_lettered(origin, &reason);
                         tracing::warn!(%origin, attempt, %reason, "message dead-lettered");
                         dead_letter(reason)
                     }

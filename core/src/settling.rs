@@ -240,8 +240,13 @@ impl Settling {
                 tracing::warn!(%origin, refused, why = %error.reason, next,
                     "the broker refused the dead-letter: dead-lettering a truncated copy (SLUICEGATE_UNSETTLEABLE)");
             }
+            Settled::DeadLettered { reason } => {
+                metrics.dead_lettered(origin, reason);
+                tracing::warn!(%origin, refused, why = %error.reason, next,
+                    "the broker refused the settlement: settling it another way");
+            }
             _ => {
-                metrics.dead_lettered.fetch_add(1, Relaxed);
+                metrics.dead_lettered(origin, &error.reason);
                 tracing::warn!(%origin, refused, why = %error.reason, next,
                     "the broker refused the settlement: settling it another way");
             }

@@ -6,7 +6,17 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use serde::Deserialize;
+use sluicegate::deadletter::DeadLetterQueue;
 use sluicegate::{Config, HandlerError, Json, Message, Settled, Source, Worker};
+use sluicegate_http::{Console, OpsConfig};
+
+/// The worker's dead-letter queues for the status page: where they are,
+/// their names, and the worker's lanes (a redrive goes to the last).
+pub(crate) struct DeadLetters {
+    pub(crate) store: std::sync::Arc<dyn DeadLetterQueue>,
+    pub(crate) queues: Vec<String>,
+    pub(crate) lanes: Vec<String>,
+}
 
 /// A job: `{"id": "j-1", "work_ms": 20, "fail": false}`.
 #[derive(Deserialize)]
@@ -43,15 +53,33 @@ pub(crate) fn settled_line(message: &Message, how: &Settled) -> String {
 
 /// Runs the job handler against `source` until SIGINT or SIGTERM, one line
 /// per settled message on stdout; `program` names the errors on stderr.
-pub(crate) async fn run(program: &str, source: impl Source, config: Config) -> ExitCode {
+/// The status page shows `dead_letters` when there are any.
+pub(crate) async fn run(
+    program: &str,
+    source: impl Source,
+    config: Config,
+    dead_letters: Option<DeadLetters>,
+) -> ExitCode {
     let worker = Worker::new(source, handle)
         .config(config)
         .on_settled(|message, how| {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "{}", settled_line(message, how));
         });
-    // /metrics, /healthz, /readyz and /scale on SLUICEGATE_METRICS_ADDR.
-    let _served = match sluicegate_http::serve_from_env(worker.ops()).await {
+    // /metrics, /healthz, /readyz, /scale and /status on
+    // SLUICEGATE_METRICS_ADDR; the page redrives with SLUICEGATE_CONSOLE_TOKEN.
+    let ops = match OpsConfig::from_env() {
+        Ok(ops) => ops,
+        Err(e) => {
+            eprintln!("{program}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut console = Console::new(ops.token().cloned());
+    if let Some(d) = dead_letters {
+        console = console.dead_letters(d.store, d.queues, d.lanes);
+    }
+    let _served = match sluicegate_http::serve_with(worker.ops(), &ops, console).await {
         Ok(served) => served,
         Err(e) => {
             eprintln!("{program}: {e}");

@@ -16,7 +16,7 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Connection};
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::MetricType;
-use sluicegate::ops::{Probe, counter, gauge, labelled};
+use sluicegate::ops::{BrokerStatus, Probe, QueueStatus, counter, gauge, labelled};
 use tokio::time::Instant;
 
 /// How long a count of the queues stays fresh.
@@ -158,6 +158,19 @@ impl Probe for AmqpProbe {
         counted.at = Some(Instant::now());
         counted.total = total;
         total
+    }
+
+    fn status(&self) -> BrokerStatus {
+        let mut status = BrokerStatus::new("rabbitmq", self.connected());
+        status.reconnects = self.watched.reconnects.load(Relaxed);
+        if let Ok(counted) = self.counted.try_lock() {
+            status.queues = counted
+                .ready
+                .iter()
+                .map(|(queue, ready)| QueueStatus::new(queue.clone(), *ready))
+                .collect();
+        }
+        status
     }
 
     fn encode(&self, e: &mut DescriptorEncoder<'_>) -> fmt::Result {

@@ -1,7 +1,8 @@
 //! `sluicegate`: the operator's command line. It reads the same variables
 //! as the workers (`AMQP_URL`, `KAFKA_BROKERS`, TLS, `SLUICEGATE_QUEUE` or
 //! `SLUICEGATE_TOPICS` for the lanes) and browses, inspects and redrives
-//! dead-letter queues and topics on either broker.
+//! dead-letter queues and topics on either broker; `sluicegate status`
+//! shows a running worker's status page in the terminal.
 //!
 //! Exit codes: 0 done; 2 the request names something that is not there
 //! (a queue, a topic, an id, an unreachable broker) or is malformed; 1 the
@@ -9,6 +10,7 @@
 
 mod audit;
 mod print;
+mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,7 +23,8 @@ use sluicegate::deadletter::{DeadLetterError, DeadLetterQueue, Filter, Redrive, 
 use sluicegate_amqp::{AmqpConfig, AmqpDeadLetters};
 use sluicegate_kafka::{KafkaConfig, KafkaDeadLetters};
 
-/// Dead-letter queues on RabbitMQ and Kafka: list, show, redrive.
+/// Dead-letter queues on RabbitMQ and Kafka (list, show, redrive), and a
+/// worker's status.
 #[derive(Parser)]
 #[command(name = "sluicegate", version, about)]
 struct Cli {
@@ -47,6 +50,12 @@ enum Command {
     /// Dead-letter queues and topics.
     #[command(subcommand)]
     Dlq(Dlq),
+    /// A worker's status (its /status.json) in the terminal.
+    Status {
+        /// The worker's HTTP address, as SLUICEGATE_METRICS_ADDR has it
+        /// (`127.0.0.1:9464`, `http://worker:9464`).
+        url: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -353,7 +362,17 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         broker: cli.broker,
         timeout: cli.timeout,
     };
-    let Command::Dlq(dlq) = cli.command;
+    let dlq = match cli.command {
+        Command::Dlq(dlq) => dlq,
+        Command::Status { url } => {
+            let url = status::status_url(&url).map_err(Failure::Input)?;
+            let body = status::fetch(&url, reach.timeout)
+                .await
+                .map_err(Failure::Input)?;
+            print!("{}", status::render(&body, &url));
+            return Ok(());
+        }
+    };
     match dlq {
         Dlq::List {
             queue,

@@ -40,7 +40,40 @@ pub const ENV_VARS: &[Var] = &[
         "rates for the scale signals are measured over this long",
         "a whole number of milliseconds above 0",
     ),
+    Var::new(
+        "SLUICEGATE_CONSOLE_TOKEN",
+        "(none: the status page is read-only)",
+        "the token the status page's redrive asks for (Authorization: Bearer)",
+        "at least 12 characters",
+    ),
 ];
+
+/// A secret that never shows in a log or a `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    /// The shortest token taken: shorter ones are guessed.
+    pub const MIN_LEN: usize = 12;
+
+    /// `secret`, if it is long enough.
+    pub fn new(secret: impl Into<String>) -> Option<Self> {
+        let secret = secret.into();
+        (secret.chars().count() >= Self::MIN_LEN).then_some(Self(secret))
+    }
+
+    /// Whether `offered` is this token, compared in constant time.
+    pub fn matches(&self, offered: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.len() == offered.len() && bool::from(self.0.as_bytes().ct_eq(offered.as_bytes()))
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(***)")
+    }
+}
 
 /// The operations endpoint's settings.
 ///
@@ -54,6 +87,7 @@ pub struct OpsConfig {
     addr: Option<SocketAddr>,
     readiness: ReadinessPolicy,
     scale: ScalePolicy,
+    token: Option<Token>,
 }
 
 impl Default for OpsConfig {
@@ -62,6 +96,7 @@ impl Default for OpsConfig {
             addr: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
             readiness: ReadinessPolicy::default(),
             scale: ScalePolicy::default(),
+            token: None,
         }
     }
 }
@@ -83,6 +118,18 @@ impl OpsConfig {
     pub fn scale(mut self, policy: ScalePolicy) -> Self {
         self.scale = policy;
         self
+    }
+
+    /// The status page's redrive asks for `token` (`None`: the page is
+    /// read-only).
+    pub fn console_token(mut self, token: Option<Token>) -> Self {
+        self.token = token;
+        self
+    }
+
+    /// The token the status page's redrive asks for, if any.
+    pub fn token(&self) -> Option<&Token> {
+        self.token.as_ref()
     }
 
     /// Where it listens, if anywhere.
@@ -130,6 +177,11 @@ impl OpsConfig {
             positive(env, "SLUICEGATE_SCALE_DRAIN_TARGET_MS")?.unwrap_or(config.scale.drain_target);
         config.scale.window =
             positive(env, "SLUICEGATE_SCALE_WINDOW_MS")?.unwrap_or(config.scale.window);
+        if let Some(raw) = env.get("SLUICEGATE_CONSOLE_TOKEN") {
+            let token = Token::new(raw.trim())
+                .ok_or_else(|| invalid("SLUICEGATE_CONSOLE_TOKEN", "(not shown)"))?;
+            config.token = Some(token);
+        }
         Ok(config)
     }
 }
@@ -198,12 +250,31 @@ mod tests {
     }
 
     #[test]
+    fn a_short_console_token_is_refused_without_showing_it() {
+        let e = from(&[("SLUICEGATE_CONSOLE_TOKEN", "hunter2")])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("SLUICEGATE_CONSOLE_TOKEN")
+                && e.contains("at least 12")
+                && !e.contains("hunter2"),
+            "{e}"
+        );
+        assert_eq!(
+            format!("{:?}", Token::new("0123456789abc")),
+            "Some(Token(***))"
+        );
+    }
+
+    #[test]
     fn the_table_lists_every_variable_read() {
         let config = from(&[
             ("SLUICEGATE_READY_SATURATION", "0.5"),
             ("SLUICEGATE_READY_SATURATED_MS", "2000"),
             ("SLUICEGATE_SCALE_DRAIN_TARGET_MS", "30000"),
             ("SLUICEGATE_SCALE_WINDOW_MS", "10000"),
+            ("SLUICEGATE_CONSOLE_TOKEN", "a-long-enough-secret"),
         ]);
         let config = config.unwrap_or_default();
         assert_eq!(config.readiness_policy().saturation, 0.5);
@@ -213,6 +284,8 @@ mod tests {
         );
         assert_eq!(config.scale_policy().drain_target, Duration::from_secs(30));
         assert_eq!(config.scale_policy().window, Duration::from_secs(10));
-        assert_eq!(ENV_VARS.len(), 5);
+        let token = config.token().map(|t| t.matches("a-long-enough-secret"));
+        assert_eq!(token, Some(true));
+        assert_eq!(ENV_VARS.len(), 6);
     }
 }

@@ -9,7 +9,11 @@
 //!   and a JSON body saying why while the broker connection is down, the
 //!   breaker is open, or it has held most of its prefetch for a while;
 //! - `/scale`: backlog, drain time and desired workers as JSON (KEDA's
-//!   `metrics-api` scaler reads `desired_workers`).
+//!   `metrics-api` scaler reads `desired_workers`);
+//! - `/status`: a page for a person (lanes, limits, rates over the last
+//!   five minutes, the breaker, the broker, the last dead-letters), which
+//!   polls `/status.json`; with a [`Console`], the dead-letter queues too,
+//!   and a redrive behind `SLUICEGATE_CONSOLE_TOKEN`.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -34,6 +38,7 @@
 
 pub mod admission;
 mod config;
+mod console;
 mod routes;
 
 use std::net::SocketAddr;
@@ -42,8 +47,9 @@ use sluicegate::ConfigError;
 use sluicegate::ops::{Ops, Watch};
 use tokio::task::JoinHandle;
 
-pub use config::{ENV_VARS, OpsConfig};
-pub use routes::{OPENMETRICS, metrics_route, routes};
+pub use config::{ENV_VARS, OpsConfig, Token};
+pub use console::Console;
+pub use routes::{OPENMETRICS, metrics_route, routes, routes_with};
 
 /// Why the endpoint could not start.
 #[derive(Debug, thiserror::Error)]
@@ -98,8 +104,19 @@ pub async fn serve_from_env(ops: Ops) -> Result<Option<Served>, ServeError> {
 }
 
 /// Serves `ops` at the configured address (`None` when it has none), with
-/// the watch sampling once a second.
+/// the watch sampling once a second; the status page shows no dead-letter
+/// queue ([`serve_with`] adds them).
 pub async fn serve(ops: Ops, config: &OpsConfig) -> Result<Option<Served>, ServeError> {
+    serve_with(ops, config, Console::new(config.token().cloned())).await
+}
+
+/// Like [`serve`], with `console` on the status page: the worker's
+/// dead-letter queues and their redrive.
+pub async fn serve_with(
+    ops: Ops,
+    config: &OpsConfig,
+    console: Console,
+) -> Result<Option<Served>, ServeError> {
     let Some(addr) = config.addr() else {
         return Ok(None);
     };
@@ -109,13 +126,13 @@ pub async fn serve(ops: Ops, config: &OpsConfig) -> Result<Option<Served>, Serve
     let addr = listener.local_addr().unwrap_or(addr);
     let watch = Watch::with_scale(ops, config.readiness_policy(), config.scale_policy());
     let sampling = watch.spawn();
-    let app = routes(watch.clone());
+    let app = routes_with(watch.clone(), console);
     let server = tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, app).await {
             tracing::error!(%error, "the operations endpoint stopped");
         }
     });
-    tracing::info!(%addr, "serving /metrics, /healthz, /readyz and /scale");
+    tracing::info!(%addr, "serving /metrics, /healthz, /readyz, /scale and /status");
     Ok(Some(Served {
         addr,
         watch,

@@ -1,8 +1,8 @@
 //! The routes: `/metrics` (OpenMetrics text), `/healthz` (the loop is
 //! alive), `/readyz` (ready for more work, or 503 with `Retry-After` and
 //! the reasons), `/scale` (the scale signals as JSON, for KEDA's
-//! `metrics-api` scaler). Each reads the watch; none touches the worker's
-//! loop.
+//! `metrics-api` scaler), and the status page (`console`). Each reads the
+//! watch; none touches the worker's loop.
 
 use std::sync::Arc;
 
@@ -45,6 +45,13 @@ struct Shared {
 /// # let _ = app; }
 /// ```
 pub fn routes(watch: Watch) -> Router {
+    routes_with(watch, crate::Console::default())
+}
+
+/// [`routes`], with `console` on the status page (its dead-letter queues
+/// and their redrive).
+pub fn routes_with(watch: Watch, console: crate::Console) -> Router {
+    let status = crate::console::router(watch.clone(), console);
     let shared = Shared {
         registry: Arc::new(watch.registry()),
         watch,
@@ -55,6 +62,7 @@ pub fn routes(watch: Watch) -> Router {
         .route("/readyz", get(readyz))
         .route("/scale", get(scale))
         .with_state(shared)
+        .merge(status)
 }
 
 /// `/metrics` alone, over `registry`: for a service's own families, such

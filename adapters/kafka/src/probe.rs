@@ -18,7 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::MetricType;
-use sluicegate::ops::{Probe, counter, gauge, labelled};
+use sluicegate::ops::{BrokerStatus, PartitionStatus, Probe, counter, gauge, labelled};
 
 use rdkafka::consumer::Consumer as _;
 use tokio::time::Instant;
@@ -92,6 +92,19 @@ impl Probe for KafkaProbe {
     async fn waiting(&self) -> Option<u64> {
         self.ask_ends().await;
         Some(self.stats.lag().iter().map(|p| p.lag).sum())
+    }
+
+    fn status(&self) -> BrokerStatus {
+        let s = &self.stats;
+        let mut status = BrokerStatus::new("kafka", s.connected());
+        status.partitions = s
+            .lag()
+            .into_iter()
+            .map(|p| PartitionStatus::new(p.topic, p.partition, p.lag))
+            .collect();
+        status.partitions_held_back =
+            u64::try_from(s.paused_partitions.load(Relaxed)).unwrap_or_default();
+        status
     }
 
     fn encode(&self, e: &mut DescriptorEncoder<'_>) -> fmt::Result {

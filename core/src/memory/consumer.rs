@@ -121,6 +121,16 @@ impl Probe for QueueProbe {
         let stats = self.0.stats();
         Some((stats.ready + stats.delayed_now) as u64)
     }
+
+    fn status(&self) -> crate::ops::BrokerStatus {
+        let stats = self.0.stats();
+        let mut status = crate::ops::BrokerStatus::new("memory", true);
+        status.queues = vec![crate::ops::QueueStatus::new(
+            self.0.name.to_string(),
+            stats.ready as u64,
+        )];
+        status
+    }
 }
 
 #[async_trait]

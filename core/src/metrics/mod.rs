@@ -14,7 +14,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, SystemTime};
 
+mod recent;
 mod timings;
+
+use recent::Recent;
+pub use recent::RecentDeadLetter;
 
 pub use timings::{BUCKETS, Distribution};
 use timings::{Buckets, Timings, WallClock};
@@ -64,6 +68,7 @@ pub struct Metrics {
     queue_time: Timings,
     end_to_end: Buckets,
     wall: WallClock,
+    recent: Recent,
 }
 
 /// How many wait in each priority lane: one slot per priority, and which
@@ -220,6 +225,7 @@ impl Metrics {
             queue_time: Timings::new(),
             end_to_end: Buckets::new(),
             wall: WallClock::new(),
+            recent: Recent::default(),
         }
     }
 
@@ -230,6 +236,31 @@ impl Metrics {
 
     pub(crate) fn set_held_bytes(&self, bytes: usize) {
         self.held_bytes.set(bytes as u64);
+    }
+
+    /// A message from `origin` was dead-lettered for `reason`: counted,
+    /// and remembered among the last few.
+    pub(crate) fn dead_lettered(&self, origin: &crate::Origin, reason: &str) {
+        self.dead_lettered.fetch_add(1, Relaxed);
+        self.recent
+            .dead_lettered(origin.to_string(), reason.to_owned());
+    }
+
+    /// The breaker opened: counted, and its time remembered.
+    pub(crate) fn breaker_opened(&self) {
+        self.breaker_opened.fetch_add(1, Relaxed);
+        self.recent.breaker_opened();
+    }
+
+    /// The last messages dead-lettered (up to 20), the newest first.
+    pub fn recent_dead_letters(&self) -> Vec<RecentDeadLetter> {
+        self.recent.dead_letters()
+    }
+
+    /// When the breaker last opened (up to 10 times), the newest first, in
+    /// milliseconds since the Unix epoch.
+    pub fn breaker_openings(&self) -> Vec<u64> {
+        self.recent.openings()
     }
 
     /// A delivery arrived for `priority`'s lane.

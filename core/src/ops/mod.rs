@@ -32,11 +32,13 @@ use crate::metrics::Metrics;
 mod export;
 mod readiness;
 mod scale;
+mod status;
 mod watch;
 
 pub use export::{counter, gauge, labelled};
 pub use readiness::{NotReady, Readiness, ReadinessPolicy};
 pub use scale::{Scale, ScalePolicy};
+pub use status::{BrokerStatus, LaneStatus, Now, PartitionStatus, Point, QueueStatus, Status};
 pub use watch::Watch;
 
 /// What an adapter tells the operations surface about its broker. Each
@@ -58,6 +60,12 @@ pub trait Probe: Send + Sync + 'static {
     /// now. Called at most once a second.
     async fn waiting(&self) -> Option<u64> {
         None
+    }
+
+    /// The broker as the status page shows it: the connection, Kafka
+    /// partitions with their lag, RabbitMQ queues with what is ready.
+    fn status(&self) -> status::BrokerStatus {
+        status::BrokerStatus::new("unknown", self.connected())
     }
 
     /// The adapter's own metric families, under the `sluicegate_` prefix

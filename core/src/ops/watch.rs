@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use super::export::{Exporter, gauge};
 use super::readiness::{Facts, SaturationClock};
 use super::scale::{Sample, Window};
+use super::status::{History, Point};
 use super::{Ops, Readiness, ReadinessPolicy, Scale, ScalePolicy};
 use crate::metrics::WorkerState;
 
@@ -39,6 +40,7 @@ struct State {
     saturation: SaturationClock,
     window: Window,
     last: Scale,
+    history: History,
 }
 
 impl fmt::Debug for Watch {
@@ -110,10 +112,17 @@ impl Watch {
             limit: s.limit,
         };
         let saturated = self.0.readiness.saturated(s.held, s.prefetch);
+        let point = Point::of(&s, std::time::SystemTime::now());
         let mut state = self.lock();
         state.saturation.observe(saturated, now);
         state.window.push(sample, self.0.scale.window);
         state.last = state.window.scale(&self.0.scale);
+        state.history.push(point);
+    }
+
+    /// The samples of the last five minutes, the oldest first.
+    pub fn history(&self) -> Vec<Point> {
+        self.lock().history.points()
     }
 
     /// Whether the process and the worker's loop are alive: the loop has

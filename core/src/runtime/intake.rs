@@ -186,7 +186,8 @@ impl<S: Source> Flow<S> {
                 self.settle_in_background(delivery, settlement, Settled::Delayed { after });
             }
             ShedAction::DeadLetter => {
-                self.metrics.dead_lettered.fetch_add(1, Relaxed);
+                self.metrics
+                    .dead_lettered(delivery.message().origin(), &reason);
                 let settlement = Settlement::DeadLetter {
                     reason: reason.clone(),
                 };
