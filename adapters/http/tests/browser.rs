@@ -27,7 +27,7 @@ use sluicegate_http::{Console, OpsConfig, Token};
 use sluicegate_test_support::{finished, run_until_stopped};
 
 const TOKEN: &str = "console-test-token-0123";
-const JOBS: usize = 300;
+const JOBS: usize = 600;
 
 /// chromedriver on a free port, killed when dropped.
 struct Driver {
@@ -91,16 +91,14 @@ impl Drop for Driver {
     }
 }
 
-/// Every 10th job is poison until `fixed`: dead-lettered with its reason.
+type Handled = std::pin::Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send>>;
+
+/// Every 20th job is poison until `fixed`: dead-lettered with its reason.
 /// The others take 100 ms; what is handled is remembered by id.
 fn handler(
     fixed: Arc<AtomicBool>,
     handled: Arc<Mutex<HashSet<String>>>,
-) -> impl Fn(Json<Value>) -> std::pin::Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send>>
-+ Clone
-+ Send
-+ Sync
-+ 'static {
+) -> impl Fn(Json<Value>) -> Handled + Clone + Send + Sync + 'static {
     move |Json(job): Json<Value>| {
         let (fixed, handled) = (Arc::clone(&fixed), Arc::clone(&handled));
         Box::pin(async move {
@@ -153,7 +151,7 @@ async fn the_status_page_shows_the_overload_and_redrives_one_message_only_with_t
     let (_conn, ch) = channel().await;
     declare(&ch, &queue).await;
     for n in 0..JOBS {
-        let job = json!({ "id": format!("j-{n}"), "poison": n % 10 == 0 }).to_string();
+        let job = json!({ "id": format!("j-{n}"), "poison": n % 20 == 0 }).to_string();
         let properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_message_id(format!("j-{n}").into());
@@ -211,7 +209,8 @@ async fn the_status_page_shows_the_overload_and_redrives_one_message_only_with_t
         .unwrap();
     let recent = text(&client, "#recent-dead-letters tbody tr td.reason").await;
     assert!(recent.contains("is poison"), "{recent}");
-    tokio::time::sleep(Duration::from_secs(3)).await; // a few seconds of charts
+    // Fifteen seconds of overload on the charts, for the screenshot.
+    tokio::time::sleep(Duration::from_secs(12)).await;
     let png = client.screenshot().await.unwrap();
     let saved = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
     std::fs::write(&saved, &png).unwrap();

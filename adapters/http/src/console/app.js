@@ -46,8 +46,9 @@ function rows(tbody, list, make) {
   tbody.replaceChildren(...list.map(make));
 }
 
-// The charts span the five minutes the worker keeps, ending now.
-const WINDOW_MS = 300 * 1000;
+// The charts span what the worker kept (up to five minutes), and at
+// least half a minute, ending at the last sample.
+const WINDOW_MIN_MS = 30 * 1000;
 
 // Lines over the window, scaled to the largest value, drawn at the size
 // the SVG has on screen (so the labels are not stretched).
@@ -55,8 +56,10 @@ function chart(svg, legend, times, series) {
   const w = Math.max(200, Math.round(svg.clientWidth || 600)), h = 160, pad = 18;
   svg.setAttribute("viewBox", `0 0 ${w} ${h}`);
   const max = Math.max(1, ...series.flatMap((s) => s.values.filter(Number.isFinite)));
-  const t1 = times[times.length - 1] ?? Date.now(), t0 = t1 - WINDOW_MS;
-  const x = (t) => ((t - t0) / WINDOW_MS) * w;
+  const t1 = times[times.length - 1] ?? Date.now();
+  const span = Math.max(WINDOW_MIN_MS, t1 - (times[0] ?? t1));
+  const t0 = t1 - span;
+  const x = (t) => ((t - t0) / span) * w;
   const y = (v) => h - pad - (v / max) * (h - 2 * pad);
   const ns = "http://www.w3.org/2000/svg";
   const parts = [];
@@ -158,7 +161,7 @@ function renderBroker(s) {
   rows($("#partitions tbody"), b.partitions, (p) => el("tr", { "data-partition": `${p.topic}[${p.partition}]` }, el("td", {}, `${p.topic}[${p.partition}]`), el("td", {}, fmt(p.lag))));
   $("#queues").hidden = b.queues.length === 0;
   rows($("#queues tbody"), b.queues, (q) => el("tr", { "data-queue": q.queue }, el("td", {}, q.queue), el("td", {}, fmt(q.ready))));
-  rows($("#recent-dead-letters tbody"), s.dead_letters, (d) => el("tr", {},
+  rows($("#recent-dead-letters tbody"), s.dead_letters.slice(0, 10), (d) => el("tr", {},
     el("td", {}, age(now - d.at_ms)), el("td", {}, d.origin), el("td", { class: "reason" }, d.reason)));
 }
 
