@@ -16,7 +16,7 @@ use crate::config::AmqpConfig;
 /// one; the error names the URL without its password.
 pub(crate) async fn connect(config: &AmqpConfig) -> Result<Connection, AmqpError> {
     let url = &config.url;
-    let connecting = format!("connecting to AMQP_URL={}", redact(url));
+    let connecting = format!("connecting to AMQP_URL={}", config.redacted_url());
     match &config.tls_ca {
         None => Connection::connect(url, ConnectionProperties::default()).await,
         Some(path) => {
@@ -38,20 +38,6 @@ pub(crate) async fn connect(config: &AmqpConfig) -> Result<Connection, AmqpError
         }
     }
     .map_err(AmqpError::broker(connecting))
-}
-
-/// The URL without its password, for messages.
-pub(crate) fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
 }
 
 /// Logs the connection's events for `who` until it ends: a resource alarm
@@ -82,16 +68,4 @@ pub(crate) fn watch_events(connection: &Connection, who: String, window: Option<
             }
         }
     });
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn passwords_are_not_printed() {
-        assert_eq!(
-            super::redact("amqp://guest:secret@host:5672/%2f"),
-            "amqp://guest:***@host:5672/%2f"
-        );
-        assert_eq!(super::redact("amqp://host"), "amqp://host");
-    }
 }

@@ -24,7 +24,7 @@ use sluicegate::deadletter::{
 use sluicegate::rate::Pacer;
 
 use crate::config::AmqpConfig;
-use crate::connect::{connect, redact};
+use crate::connect::connect;
 use crate::convert::message_from;
 use crate::publish::{Confirming, Failure};
 use crate::republish::redriven;
@@ -68,7 +68,7 @@ fn broker_error(action: impl Into<String>) -> impl FnOnce(lapin::Error) -> DeadL
 impl AmqpDeadLetters {
     /// Connects to `config`'s broker (over TLS with its CA, if set).
     pub async fn connect(config: AmqpConfig) -> Result<Self, DeadLetterError> {
-        let url = redact(&config.url);
+        let url = config.redacted_url();
         let unreachable = |why: String| DeadLetterError::Unreachable {
             at: format!("AMQP_URL={url}"),
             why,

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::{broker_unacked, channel, declare, delete, ready, unique, url};
 use lapin::options::{BasicGetOptions, BasicPublishOptions};
-use lapin::types::{AMQPValue, ShortString};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel};
 use sluicegate::{Config, Worker};
 use sluicegate_amqp::{AmqpConfig, AmqpSource};
@@ -250,6 +250,59 @@ async fn a_redrive_killed_midway_and_run_again_loses_none() {
     println!(
         "RabbitMQ: killed after {back} of {JOBS} were back; run again: 0 lost, {twice} twice, {} audit lines of moves",
         cli::audit_events(&audit, "moved").len()
+    );
+    delete(&ch, &[queue, dlq]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_redriven_too_often_is_refused_and_stays() {
+    let queue = unique("cli-guard");
+    let dlq = format!("{queue}.dlq");
+    let (_conn, ch) = channel().await;
+    declare(&ch, &queue).await;
+    declare(&ch, &dlq).await;
+    for (id, redrives) in [("tired", "3"), ("fresh", "1")] {
+        let mut headers = FieldTable::default();
+        for (name, value) in [
+            (sluicegate::header::ORIGIN, queue.as_str()),
+            (sluicegate::header::REASON, "sku 12 unknown"),
+            (sluicegate::header::REDRIVES, redrives),
+        ] {
+            headers.insert(name.into(), AMQPValue::LongString(value.into()));
+        }
+        let properties = BasicProperties::default()
+            .with_message_id(id.into())
+            .with_headers(headers);
+        ch.basic_publish(
+            "".into(),
+            dlq.as_str().into(),
+            BasicPublishOptions::default(),
+            b"{}",
+            properties,
+        )
+        .await
+        .unwrap();
+    }
+    assert!(ch.wait_for_confirms().await.unwrap().is_empty());
+    let env = [("AMQP_URL", url())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let audit = cli::audit_log("amqp-guard");
+    let audit_arg = audit.to_string_lossy().into_owned();
+    let out = cli::run(
+        &["dlq", "redrive", &dlq, "--all", "--audit-log", &audit_arg],
+        &env,
+    );
+    assert!(cli::stdout(&out).contains("moved 1, refused 1 (loop guard)"));
+    let refused = cli::audit_events(&audit, "refused");
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0]["id"], "tired");
+    assert_eq!(ready(&ch, &dlq).await, 1, "the refused one stays");
+    let back = drain(&ch, &queue).await;
+    assert_eq!(back.len(), 1);
+    assert_eq!(
+        back[0].1.as_deref(),
+        Some("2"),
+        "the fresh one carries its second redrive"
     );
     delete(&ch, &[queue, dlq]).await;
 }

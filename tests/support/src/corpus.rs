@@ -10,6 +10,15 @@ pub const CASE_HEADER: &str = "x-corpus-case";
 /// The `SLUICEGATE_MAX_MESSAGE_BYTES` the corpus runs under.
 pub const MAX_BYTES: usize = 64 * 1024;
 
+/// The headers sluicegate adds to a whole dead-lettered copy, in name
+/// order: every other header is the original's.
+pub const DEAD_LETTER_HEADERS: [&str; 4] = [
+    sluicegate::header::ATTEMPT,
+    sluicegate::header::DEAD_AT,
+    sluicegate::header::ORIGIN,
+    sluicegate::header::REASON,
+];
+
 /// What must happen to a case.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Expect {
