@@ -11,6 +11,7 @@
 //! one. Reading assigns partitions by offset and commits nothing.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -38,6 +39,26 @@ use read::{Range, Reader, Record};
 /// The topic that marks records redriven past the cursor.
 fn marks_topic(topic: &str) -> String {
     format!("{topic}.redriven")
+}
+
+/// A consumer shared with the threads that make its blocking calls.
+type Client = Arc<StreamConsumer<ClientCtx>>;
+
+/// Runs librdkafka calls that block (metadata, offsets, a synchronous
+/// commit) on tokio's threads for blocking work: the status page browses
+/// and redrives on the worker's own runtime, and a broker that does not
+/// answer would otherwise hold one of its threads for the whole timeout.
+async fn blocking<T: Send + 'static>(
+    consumer: &Client,
+    call: impl FnOnce(&StreamConsumer<ClientCtx>) -> Result<T, DeadLetterError> + Send + 'static,
+) -> Result<T, DeadLetterError> {
+    let consumer = Arc::clone(consumer);
+    tokio::task::spawn_blocking(move || call(&consumer))
+        .await
+        .map_err(|e| DeadLetterError::Broker {
+            action: "a Kafka client call".into(),
+            why: e.to_string(),
+        })?
 }
 
 /// Records moved between two commits of the cursor: what a crash can
@@ -120,7 +141,7 @@ impl KafkaDeadLetters {
         Ok(dlq)
     }
 
-    fn consumer(&self, group: &str) -> Result<StreamConsumer<ClientCtx>, DeadLetterError> {
+    fn consumer(&self, group: &str) -> Result<Client, DeadLetterError> {
         let mut client = self.client.clone();
         client
             .set("group.id", group)
@@ -129,6 +150,7 @@ impl KafkaDeadLetters {
             .set("auto.offset.reset", "earliest");
         client
             .create_with_context(ClientCtx::quiet())
+            .map(Arc::new)
             .map_err(client_error("creating a consumer"))
     }
 
@@ -136,44 +158,48 @@ impl KafkaDeadLetters {
     /// [`DeadLetterError::NotFound`].
     async fn partitions(
         &self,
-        consumer: &StreamConsumer<ClientCtx>,
+        consumer: &Client,
         topic: &str,
     ) -> Result<Vec<Range>, DeadLetterError> {
-        let metadata = consumer
-            .fetch_metadata(None, self.timeout)
-            .map_err(client_error("asking for metadata"))?;
-        let Some(found) = metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
-        else {
-            return Err(DeadLetterError::NotFound {
-                kind: "topic",
-                name: topic.to_owned(),
-                at: self.brokers.clone(),
-            });
-        };
-        let mut ranges = Vec::new();
-        for partition in found.partitions() {
-            let (low, high) = consumer
-                .fetch_watermarks(topic, partition.id(), self.timeout)
-                .map_err(client_error(format!(
-                    "reading {topic}[{}]'s offsets",
-                    partition.id()
-                )))?;
-            ranges.push(Range {
-                partition: partition.id(),
-                start: low,
-                end: high,
-            });
-        }
-        Ok(ranges)
+        let (topic, at, timeout) = (topic.to_owned(), self.brokers.clone(), self.timeout);
+        blocking(consumer, move |consumer| {
+            let metadata = consumer
+                .fetch_metadata(None, timeout)
+                .map_err(client_error("asking for metadata"))?;
+            let Some(found) = metadata
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+            else {
+                return Err(DeadLetterError::NotFound {
+                    kind: "topic",
+                    name: topic,
+                    at,
+                });
+            };
+            let mut ranges = Vec::new();
+            for partition in found.partitions() {
+                let (low, high) = consumer
+                    .fetch_watermarks(&topic, partition.id(), timeout)
+                    .map_err(client_error(format!(
+                        "reading {topic}[{}]'s offsets",
+                        partition.id()
+                    )))?;
+                ranges.push(Range {
+                    partition: partition.id(),
+                    start: low,
+                    end: high,
+                });
+            }
+            Ok(ranges)
+        })
+        .await
     }
 
     /// Moves each range's start up to the redrive cursor.
-    fn after_cursor(
+    async fn after_cursor(
         &self,
-        consumer: &StreamConsumer<ClientCtx>,
+        consumer: &Client,
         topic: &str,
         ranges: &mut [Range],
     ) -> Result<(), DeadLetterError> {
@@ -181,11 +207,15 @@ impl KafkaDeadLetters {
         for range in ranges.iter() {
             tpl.add_partition(topic, range.partition);
         }
-        let committed = consumer
-            .committed_offsets(tpl, self.timeout)
-            .map_err(client_error(format!(
-                "reading the redrive cursor of {topic}"
-            )))?;
+        let (name, timeout) = (topic.to_owned(), self.timeout);
+        let committed = blocking(consumer, move |consumer| {
+            consumer
+                .committed_offsets(tpl, timeout)
+                .map_err(client_error(format!(
+                    "reading the redrive cursor of {name}"
+                )))
+        })
+        .await?;
         for range in ranges.iter_mut() {
             if let Some(Offset::Offset(at)) = committed
                 .find_partition(topic, range.partition)
@@ -219,7 +249,7 @@ impl KafkaDeadLetters {
     async fn open(&self, topic: &str) -> Result<(Reader, HashSet<String>), DeadLetterError> {
         let consumer = self.consumer(&format!("sluicegate-dlq.{topic}"))?;
         let mut ranges = self.partitions(&consumer, topic).await?;
-        self.after_cursor(&consumer, topic, &mut ranges)?;
+        self.after_cursor(&consumer, topic, &mut ranges).await?;
         let marks = self.marks(topic).await?;
         Ok((Reader::start(consumer, topic, ranges)?, marks))
     }
@@ -356,18 +386,21 @@ impl Cursor {
         }
     }
 
-    fn commit(&self, consumer: &StreamConsumer<ClientCtx>) -> Result<(), DeadLetterError> {
+    async fn commit(&self, consumer: &Client) -> Result<(), DeadLetterError> {
         let mut tpl = TopicPartitionList::new();
         for (partition, (at, _)) in &self.at {
             tpl.add_partition_offset(&self.topic, *partition, Offset::Offset(*at))
                 .map_err(client_error("moving the redrive cursor"))?;
         }
-        consumer
-            .commit(&tpl, CommitMode::Sync)
-            .map_err(client_error(format!(
-                "moving the redrive cursor of {}",
-                self.topic
-            )))
+        let topic = self.topic.clone();
+        blocking(consumer, move |consumer| {
+            consumer
+                .commit(&tpl, CommitMode::Sync)
+                .map_err(client_error(format!(
+                    "moving the redrive cursor of {topic}"
+                )))
+        })
+        .await
     }
 }
 
@@ -442,11 +475,11 @@ impl DeadLetterQueue for KafkaDeadLetters {
             };
             cursor.passed(record.partition, record.offset, moved);
             if moved && report.moved % COMMIT_EVERY == 0 {
-                cursor.commit(&reader.consumer)?;
+                cursor.commit(&reader.consumer).await?;
             }
         }
         if !plan.dry_run {
-            cursor.commit(&reader.consumer)?;
+            cursor.commit(&reader.consumer).await?;
         }
         Ok(report)
     }

@@ -6,14 +6,13 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use rdkafka::consumer::{Consumer as _, StreamConsumer};
+use rdkafka::consumer::Consumer as _;
 use rdkafka::message::Headers as _;
 use rdkafka::{Message as _, Offset, TopicPartitionList};
 use sluicegate::Headers;
 use sluicegate::deadletter::{DeadLetter, DeadLetterError};
 
-use super::client_error;
-use crate::context::ClientCtx;
+use super::{Client, client_error};
 
 /// A partition to read: from `start` up to (not including) `end`.
 #[derive(Clone, Copy, Debug)]
@@ -49,7 +48,7 @@ impl Record {
 
 /// Reads assigned partitions up to the ends they had when it started.
 pub(super) struct Reader {
-    pub(super) consumer: StreamConsumer<ClientCtx>,
+    pub(super) consumer: Client,
     pub(super) topic: String,
     /// Per partition: the next offset wanted, and the end.
     pub(super) next: HashMap<i32, (i64, i64)>,
@@ -60,7 +59,7 @@ const READ_STALL: Duration = Duration::from_secs(30);
 
 impl Reader {
     pub(super) fn start(
-        consumer: StreamConsumer<ClientCtx>,
+        consumer: Client,
         topic: &str,
         ranges: Vec<Range>,
     ) -> Result<Self, DeadLetterError> {
