@@ -278,11 +278,26 @@ async fn the_backlog_counts_records_that_arrive_while_a_partition_is_left_unread
         "waiting {waiting:?} of the 540 not held: {:?}",
         watch.scale()
     );
+    // The status page names the partition left unread.
+    let held = |watch: &sluicegate::ops::Watch| {
+        let status = watch.status();
+        let part = status
+            .broker
+            .partitions
+            .iter()
+            .find(|p| p.partition == 0)
+            .cloned();
+        (part.is_some_and(|p| p.held_back), status.broker)
+    };
+    let (held_back, broker) = held(&watch);
+    assert!(held_back, "partition 0 held back: {broker:?}");
     gate.open();
     wait_until("the topic worked off", Duration::from_secs(60), || {
         metrics.snapshot().acked == 550
     })
     .await;
+    let (held_back, broker) = held(&watch);
+    assert!(!held_back, "partition 0 read again: {broker:?}");
     stop.stop();
     finished(run, Duration::from_secs(30)).await;
 }

@@ -163,9 +163,14 @@ pub(crate) fn render(s: &Value, url: &http::Uri) -> String {
         );
     }
     for p in broker["partitions"].as_array().into_iter().flatten() {
+        let held = if p["held_back"] == true {
+            ", held back"
+        } else {
+            ""
+        };
         let _ = writeln!(
             out,
-            "partition {}[{}] lag {}",
+            "partition {}[{}] lag {}{held}",
             p["topic"].as_str().unwrap_or("?"),
             p["partition"],
             p["lag"]

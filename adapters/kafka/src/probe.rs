@@ -97,10 +97,16 @@ impl Probe for KafkaProbe {
     fn status(&self) -> BrokerStatus {
         let s = &self.stats;
         let mut status = BrokerStatus::new("kafka", s.connected());
+        let held_back = s.held_back();
         status.partitions = s
             .lag()
             .into_iter()
-            .map(|p| PartitionStatus::new(p.topic, p.partition, p.lag))
+            .map(|p| {
+                let held = held_back
+                    .iter()
+                    .any(|(t, n)| *t == p.topic && *n == p.partition);
+                PartitionStatus::new(p.topic, p.partition, p.lag).held_back(held)
+            })
             .collect();
         status.partitions_held_back =
             u64::try_from(s.paused_partitions.load(Relaxed)).unwrap_or_default();

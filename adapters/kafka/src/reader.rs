@@ -62,6 +62,8 @@ pub(crate) struct Reader<Q = Queue> {
     /// Without shares: the whole capacity is held; nothing is read until a
     /// quarter of it is free again.
     all_full: bool,
+    /// Which partitions are held back changed since it was last asked.
+    changed: bool,
 }
 
 impl<Q> Default for Reader<Q> {
@@ -69,6 +71,7 @@ impl<Q> Default for Reader<Q> {
         Self {
             readings: Vec::new(),
             all_full: false,
+            changed: false,
         }
     }
 }
@@ -96,13 +99,31 @@ impl<Q: Clone> Reader<Q> {
     /// Partitions revoked (or every one, at shutdown): their queues are let
     /// go (they hold the consumer).
     pub(crate) fn remove(&mut self, gone: impl Fn(&PartitionId) -> bool, stats: &KafkaStats) {
+        let mut changed = false;
         self.readings.retain(|r| {
             let keep = !gone(&r.part);
             if !keep && r.full {
                 stats.paused_partitions.fetch_sub(1, Relaxed);
+                changed = true;
             }
             keep
         });
+        self.changed |= changed;
+    }
+
+    /// The partitions held back now, if that changed since last asked
+    /// (partitions change hands rarely, so the names are looked up then).
+    pub(crate) fn held_back_changed(&mut self) -> Option<Vec<PartitionId>> {
+        if !std::mem::take(&mut self.changed) {
+            return None;
+        }
+        Some(
+            self.readings
+                .iter()
+                .filter(|r| r.full)
+                .map(|r| r.part)
+                .collect(),
+        )
     }
 
     /// `count` records were taken from `part`'s queue.
@@ -139,6 +160,7 @@ impl<Q: Clone> Reader<Q> {
             for r in self.readings.iter_mut().filter(|r| r.full) {
                 r.full = false;
                 stats.paused_partitions.fetch_sub(1, Relaxed);
+                self.changed = true;
             }
             let held: usize = self.readings.iter().map(Reading::held).sum();
             if self.all_full && held <= capacity - capacity / 4 {
@@ -166,10 +188,12 @@ impl<Q: Clone> Reader<Q> {
             if r.full && held <= cap - cap / 4 {
                 r.full = false;
                 stats.paused_partitions.fetch_sub(1, Relaxed);
+                self.changed = true;
             } else if !r.full && held >= cap {
                 r.full = true;
                 stats.pauses.fetch_add(1, Relaxed);
                 stats.paused_partitions.fetch_add(1, Relaxed);
+                self.changed = true;
             }
             held_back |= r.full;
             if !r.full {
@@ -268,6 +292,18 @@ mod tests {
         reader.readable(100, true, stats, &mut Vec::new());
         assert_eq!(stats.paused_partitions.load(SeqCst), 1);
         reader
+    }
+
+    #[test]
+    fn the_partitions_held_back_are_told_once_each_time_they_change() {
+        let stats = KafkaStats::default();
+        let mut reader = one_of_two_paused(&stats);
+        assert_eq!(reader.held_back_changed(), Some(vec![part(0)]));
+        assert_eq!(reader.held_back_changed(), None, "told once");
+        reader.readable(100, true, &stats, &mut Vec::new());
+        assert_eq!(reader.held_back_changed(), None, "nothing changed");
+        reader.remove(|p| *p == part(0), &stats);
+        assert_eq!(reader.held_back_changed(), Some(vec![]));
     }
 
     #[test]

@@ -134,6 +134,7 @@ impl Shared {
         let (capacity, shares) = (self.capacity.load(Relaxed), self.shares.load(Relaxed));
         if !self.reader().readable(capacity, shares, &self.stats, out) {
             self.handover.set_held_back(false);
+            self.tell_held_back();
             return;
         }
         // Held back: from now on a record taken in wakes this thread. Take
@@ -146,6 +147,24 @@ impl Shared {
         out.clear();
         let held_back = self.reader().readable(capacity, shares, &self.stats, out);
         self.handover.set_held_back(held_back);
+        self.tell_held_back();
+    }
+
+    /// Names the partitions held back for the status page, when they
+    /// changed.
+    fn tell_held_back(&self) {
+        let Some(parts) = self.reader().held_back_changed() else {
+            return;
+        };
+        let named = {
+            let state = self.lock();
+            let topics = &state.book.topics;
+            parts
+                .iter()
+                .map(|p| (topics.name(p.topic).to_owned(), p.partition))
+                .collect()
+        };
+        self.stats.set_held_back(named);
     }
 
     /// Lets go of every partition queue (they hold the consumer), before

@@ -48,6 +48,8 @@ pub struct KafkaStats {
     brokers_up: AtomicI64,
     /// A broker's connection was up once.
     seen_up: AtomicBool,
+    /// The partitions left unread now, by name.
+    held_back: Mutex<Vec<(String, i32)>>,
 }
 
 /// How far a partition's stored (settled) offset is behind its end.
@@ -108,6 +110,7 @@ impl Default for KafkaStats {
             ends: Mutex::new(HashMap::new()),
             brokers_up: AtomicI64::new(-1),
             seen_up: AtomicBool::new(false),
+            held_back: Mutex::new(Vec::new()),
         }
     }
 }
@@ -149,6 +152,22 @@ impl Tracked {
 }
 
 impl KafkaStats {
+    /// The partitions left unread now (each at its share of the
+    /// prefetch), as `(topic, partition)`.
+    pub fn held_back(&self) -> Vec<(String, i32)> {
+        self.held_back
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(crate) fn set_held_back(&self, partitions: Vec<(String, i32)>) {
+        *self
+            .held_back
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = partitions;
+    }
+
     /// A point-in-time copy of every counter.
     pub fn snapshot(&self) -> KafkaStatsSnapshot {
         KafkaStatsSnapshot {

@@ -120,16 +120,25 @@ pub struct PartitionStatus {
     pub partition: i32,
     /// Records between the last one settled and its end.
     pub lag: u64,
+    /// Left unread now: it holds its share of the prefetch.
+    pub held_back: bool,
 }
 
 impl PartitionStatus {
-    /// `topic[partition]` with its lag.
+    /// `topic[partition]` with its lag, read.
     pub fn new(topic: impl Into<String>, partition: i32, lag: u64) -> Self {
         Self {
             topic: topic.into(),
             partition,
             lag,
+            held_back: false,
         }
+    }
+
+    /// Left unread now, or not.
+    pub fn held_back(mut self, held_back: bool) -> Self {
+        self.held_back = held_back;
+        self
     }
 }
 

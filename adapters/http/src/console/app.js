@@ -158,7 +158,9 @@ function renderBroker(s) {
     ? `${b.partitions.length} partitions assigned, ${b.partitions_held_back} held back at their share of the prefetch`
     : `${b.reconnects} reconnects`;
   $("#partitions").hidden = b.partitions.length === 0;
-  rows($("#partitions tbody"), b.partitions, (p) => el("tr", { "data-partition": `${p.topic}[${p.partition}]` }, el("td", {}, `${p.topic}[${p.partition}]`), el("td", {}, fmt(p.lag))));
+  rows($("#partitions tbody"), b.partitions, (p) => el("tr", { "data-partition": `${p.topic}[${p.partition}]` },
+    el("td", {}, `${p.topic}[${p.partition}]`), el("td", {}, fmt(p.lag)),
+    el("td", { class: p.held_back ? "held" : "muted" }, p.held_back ? "held back" : "read")));
   $("#queues").hidden = b.queues.length === 0;
   rows($("#queues tbody"), b.queues, (q) => el("tr", { "data-queue": q.queue }, el("td", {}, q.queue), el("td", {}, fmt(q.ready))));
   rows($("#recent-dead-letters tbody"), s.dead_letters.slice(0, 10), (d) => el("tr", {},
