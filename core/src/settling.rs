@@ -240,13 +240,12 @@ impl Settling {
                 tracing::warn!(%origin, refused, why = %error.reason, next,
                     "the broker refused the dead-letter: dead-lettering a truncated copy (SLUICEGATE_UNSETTLEABLE)");
             }
-            Settled::DeadLettered { reason } => {
+            other => {
+                let reason = match other {
+                    Settled::DeadLettered { reason } => reason.as_str(),
+                    _ => error.reason.as_str(),
+                };
                 metrics.dead_lettered(origin, reason);
-                tracing::warn!(%origin, refused, why = %error.reason, next,
-                    "the broker refused the settlement: settling it another way");
-            }
-            _ => {
-                metrics.dead_lettered(origin, &error.reason);
                 tracing::warn!(%origin, refused, why = %error.reason, next,
                     "the broker refused the settlement: settling it another way");
             }

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
-use lapin::options::{BasicAckOptions, BasicGetOptions, ConfirmSelectOptions, QueueDeclareOptions};
-use lapin::types::{FieldTable, ShortString};
+use lapin::options::{BasicAckOptions, BasicGetOptions, ConfirmSelectOptions};
+use lapin::types::ShortString;
 use lapin::{Channel, Connection};
 use sluicegate::deadletter::{
     DeadLetter, DeadLetterError, DeadLetterQueue, Decision, Redrive, RedriveLog, RedriveReport,
@@ -26,6 +26,7 @@ use sluicegate::rate::Pacer;
 use crate::config::AmqpConfig;
 use crate::connect::connect;
 use crate::convert::message_from;
+use crate::probe::ready_in;
 use crate::publish::{Confirming, Failure};
 use crate::republish::redriven;
 
@@ -106,17 +107,10 @@ impl AmqpDeadLetters {
     /// own (a missing queue closes the channel it is asked on).
     async fn ready(&self, queue: &str) -> Result<u64, DeadLetterError> {
         let channel = self.channel().await?;
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        };
-        let declared = channel
-            .queue_declare(ShortString::from(queue), passive, FieldTable::default())
-            .await;
-        match declared {
-            Ok(q) => {
+        match ready_in(&channel, queue).await {
+            Ok(count) => {
                 let _ = channel.close(200, "counted".into()).await;
-                Ok(u64::from(q.message_count()))
+                Ok(count)
             }
             Err(e) if e.to_string().contains("NOT_FOUND") => Err(DeadLetterError::NotFound {
                 kind: "queue",

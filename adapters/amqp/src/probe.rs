@@ -83,6 +83,20 @@ impl fmt::Debug for AmqpProbe {
     }
 }
 
+/// Messages ready in `queue`, from a passive declare on `channel`. A
+/// missing queue is an error and closes the channel (RabbitMQ's answer to
+/// a passive declare of a queue it does not have).
+pub(crate) async fn ready_in(channel: &Channel, queue: &str) -> Result<u64, lapin::Error> {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let declared = channel
+        .queue_declare(ShortString::from(queue), passive, FieldTable::default())
+        .await?;
+    Ok(u64::from(declared.message_count()))
+}
+
 impl AmqpProbe {
     pub(crate) fn new(watched: Arc<Watched>, queues: Vec<String>) -> Self {
         Self {
@@ -108,21 +122,10 @@ impl AmqpProbe {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        };
         let mut ready = Vec::new();
         for name in self.queues.iter().chain(delay_queues.iter()) {
-            let declared = channel
-                .queue_declare(
-                    ShortString::from(name.as_str()),
-                    passive,
-                    FieldTable::default(),
-                )
-                .await;
-            match declared {
-                Ok(queue) => ready.push((name.clone(), u64::from(queue.message_count()))),
+            match ready_in(&channel, name).await {
+                Ok(count) => ready.push((name.clone(), count)),
                 // A queue gone closes the channel: count again next time.
                 Err(error) => {
                     tracing::debug!(queue = %name, %error, "counting the queue failed");

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use sluicegate::Headers;
@@ -21,6 +21,7 @@ use sluicegate::publish::{Confirmed, Pressure, Publish, PublishConfig, PublishEr
 use crate::AmqpError;
 use crate::config::AmqpConfig;
 use crate::connect::{connect, watch_events};
+use crate::probe::ready_in;
 use crate::republish::frame_size;
 
 /// Why a publish did not go through: the broker refused it (it would
@@ -287,17 +288,10 @@ impl Publish for AmqpPublisher {
                 link.connection().create_channel().await.ok()?
             }
         };
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        };
-        let declared = channel
-            .queue_declare(ShortString::from(queue), passive, FieldTable::default())
-            .await;
-        match declared {
-            Ok(q) => {
+        match ready_in(&channel, queue).await {
+            Ok(count) => {
                 *counting = Some(channel);
-                Some(u64::from(q.message_count()))
+                Some(count)
             }
             // A missing queue closes the channel: the next count opens one.
             Err(error) => {
