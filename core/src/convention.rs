@@ -160,10 +160,17 @@ pub fn read_millis(raw: &[u8]) -> Option<SystemTime> {
     Some(UNIX_EPOCH + Duration::from_millis(ms))
 }
 
-fn millis_since_epoch(at: SystemTime) -> u128 {
+/// `at` as the time headers write it: whole milliseconds since the Unix
+/// epoch (0 before it).
+///
+/// ```
+/// use std::time::{Duration, UNIX_EPOCH};
+/// use sluicegate::convention::millis_since_epoch;
+/// assert_eq!(millis_since_epoch(UNIX_EPOCH + Duration::from_millis(1500)), 1500);
+/// ```
+pub fn millis_since_epoch(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis()
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// What a truncated dead-letter keeps: how much of the body, and which of

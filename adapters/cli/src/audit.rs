@@ -6,10 +6,11 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
+use sluicegate::convention::millis_since_epoch;
 use sluicegate::deadletter::{DeadLetter, RedriveLog};
 
 /// Where the audit log goes when neither `--audit-log` nor
@@ -31,11 +32,8 @@ fn operator() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-fn now_ms() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis()
+fn now_ms() -> u64 {
+    millis_since_epoch(SystemTime::now())
 }
 
 /// The audit log of one redrive, and its progress bar.

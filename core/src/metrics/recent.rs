@@ -10,6 +10,8 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
+use crate::convention::millis_since_epoch;
+
 /// Dead letters remembered.
 const DEAD_LETTERS: usize = 20;
 /// Breaker openings remembered.
@@ -33,11 +35,6 @@ pub(crate) struct Recent {
     openings: Mutex<VecDeque<u64>>,
 }
 
-fn millis(at: SystemTime) -> u64 {
-    at.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 fn push<T>(ring: &Mutex<VecDeque<T>>, item: T, cap: usize) {
     if let Ok(mut ring) = ring.try_lock() {
         if ring.len() == cap {
@@ -55,7 +52,7 @@ fn read<T: Clone>(ring: &Mutex<VecDeque<T>>) -> Vec<T> {
 
 impl Recent {
     pub(crate) fn dead_lettered(&self, origin: String, reason: String) {
-        let at_ms = millis(SystemTime::now());
+        let at_ms = millis_since_epoch(SystemTime::now());
         push(
             &self.dead_letters,
             RecentDeadLetter {
@@ -68,7 +65,11 @@ impl Recent {
     }
 
     pub(crate) fn breaker_opened(&self) {
-        push(&self.openings, millis(SystemTime::now()), OPENINGS);
+        push(
+            &self.openings,
+            millis_since_epoch(SystemTime::now()),
+            OPENINGS,
+        );
     }
 
     /// The newest first.

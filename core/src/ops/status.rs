@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use super::{Readiness, Scale, Watch};
+use crate::convention::millis_since_epoch;
 use crate::metrics::{MetricsSnapshot, RecentDeadLetter};
 
 /// Samples kept: five minutes at one a second.
@@ -59,11 +60,8 @@ pub struct Point {
 
 impl Point {
     pub(crate) fn of(s: &MetricsSnapshot, at: SystemTime) -> Self {
-        let at_ms = at
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         Self {
-            at_ms,
+            at_ms: millis_since_epoch(at),
             received: s.received,
             acked: s.acked,
             retried: s.retried,

@@ -12,7 +12,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -21,7 +21,7 @@ use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
-use sluicegate::convention::header;
+use sluicegate::convention::{header, millis_since_epoch};
 use sluicegate::deadletter::{
     DeadLetter, DeadLetterError, DeadLetterQueue, Decision, Redrive, RedriveLog, RedriveReport,
     redrive_headers,
@@ -289,11 +289,7 @@ impl KafkaDeadLetters {
         self.send(copy, || format!("putting {:?} back on {to:?}", letter.id))
             .await?;
         let marks = marks_topic(&letter.queue);
-        let at = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis()
-            .to_string();
+        let at = millis_since_epoch(SystemTime::now()).to_string();
         let mark = FutureRecord::<[u8], [u8]>::to(&marks)
             .key(letter.id.as_bytes())
             .payload(at.as_bytes());
