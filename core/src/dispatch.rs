@@ -55,6 +55,10 @@ pub(crate) struct Dispatch {
     /// The handler's first polls, a moving average in nanoseconds (wall
     /// time: a handler that blocks the thread counts, paused clock or not).
     pub(crate) first_poll_nanos: AtomicU64,
+    /// Every first poll happens on the loop, however long they take: a
+    /// batch handler's runs join their batches there, in lane order, so
+    /// a chain's messages join in the order they arrived.
+    pub(crate) always_inline: bool,
 }
 
 /// How a run began, for the loop.
@@ -168,7 +172,8 @@ impl Dispatch {
     /// Whether handlers are polled first on the loop: while their first
     /// polls stay quick.
     pub(crate) fn polls_inline(&self) -> bool {
-        self.first_poll_nanos.load(Relaxed) < INLINE_FIRST_POLL.as_nanos() as u64
+        self.always_inline
+            || self.first_poll_nanos.load(Relaxed) < INLINE_FIRST_POLL.as_nanos() as u64
     }
 
     /// Adds `count` first polls that took `took` in all to the average.
@@ -448,7 +453,7 @@ pub(crate) async fn settle(
     settling.finish(&dispatch.settler()).await;
 }
 
-fn panic_text(panic: &(dyn Any + Send)) -> &str {
+pub(crate) fn panic_text(panic: &(dyn Any + Send)) -> &str {
     if let Some(s) = panic.downcast_ref::<&str>() {
         s
     } else if let Some(s) = panic.downcast_ref::<String>() {
@@ -473,6 +478,7 @@ mod tests {
             breaker: None,
             latency: None,
             first_poll_nanos: AtomicU64::new(0),
+            always_inline: false,
         }
     }
 

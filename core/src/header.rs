@@ -43,6 +43,12 @@ pub const DEAD_AT: &str = "x-sluicegate-dead-at";
 /// survives the trip back and the redrive's loop guard sees it.
 pub const REDRIVES: &str = "x-sluicegate-redrives";
 
+/// The id a producer gives a message, by which deduplication knows it
+/// ([`crate::dedup`]), on brokers without a message-id property of their
+/// own (Kafka, the memory broker). AMQP's `message_id` property is read
+/// first. Not among [`ALL`]: a retry or a dead-letter keeps it.
+pub const ID: &str = "x-sluicegate-id";
+
 /// Every header sluicegate writes: a republish replaces these and keeps
 /// every other header the message had.
 pub const ALL: [&str; 6] = [ATTEMPT, REASON, ORIGIN, NOT_BEFORE, TRUNCATED, DEAD_AT];

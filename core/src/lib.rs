@@ -39,6 +39,7 @@
 //! ```
 //!
 //! Modules, one concern each: [`message`] (what a handler reads),
+//! [`batch`] (batch handlers),
 //! [`settle`] (deliveries and settling them), [`header`] (our header names),
 //! [`convention`] (the headers every broker shares),
 //! [`handler`] (the handler API), [`outcome`], [`retry`], [`config`],
@@ -48,6 +49,7 @@
 
 mod adaptive;
 mod admission;
+pub mod batch;
 mod breaker;
 pub mod config;
 pub mod convention;

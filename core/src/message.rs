@@ -127,6 +127,8 @@ pub struct Message {
     payload: Bytes,
     headers: Headers,
     key: Option<Bytes>,
+    id: Option<Arc<str>>,
+    chain: Option<u64>,
     priority: u8,
     attempt: u32,
     redelivered: bool,
@@ -162,6 +164,8 @@ impl Message {
             payload: payload.into(),
             headers: Headers::new(),
             key: None,
+            id: None,
+            chain: None,
             priority: 0,
             attempt: 1,
             redelivered: false,
@@ -182,6 +186,23 @@ impl Message {
     /// Sets the key (Kafka key, AMQP routing key).
     pub fn with_key(mut self, key: impl Into<Bytes>) -> Self {
         self.key = Some(key.into());
+        self
+    }
+
+    /// Sets the message's id: what deduplication knows it by
+    /// ([`crate::dedup`]). Adapters set it from the broker's own property
+    /// (AMQP `message_id`) or the [`crate::header::ID`] header.
+    pub fn with_id(mut self, id: impl Into<Arc<str>>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
+    /// Puts the message in an ordering chain: messages of one chain are
+    /// handled in the order they arrive, also in batches
+    /// ([`crate::batch`]). Adapters that order set it (Kafka: the
+    /// partition, or the partition and key).
+    pub fn with_chain(mut self, chain: u64) -> Self {
+        self.chain = Some(chain);
         self
     }
 
@@ -251,6 +272,20 @@ impl Message {
     /// The key, if the broker gave one.
     pub fn key(&self) -> Option<&Bytes> {
         self.key.as_ref()
+    }
+
+    /// The message's id, if the producer gave one: the broker's own
+    /// property (set by the adapter), else the [`crate::header::ID`]
+    /// header.
+    pub fn id(&self) -> Option<&str> {
+        self.id
+            .as_deref()
+            .or_else(|| self.headers.get_str(crate::header::ID))
+    }
+
+    /// The ordering chain it belongs to, if its adapter orders.
+    pub fn chain(&self) -> Option<u64> {
+        self.chain
     }
 
     /// The priority (higher is more urgent).

@@ -112,6 +112,15 @@ pub trait Source: Send + 'static {
     /// AMQP's, is one limit either way.
     fn set_hold_back(&mut self, _hold_back: HoldBack) {}
 
+    /// The runtime hands what this source delivers to a batch handler, in
+    /// batches of up to `max`; told once, before the first `set_prefetch`.
+    /// A source that releases one message of an ordering chain at a time
+    /// may release up to `max` of a chain at once, each marked with
+    /// [`crate::Message::with_chain`]: the runtime handles a chain's
+    /// messages in the order they arrive, across batches too. The default
+    /// does nothing.
+    fn set_batch(&mut self, _max: usize) {}
+
     /// What the operations surface may ask of the broker while the worker
     /// runs (its name, the connection, the backlog, the adapter's own
     /// metrics): a handle apart from the source, which the loop owns. The

@@ -55,6 +55,9 @@ pub(crate) fn message_from(queue: &Arc<str>, delivery: &lapin::message::Delivery
             delivery.routing_key.as_str().as_bytes(),
         ));
     }
+    if let Some(id) = props.message_id() {
+        message = message.with_id(id.as_str());
+    }
     if let Some(seconds) = props.timestamp() {
         message =
             message.with_broker_timestamp(SystemTime::UNIX_EPOCH + Duration::from_secs(*seconds));

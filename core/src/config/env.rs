@@ -42,6 +42,7 @@ impl Config {
         self.adaptive_from(env)?;
         self.rate_limit_from(env)?;
         self.breaker_from(env)?;
+        self.batch_from(env)?;
         self.validate()?;
         Ok(self)
     }
@@ -65,6 +66,20 @@ impl Config {
         }
         if let Some(v) = env.read_millis(var("SLUICEGATE_MAX_QUEUE_TIME_MS"))? {
             self.max_queue_time = (!v.is_zero()).then_some(v);
+        }
+        Ok(())
+    }
+
+    /// How batch handlers' batches are formed.
+    fn batch_from(&mut self, env: &Env) -> Result<(), ConfigError> {
+        if let Some(v) = env.read::<u16>(var("SLUICEGATE_BATCH_MAX"))? {
+            self.batch.set_max(v);
+        }
+        if let Some(v) = env.read_millis(var("SLUICEGATE_BATCH_LINGER_MS"))? {
+            self.batch.set_linger(v);
+        }
+        if let Some(v) = env.read::<bool>(var("SLUICEGATE_BATCH_BISECT"))? {
+            self.batch.set_bisect(v);
         }
         Ok(())
     }

@@ -28,6 +28,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::adaptive::AdaptivePolicy;
+use crate::batch::BatchPolicy;
 use crate::breaker::BreakerPolicy;
 use crate::rate::RateLimit;
 use crate::retry::RetryPolicy;
@@ -96,6 +97,7 @@ pub struct Config {
     /// Parts per million, so the configuration stays `Eq`.
     reserved_for_top_ppm: u32,
     starvation_guard: Option<Duration>,
+    batch: BatchPolicy,
 }
 
 impl Default for Config {
@@ -120,6 +122,7 @@ impl Default for Config {
             lane_rate_limits: Vec::new(),
             reserved_for_top_ppm: 0,
             starvation_guard: None,
+            batch: BatchPolicy::default(),
         }
     }
 }
@@ -334,6 +337,17 @@ impl Config {
     /// The adaptive limit, if any.
     pub fn adaptive_policy(&self) -> Option<AdaptivePolicy> {
         self.adaptive
+    }
+
+    /// How a batch handler's batches are formed ([`crate::Worker::batch`]).
+    pub fn batch(mut self, policy: BatchPolicy) -> Self {
+        self.batch = policy;
+        self
+    }
+
+    /// How batches are formed (used by batch handlers only).
+    pub fn batch_policy(&self) -> BatchPolicy {
+        self.batch
     }
 
     /// Limits how fast handlers start (a token bucket).

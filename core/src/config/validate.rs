@@ -43,6 +43,13 @@ impl Config {
                 ),
             ));
         }
+        if self.batch.max() == 0 {
+            return Err(ConfigError::new(
+                "SLUICEGATE_BATCH_MAX",
+                0,
+                "a whole number from 1 to 65535",
+            ));
+        }
         if self.overflow_delay.is_zero() {
             return Err(ConfigError::new(
                 "SLUICEGATE_OVERFLOW_DELAY_MS",

@@ -199,6 +199,24 @@ pub const ENV_VARS: &[Var] = &[
         "a whole number (0 = off)",
     ),
     Var::new(
+        "SLUICEGATE_BATCH_MAX",
+        "100",
+        "batch handlers: the most messages in one batch. 1-65535",
+        "a whole number from 1 to 65535",
+    ),
+    Var::new(
+        "SLUICEGATE_BATCH_LINGER_MS",
+        "50",
+        "batch handlers: how long a batch waits to fill after its first message",
+        "a whole number of milliseconds",
+    ),
+    Var::new(
+        "SLUICEGATE_BATCH_BISECT",
+        "false",
+        "batch handlers: split a batch that fails as a whole down to the messages that fail alone",
+        "true or false",
+    ),
+    Var::new(
         "SLUICEGATE_BREAKER_FAILURE_RATE",
         "(off)",
         "circuit breaker: also open when more than this share (0-1) of the last BREAKER_WINDOW results failed",

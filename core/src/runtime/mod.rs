@@ -86,6 +86,7 @@ impl<S: Source> Flow<S> {
         config: Config,
         metrics: Arc<Metrics>,
         on_settled: Option<OnSettled>,
+        always_inline: bool,
     ) -> Self {
         let adaptive = config.adaptive_policy().map(|policy| {
             let controller = Controller::new(policy, config.max_in_flight_limit());
@@ -104,6 +105,7 @@ impl<S: Source> Flow<S> {
             breaker: breaker.clone(),
             latency: adaptive.as_ref().map(|(_, samples)| Arc::clone(samples)),
             first_poll_nanos: AtomicU64::new(0),
+            always_inline,
         });
         let freed = Arc::new(tokio::sync::Notify::new());
         let lanes = Lanes::new(

@@ -3,10 +3,12 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::Flow;
-use crate::config::{Config, Overflow};
-use crate::handler::{ErasedHandler, Handler, erase};
+use crate::batch::{BatchHandler, erase_batch};
+use crate::config::{Config, ConfigError, Overflow};
+use crate::handler::{ErasedHandler, FromMessage, Handler, erase};
 use crate::message::Message;
 use crate::metrics::{Metrics, MetricsSnapshot, WorkerState};
 use crate::ops::Ops;
@@ -90,7 +92,7 @@ pub enum Error {
 /// ```
 pub struct Worker<S> {
     source: S,
-    handler: ErasedHandler,
+    handler: Handling,
     config: Config,
     metrics: Arc<Metrics>,
     on_settled: Option<OnSettled>,
@@ -100,13 +102,50 @@ pub struct Worker<S> {
 /// A user function giving each arriving message its priority.
 pub(crate) type Classify = Arc<dyn Fn(&Message) -> u8 + Send + Sync>;
 
+/// The handler: one message a call, or a batch handler, built when the
+/// worker starts (its batches follow the configuration it runs with).
+enum Handling {
+    One(ErasedHandler),
+    Batch(MakeBatch),
+}
+
+/// Builds a batch handler's runs from the configuration the worker runs with.
+type MakeBatch = Box<dyn FnOnce(&Config, Arc<Metrics>) -> ErasedHandler + Send>;
+
+/// How long a run of a batch handler's message may wait for its batch:
+/// the batch's own call is what the handler timeout limits.
+const BATCH_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
+
 impl<S: Source> Worker<S> {
     /// A worker running `handler` on what `source` delivers, with the
     /// default configuration.
     pub fn new<H: Handler<Args>, Args>(source: S, handler: H) -> Self {
         Self {
             source,
-            handler: erase(handler),
+            handler: Handling::One(erase(handler)),
+            config: Config::default(),
+            metrics: Arc::new(Metrics::new()),
+            on_settled: None,
+            classify: None,
+        }
+    }
+
+    /// A worker running a batch `handler`: it is called with up to
+    /// [`crate::batch::BatchPolicy::max`] messages at once, and each message is
+    /// settled by its own outcome (see [`crate::batch`]). With a batch
+    /// handler, `max_in_flight` counts batches running at once.
+    pub fn batch<H: BatchHandler<T>, T: FromMessage>(source: S, handler: H) -> Self {
+        Self {
+            source,
+            handler: Handling::Batch(Box::new(move |config: &Config, metrics| {
+                erase_batch(
+                    handler,
+                    config.batch_policy(),
+                    usize::from(config.max_in_flight_limit()),
+                    config.handler_timeout_duration(),
+                    metrics,
+                )
+            })),
             config: Config::default(),
             metrics: Arc::new(Metrics::new()),
             on_settled: None,
@@ -208,12 +247,25 @@ impl<S: Source> Worker<S> {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<Report, Error> {
         self.config.validate()?;
+        let (handler, config, batch) = match self.handler {
+            Handling::One(handler) => (handler, self.config, None),
+            Handling::Batch(make) => {
+                let max = usize::from(self.config.batch_policy().max());
+                let (handler, config) = batch_mode(make, self.config, &self.metrics)?;
+                (handler, config, Some(max))
+            }
+        };
+        let mut source = self.source;
+        if let Some(max) = batch {
+            source.set_batch(max);
+        }
         let mut flow = Flow::new(
-            self.source,
-            self.handler,
-            self.config,
+            source,
+            handler,
+            config,
             self.metrics,
             self.on_settled,
+            batch.is_some(),
         );
         flow.classify = self.classify;
         flow.source
@@ -236,4 +288,30 @@ impl<S: Source> Worker<S> {
             Err(_) => Err(Error::Cancelled),
         }
     }
+}
+
+/// A batch handler's runs, and the configuration the loop runs them
+/// with: the in-flight limit counts messages (every batch that may run,
+/// full, within the prefetch), and a run waits for its batch however long
+/// (each call of the batch handler has the handler timeout).
+fn batch_mode(
+    make: MakeBatch,
+    config: Config,
+    metrics: &Arc<Metrics>,
+) -> Result<(ErasedHandler, Config), Error> {
+    if config.adaptive_policy().is_some() {
+        return Err(Error::Config(ConfigError::new(
+            "SLUICEGATE_ADAPTIVE",
+            "on",
+            "off with a batch handler (the adaptive limit moves handlers of one message each)",
+        )));
+    }
+    let handler = make(&config, Arc::clone(metrics));
+    let batches = usize::from(config.max_in_flight_limit());
+    let messages = (batches * usize::from(config.batch_policy().max()))
+        .min(usize::from(config.prefetch_limit()));
+    let config = config
+        .max_in_flight(u16::try_from(messages).unwrap_or(u16::MAX))
+        .handler_timeout(BATCH_WAIT);
+    Ok((handler, config))
 }
