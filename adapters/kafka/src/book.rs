@@ -52,6 +52,9 @@ pub(crate) struct Book {
     /// Fetched and not finished, over every partition.
     pub(crate) held: usize,
     ordering: Ordering,
+    /// Records of one chain out at once: more than one for a batch
+    /// handler, and then each message carries its chain.
+    chain_run: usize,
 }
 
 impl Book {
@@ -63,7 +66,14 @@ impl Book {
             generations: 0,
             held: 0,
             ordering,
+            chain_run: 1,
         }
+    }
+
+    /// Lets up to `run` records of a chain out at once.
+    pub(crate) fn set_chain_run(&mut self, run: usize) {
+        self.chain_run = run.max(1);
+        self.schedule.set_run(self.chain_run);
     }
 
     /// Opens the books of newly assigned partitions, each in a generation
@@ -144,6 +154,10 @@ impl Book {
             let wait = at.duration_since(SystemTime::now()).ok()?;
             Some(Instant::now() + wait.min(DELAY_MAX))
         });
+        let message = match &chain {
+            Some(chain) if self.chain_run > 1 => message.with_chain(chain_id(chain)),
+            _ => message,
+        };
         let record = Pending {
             message,
             slot: Slot {
@@ -462,4 +476,11 @@ mod tests {
         book.close(&jobs);
         assert_eq!(book.held, 1);
     }
+}
+
+/// A chain's number on its messages: the same for every record of the
+/// chain, within this process.
+fn chain_id(chain: &ChainKey) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::default().hash_one(chain)
 }

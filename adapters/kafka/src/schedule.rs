@@ -9,16 +9,25 @@ use tokio::time::Instant;
 
 /// Records waiting for their turn, and those whose turn has come.
 ///
-/// A record with a chain key runs only when no other record of that chain
-/// is out: the first of a chain is released at once and marks the chain
-/// busy; the rest wait in order until [`Schedule::finished`].
+/// A record with a chain key runs only while fewer than the chain's run
+/// (one, or a batch handler's batch size) of that chain are out: the
+/// first ones of a chain are released at once; the rest wait in order
+/// until [`Schedule::finished`].
 #[derive(Debug)]
 pub(crate) struct Schedule<K, T> {
     ready: VecDeque<T>,
     delayed: BTreeMap<(Instant, u64), T>,
-    /// Busy chains, each with the records waiting behind the one out.
-    chains: HashMap<K, VecDeque<T>>,
+    /// Busy chains: how many of each are out, and the records waiting.
+    chains: HashMap<K, Chain<T>>,
     sequence: u64,
+    /// How many records of one chain may be out at once.
+    run: usize,
+}
+
+#[derive(Debug)]
+struct Chain<T> {
+    out: usize,
+    waiting: VecDeque<T>,
 }
 
 impl<K: Hash + Eq, T> Default for Schedule<K, T> {
@@ -28,19 +37,36 @@ impl<K: Hash + Eq, T> Default for Schedule<K, T> {
             delayed: BTreeMap::new(),
             chains: HashMap::new(),
             sequence: 0,
+            run: 1,
         }
     }
 }
 
 impl<K: Hash + Eq + Clone, T> Schedule<K, T> {
+    /// Lets up to `run` records of a chain out at once: for a batch
+    /// handler, which handles a chain's records in the order they are
+    /// released.
+    pub(crate) fn set_run(&mut self, run: usize) {
+        self.run = run.max(1);
+    }
+
     /// A newly fetched record.
     pub(crate) fn admit(&mut self, item: T, chain: Option<&K>, not_before: Option<Instant>) {
-        if let Some(chain) = chain {
-            if let Some(waiting) = self.chains.get_mut(chain) {
-                waiting.push_back(item);
-                return;
+        if let Some(key) = chain {
+            match self.chains.get_mut(key) {
+                Some(chain) if chain.out >= self.run || !chain.waiting.is_empty() => {
+                    chain.waiting.push_back(item);
+                    return;
+                }
+                Some(chain) => chain.out += 1,
+                None => {
+                    let chain = Chain {
+                        out: 1,
+                        waiting: VecDeque::new(),
+                    };
+                    self.chains.insert(key.clone(), chain);
+                }
             }
-            self.chains.insert(chain.clone(), VecDeque::new());
         }
         self.place(item, not_before);
     }
@@ -51,23 +77,26 @@ impl<K: Hash + Eq + Clone, T> Schedule<K, T> {
         self.place(item, Some(not_before));
     }
 
-    /// The record out for `chain` finished: the next one of the chain may
+    /// A record out for `chain` finished: the next ones of the chain may
     /// go. Returns whether one became ready.
-    pub(crate) fn finished(&mut self, chain: &K) -> bool {
-        let next = match self.chains.get_mut(chain) {
-            Some(waiting) => waiting.pop_front(),
-            None => return false,
+    pub(crate) fn finished(&mut self, key: &K) -> bool {
+        let Some(chain) = self.chains.get_mut(key) else {
+            return false;
         };
-        match next {
-            Some(item) => {
-                self.ready.push_back(item);
-                true
-            }
-            None => {
-                self.chains.remove(chain);
-                false
-            }
+        chain.out = chain.out.saturating_sub(1);
+        let mut released = false;
+        while chain.out < self.run {
+            let Some(item) = chain.waiting.pop_front() else {
+                break;
+            };
+            chain.out += 1;
+            self.ready.push_back(item);
+            released = true;
         }
+        if chain.out == 0 {
+            self.chains.remove(key);
+        }
+        released
     }
 
     /// The next record whose turn has come. Reads the clock only when
@@ -116,9 +145,9 @@ impl<K: Hash + Eq + Clone, T> Schedule<K, T> {
                 self.delayed.insert(key, item);
             }
         }
-        self.chains.retain(|key, waiting| {
+        self.chains.retain(|key, chain| {
             if chain_matches(key) {
-                removed.extend(waiting.drain(..));
+                removed.extend(chain.waiting.drain(..));
                 false
             } else {
                 true
@@ -165,6 +194,26 @@ mod tests {
         s.finished(&"a");
         s.admit(6, Some(&"a"), None);
         assert_eq!(drain(&mut s), [6], "a finished chain starts afresh");
+    }
+
+    #[test]
+    fn a_run_lets_that_many_of_a_chain_out_in_order() {
+        let mut s = Schedule::default();
+        s.set_run(3);
+        for n in 1..=5 {
+            s.admit(n, Some(&"a"), None);
+        }
+        s.admit(9, Some(&"b"), None);
+        assert_eq!(drain(&mut s), [1, 2, 3, 9]);
+        assert!(s.finished(&"a"));
+        assert_eq!(drain(&mut s), [4], "a slot of the run freed");
+        s.finished(&"a");
+        s.finished(&"a");
+        assert_eq!(drain(&mut s), [5]);
+        s.admit(6, Some(&"a"), None);
+        assert_eq!(drain(&mut s), [6], "4, 5 and 6 out: the run is full");
+        s.admit(7, Some(&"a"), None);
+        assert_eq!(drain(&mut s), Vec::<u32>::new());
     }
 
     #[tokio::test(start_paused = true)]

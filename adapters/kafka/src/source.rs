@@ -71,9 +71,23 @@ pub struct KafkaSource {
     popped: Vec<crate::ids::Pending>,
     /// The topics consumed, as the operations surface names the source.
     label: String,
+    /// The runtime blocks when full (so a record is never handed back to
+    /// run again after later ones of its chain).
+    held_back_freely: bool,
+    /// A batch handler's batch size (1: one message a call).
+    batch: usize,
 }
 
 impl KafkaSource {
+    /// A batch handler takes up to a batch of a chain at once, handled in
+    /// order; only when the runtime blocks: under the other overflow
+    /// policies a record may be handed back to run again, after later ones
+    /// of its chain had they been let out.
+    fn set_chain_run(&self) {
+        let run = if self.held_back_freely { self.batch } else { 1 };
+        self.shared.set_chain_run(run);
+    }
+
     /// Connects, checks the topics (creating the retry and dead-letter
     /// topics unless told not to), and subscribes. Fails with an error that
     /// names the brokers or the topic when they cannot be used.
@@ -135,6 +149,8 @@ impl KafkaSource {
             poller: Some(Closing { committed, closed }),
             popped: Vec::new(),
             label: config.topics.join(","),
+            held_back_freely: false,
+            batch: 1,
         })
     }
 
@@ -214,7 +230,14 @@ impl Source for KafkaSource {
         // Blocking: each partition stops at its share, and the others go on.
         // Shedding, dropping or deferring: the runtime must see the excess,
         // so partitions read up to the prefetch as a whole.
-        self.shared.set_shares(hold_back == HoldBack::Freely);
+        self.held_back_freely = hold_back == HoldBack::Freely;
+        self.shared.set_shares(self.held_back_freely);
+        self.set_chain_run();
+    }
+
+    fn set_batch(&mut self, max: usize) {
+        self.batch = max;
+        self.set_chain_run();
     }
 
     /// Commits what is done and closes the consumer (leaving the group),

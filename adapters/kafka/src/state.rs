@@ -395,6 +395,12 @@ impl Shared {
         self.handover.poller.notify();
     }
 
+    /// Lets up to `run` records of one ordering chain out at once, each
+    /// stamped with its chain (a batch handler keeps their order).
+    pub(crate) fn set_chain_run(&self, run: usize) {
+        self.lock().book.set_chain_run(run);
+    }
+
     /// The most unsettled records the worker may hold.
     pub(crate) fn set_capacity(&self, capacity: usize) {
         self.capacity.store(capacity.max(1), Relaxed);

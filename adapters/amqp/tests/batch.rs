@@ -1,0 +1,122 @@
+//! Batch handlers against a real RabbitMQ on AMQP_URL, started by
+//! `scripts/test`: every message settled by its own outcome, acks still
+//! coalesced, the prefetch never passed. The broker's view is read from
+//! the broker itself.
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{broker_unacked, channel, delete, publish_all, ready, unique, url};
+use sluicegate::batch::{Batch, BatchPolicy};
+use sluicegate::{Config, HandlerError, Json, RetryPolicy, Worker};
+use sluicegate_amqp::{AmqpConfig, AmqpSource};
+use sluicegate_test_support::{finished, run_until_metrics, wait_until};
+
+#[derive(serde::Deserialize)]
+struct Job {
+    id: u32,
+    fail: bool,
+}
+
+type Attempts = BTreeMap<u32, Vec<u32>>;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_thousand_in_batches_with_2pc_failing_each_settled_on_its_own() {
+    sluicegate_test_support::logs();
+    let queue = unique("batch");
+    let dlq = format!("{queue}.dlq");
+    let (_conn, ch) = channel().await;
+    let source = AmqpSource::connect(AmqpConfig::new(url(), &queue))
+        .await
+        .unwrap();
+    const N: u32 = 20_000;
+    let failing: BTreeSet<u32> = (0..N).filter(|id| id % 50 == 3).collect();
+    let payloads: Vec<Vec<u8>> = (0..N)
+        .map(|id| format!(r#"{{"id":{id},"fail":{}}}"#, failing.contains(&id)).into_bytes())
+        .collect();
+    publish_all(&ch, &queue, &payloads).await;
+
+    let seen: Arc<Mutex<Attempts>> = Arc::default();
+    let log = Arc::clone(&seen);
+    let handler = move |batch: Batch<Json<Job>>| {
+        let mut outcomes = Vec::with_capacity(batch.len());
+        {
+            let mut log = log.lock().unwrap();
+            for item in &batch {
+                let Json(job) = &item.value;
+                log.entry(job.id).or_default().push(item.context.attempt());
+                outcomes.push(if job.fail {
+                    Err(HandlerError::retryable(format!("row {} refused", job.id)))
+                } else {
+                    Ok(())
+                });
+            }
+        }
+        async move {
+            // One write for the whole batch.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            outcomes
+        }
+    };
+    let prefetch = 1000;
+    let config = Config::default()
+        .prefetch(prefetch)
+        .max_in_flight(4)
+        .retry(RetryPolicy::new(
+            2,
+            Duration::from_millis(100),
+            Duration::from_millis(400),
+        ))
+        .batch(BatchPolicy::new(200, Duration::from_millis(20)));
+    let good = u64::from(N) - failing.len() as u64;
+    let bad = failing.len() as u64;
+    let started = Instant::now();
+    let worker = Worker::batch(source, handler).config(config);
+    let run = run_until_metrics(worker, move |m| m.acked >= good && m.dead_lettered >= bad);
+    let report = finished(run, Duration::from_secs(180)).await;
+    let m = &report.metrics;
+    println!(
+        "RabbitMQ, 20k in batches: {:?}, {} batches, {:.1} messages each, max held {} of {prefetch}; {m}",
+        started.elapsed(),
+        m.batches,
+        m.batched as f64 / m.batches as f64,
+        m.max_held,
+    );
+    assert_eq!(
+        (m.acked, m.dead_lettered, m.retried),
+        (good, bad, 2 * bad),
+        "{m:?}"
+    );
+    assert!(m.max_held <= u64::from(prefetch), "{}", m.max_held);
+    assert!(
+        m.batches < u64::from(N) / 20,
+        "{} batches: not batching",
+        m.batches
+    );
+
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    for id in 0..N {
+        let expected: &[u32] = if failing.contains(&id) {
+            &[1, 2, 3]
+        } else {
+            &[1]
+        };
+        assert_eq!(seen.get(&id).map(Vec::as_slice), Some(expected), "job {id}");
+    }
+    wait_until(
+        "the broker to hold nothing unacked",
+        Duration::from_secs(10),
+        || broker_unacked(&queue) == 0,
+    )
+    .await;
+    assert_eq!(ready(&ch, &queue).await, 0);
+    assert_eq!(u64::from(ready(&ch, &dlq).await), bad);
+    let mut tiers: Vec<String> = vec![queue.clone(), dlq];
+    tiers.extend(["100", "200"].map(|t| format!("{queue}.delay.{t}")));
+    delete(&ch, &tiers).await;
+}

@@ -1,0 +1,146 @@
+//! Batch handlers against a real Apache Kafka broker on KAFKA_BROKERS,
+//! started by `scripts/test`: every record settled by its own outcome,
+//! offsets committed only contiguously, each partition's records handled
+//! in offset order though a partition's records share batches.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Out, brokers, committed, create_topic, log_end, produce, read_all, unique};
+use sluicegate::batch::{Batch, BatchPolicy};
+use sluicegate::{Config, HandlerError, Json, RetryPolicy, Worker};
+use sluicegate_kafka::{KafkaConfig, KafkaSource};
+use sluicegate_test_support::{finished, run_until_metrics};
+
+#[derive(serde::Deserialize)]
+struct Job {
+    id: u32,
+    fail: bool,
+}
+
+/// What the handler saw, in the order it saw it.
+#[derive(Default)]
+struct Seen {
+    attempts: BTreeMap<u32, Vec<u32>>,
+    /// The work topic's offsets of each partition, in handling order.
+    offsets: BTreeMap<i32, Vec<u64>>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_thousand_in_batches_keep_partition_order_and_settle_each_record() {
+    sluicegate_test_support::logs();
+    let topic = unique("batch");
+    let group = unique("batch-group");
+    create_topic(&topic, 6).await;
+    const N: u32 = 20_000;
+    let failing: BTreeSet<u32> = (0..N).filter(|id| id % 50 == 3).collect();
+    let records = (0..N)
+        .map(|id| Out {
+            key: Some(id.to_string().into_bytes()),
+            payload: format!(r#"{{"id":{id},"fail":{}}}"#, failing.contains(&id)).into_bytes(),
+            partition: None,
+        })
+        .collect();
+    produce(&topic, records).await;
+
+    // The default ordering: one partition's records in offset order.
+    let source = KafkaSource::connect(KafkaConfig::new(brokers(), &group, [&topic]))
+        .await
+        .unwrap();
+    let stats = source.stats();
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let log = Arc::clone(&seen);
+    let work_topic = topic.clone();
+    let handler = move |batch: Batch<Json<Job>>| {
+        let mut outcomes = Vec::with_capacity(batch.len());
+        {
+            let mut log = log.lock().unwrap();
+            for item in &batch {
+                let Json(job) = &item.value;
+                let origin = item.context.origin();
+                log.attempts
+                    .entry(job.id)
+                    .or_default()
+                    .push(item.context.attempt());
+                if *origin.source == *work_topic {
+                    let partition = origin.partition.unwrap();
+                    log.offsets
+                        .entry(partition)
+                        .or_default()
+                        .push(origin.position);
+                }
+                outcomes.push(if job.fail {
+                    Err(HandlerError::retryable(format!("row {} refused", job.id)))
+                } else {
+                    Ok(())
+                });
+            }
+        }
+        async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            outcomes
+        }
+    };
+    let prefetch = 1200;
+    let config = Config::default()
+        .prefetch(prefetch)
+        .max_in_flight(4)
+        .retry(RetryPolicy::new(
+            2,
+            Duration::from_millis(100),
+            Duration::from_millis(400),
+        ))
+        .batch(BatchPolicy::new(200, Duration::from_millis(20)));
+    let good = u64::from(N) - failing.len() as u64;
+    let bad = failing.len() as u64;
+    let started = Instant::now();
+    let worker = Worker::batch(source, handler).config(config);
+    let run = run_until_metrics(worker, move |m| m.acked >= good && m.dead_lettered >= bad);
+    let report = finished(run, Duration::from_secs(180)).await;
+    let m = &report.metrics;
+    println!(
+        "Kafka, 20k in batches over 6 partitions: {:?}, {} batches, {:.1} records each, max held {} (adapter {}) of {prefetch}; {m}",
+        started.elapsed(),
+        m.batches,
+        m.batched as f64 / m.batches as f64,
+        m.max_held,
+        stats.snapshot().max_held,
+    );
+    assert_eq!(
+        (m.acked, m.dead_lettered, m.retried),
+        (good, bad, 2 * bad),
+        "{m:?}"
+    );
+    assert!(m.max_held <= u64::from(prefetch), "{}", m.max_held);
+    assert!(stats.snapshot().max_held <= u64::from(prefetch));
+    assert!(
+        m.batches < u64::from(N) / 20,
+        "{} batches: not batching",
+        m.batches
+    );
+
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    for id in 0..N {
+        let expected: &[u32] = if failing.contains(&id) {
+            &[1, 2, 3]
+        } else {
+            &[1]
+        };
+        let attempts = seen.attempts.get(&id).map(Vec::as_slice);
+        assert_eq!(attempts, Some(expected), "job {id}");
+    }
+    assert_eq!(seen.offsets.len(), 6);
+    for (partition, offsets) in &seen.offsets {
+        assert!(
+            offsets.windows(2).all(|w| w[0] < w[1]),
+            "partition {partition} handled out of offset order"
+        );
+    }
+    assert_eq!(committed(&group, &topic, 6).await, log_end(&topic).await);
+    let dead = read_all(&format!("{topic}.dlq")).await;
+    assert_eq!(dead.len() as u64, bad);
+}
