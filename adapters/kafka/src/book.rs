@@ -322,6 +322,13 @@ fn commit_points<'a>(
     tpl
 }
 
+/// A chain's number on its messages: the same for every record of the
+/// chain, within this process.
+fn chain_id(chain: &ChainKey) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::default().hash_one(chain)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -476,11 +483,4 @@ mod tests {
         book.close(&jobs);
         assert_eq!(book.held, 1);
     }
-}
-
-/// A chain's number on its messages: the same for every record of the
-/// chain, within this process.
-fn chain_id(chain: &ChainKey) -> u64 {
-    use std::hash::BuildHasher;
-    foldhash::fast::FixedState::default().hash_one(chain)
 }
