@@ -39,7 +39,7 @@
 //! ```
 //!
 //! Modules, one concern each: [`message`] (what a handler reads),
-//! [`batch`] (batch handlers),
+//! [`batch`] (batch handlers), [`dedup`] (skipping what was handled),
 //! [`settle`] (deliveries and settling them), [`header`] (our header names),
 //! [`convention`] (the headers every broker shares),
 //! [`handler`] (the handler API), [`outcome`], [`retry`], [`config`],
@@ -54,6 +54,7 @@ mod breaker;
 pub mod config;
 pub mod convention;
 pub mod deadletter;
+pub mod dedup;
 mod dispatch;
 mod gate;
 pub mod handler;

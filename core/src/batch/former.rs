@@ -14,7 +14,8 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use super::{BatchHandler, BatchPolicy};
-use crate::handler::{ErasedHandler, FromMessage};
+use crate::dedup::{Claim, Dedup};
+use crate::handler::{BoxFuture, ErasedHandler, FromMessage};
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::outcome::Outcome;
@@ -24,7 +25,12 @@ pub(super) struct Member<T> {
     pub(super) value: T,
     pub(super) message: Arc<Message>,
     pub(super) reply: oneshot::Sender<Outcome>,
+    /// With deduplication: its id, held until its outcome is recorded.
+    pub(super) id: Option<Keyed>,
 }
+
+/// A message's deduplication id, and its claim on it.
+pub(super) type Keyed = (String, Claim);
 
 /// A closed batch, waiting for its turn or running.
 pub(super) struct Formed<T> {
@@ -58,25 +64,36 @@ pub(crate) struct Batcher<T> {
     slots: usize,
     pub(super) timeout: Duration,
     pub(super) metrics: Arc<Metrics>,
+    pub(super) dedup: Option<Dedup>,
     state: Mutex<State<T>>,
+}
+
+/// What a batch handler's runs are built with.
+pub(crate) struct Setup {
+    pub(crate) policy: BatchPolicy,
+    /// Batches that may run at once.
+    pub(crate) slots: usize,
+    /// How long one call may take.
+    pub(crate) timeout: Duration,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) dedup: Option<Dedup>,
 }
 
 /// The per-message handler the runtime calls in batch mode: extract the
 /// value (a rejection is dead-lettered alone), join a batch, and wait for
-/// the message's own outcome.
+/// the message's own outcome. With deduplication, a message whose id is
+/// in hand in another batch joins once that one has finished.
 pub(crate) fn erase_batch<T: FromMessage>(
     handler: impl BatchHandler<T>,
-    policy: BatchPolicy,
-    slots: usize,
-    timeout: Duration,
-    metrics: Arc<Metrics>,
+    setup: Setup,
 ) -> ErasedHandler {
     let batcher = Arc::new(Batcher {
         handler: Box::new(handler),
-        policy,
-        slots: slots.max(1),
-        timeout,
-        metrics,
+        policy: setup.policy,
+        slots: setup.slots.max(1),
+        timeout: setup.timeout,
+        metrics: setup.metrics,
+        dedup: setup.dedup,
         state: Mutex::new(State {
             forming: Vec::new(),
             waiting: VecDeque::new(),
@@ -94,18 +111,51 @@ pub(crate) fn erase_batch<T: FromMessage>(
                 }));
             }
         };
-        let outcome = batcher.join(value, message);
-        Box::pin(async move {
-            outcome.await.unwrap_or_else(|_| {
-                Outcome::retry("its batch stopped before it finished (the worker shut down)")
-            })
-        })
+        let id = batcher
+            .dedup
+            .as_ref()
+            .and_then(|d| Some((d, d.id_of(&message)?)));
+        let outcome = match id {
+            None => batcher.join(value, message, None),
+            Some((dedup, id)) => match dedup.claims.try_claim(&id) {
+                Some(claim) => batcher.join(value, message, Some((id, claim))),
+                None => return batcher.join_later(value, message, id),
+            },
+        };
+        Box::pin(async move { outcome.await.unwrap_or_else(|_| stopped()) })
     })
 }
 
+fn stopped() -> Outcome {
+    Outcome::retry("its batch stopped before it finished (the worker shut down)")
+}
+
 impl<T: FromMessage> Batcher<T> {
+    /// Joins a batch once the run holding the message's id has finished.
+    fn join_later(
+        self: &Arc<Self>,
+        value: T,
+        message: Arc<Message>,
+        id: String,
+    ) -> BoxFuture<Outcome> {
+        let batcher = Arc::clone(self);
+        Box::pin(async move {
+            let Some(dedup) = &batcher.dedup else {
+                return stopped();
+            };
+            let claim = dedup.claims.claim(&id).await;
+            let outcome = batcher.join(value, message, Some((id, claim)));
+            outcome.await.unwrap_or_else(|_| stopped())
+        })
+    }
+
     /// Adds a message to its lane's forming batch.
-    fn join(self: &Arc<Self>, value: T, message: Arc<Message>) -> oneshot::Receiver<Outcome> {
+    fn join(
+        self: &Arc<Self>,
+        value: T,
+        message: Arc<Message>,
+        id: Option<Keyed>,
+    ) -> oneshot::Receiver<Outcome> {
         let (reply, outcome) = oneshot::channel();
         let lane = message.priority();
         let max = usize::from(self.policy.max()).max(1);
@@ -128,6 +178,7 @@ impl<T: FromMessage> Batcher<T> {
                 value,
                 message,
                 reply,
+                id,
             });
             let mut linger = None;
             if forming.members.len() >= max {

@@ -59,7 +59,7 @@ mod former;
 mod policy;
 mod run;
 
-pub(crate) use former::erase_batch;
+pub(crate) use former::{Setup, erase_batch};
 pub use policy::BatchPolicy;
 
 /// Up to [`BatchPolicy::max`] messages of one lane, in the order they

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use futures_util::FutureExt;
 
-use super::former::{Batcher, Formed, Member};
+use super::former::{Batcher, Formed, Keyed};
 use super::{Batch, BatchOutcome};
 use crate::dispatch::panic_text;
 use crate::handler::FromMessage;
@@ -60,20 +60,17 @@ impl<T: FromMessage> Batcher<T> {
         };
         let mut replies = Vec::with_capacity(members.len());
         let mut items = Vec::with_capacity(members.len());
-        for Member {
-            value,
-            message,
-            reply,
-        } in members
-        {
-            replies.push(reply);
-            items.push((value, message));
+        let mut ids = Vec::with_capacity(members.len());
+        for member in members {
+            replies.push(member.reply);
+            items.push((member.value, member.message));
+            ids.push(member.id);
         }
         let outcomes = {
             let all_gone =
                 futures_util::future::join_all(replies.iter_mut().map(|reply| reply.closed()));
             tokio::select! {
-                outcomes = self.outcomes(lane, items) => outcomes,
+                outcomes = self.deduplicated(lane, items, &ids) => outcomes,
                 _ = all_gone => return,
             }
         };
@@ -81,6 +78,67 @@ impl<T: FromMessage> Batcher<T> {
             // A run that is gone was cancelled: its delivery went back.
             let _ = reply.send(outcome);
         }
+        // The ids' claims go now, their outcomes recorded: a redelivery
+        // waiting on one finds it in the store.
+        drop(ids);
+    }
+
+    /// The batch's outcomes, duplicates skipped: the store is asked once
+    /// for the batch, the handler runs on the rest, and the ids handled
+    /// are recorded once.
+    async fn deduplicated(
+        &self,
+        lane: u8,
+        items: Vec<(T, Arc<Message>)>,
+        ids: &[Option<Keyed>],
+    ) -> Vec<Outcome> {
+        let Some(dedup) = &self.dedup else {
+            return self.outcomes(lane, items).await;
+        };
+        let keyed: Vec<&str> = ids.iter().flatten().map(|(id, _)| id.as_str()).collect();
+        let mut seen = if keyed.is_empty() {
+            Vec::new()
+        } else {
+            match dedup.seen(&keyed).await {
+                Ok(seen) => seen,
+                Err(retry) => return vec![retry; items.len()],
+            }
+        }
+        .into_iter();
+        let duplicate: Vec<bool> = ids
+            .iter()
+            .map(|id| id.is_some() && seen.next().unwrap_or(false))
+            .collect();
+        let fresh: Vec<_> = items
+            .into_iter()
+            .zip(&duplicate)
+            .filter(|(_, duplicate)| !**duplicate)
+            .map(|(item, _)| item)
+            .collect();
+        let mut handled = if fresh.is_empty() {
+            Vec::new()
+        } else {
+            self.outcomes(lane, fresh).await
+        }
+        .into_iter();
+        let mut outcomes = Vec::with_capacity(duplicate.len());
+        let mut done = Vec::new();
+        for (duplicate, id) in duplicate.into_iter().zip(ids) {
+            if duplicate {
+                self.metrics.deduplicated.fetch_add(1, Relaxed);
+                outcomes.push(Outcome::Ack);
+                continue;
+            }
+            let outcome = handled
+                .next()
+                .unwrap_or_else(|| Outcome::retry("no outcome"));
+            if let (Outcome::Ack, Some((id, _))) = (&outcome, id) {
+                done.push(id.as_str());
+            }
+            outcomes.push(outcome);
+        }
+        dedup.record(&done, &self.metrics).await;
+        outcomes
     }
 
     /// One outcome per item, in order.

@@ -280,6 +280,16 @@ async fn batches_are_formed_per_lane() {
     }
 }
 
+fn setup(max: u16, slots: usize) -> Setup {
+    Setup {
+        policy: BatchPolicy::new(max, Duration::from_millis(1)),
+        slots,
+        timeout: Duration::from_secs(5),
+        metrics: Arc::new(Metrics::new()),
+        dedup: None,
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_chain_is_handled_in_order_across_batches() {
     // Batches of 2 with four slots: without the chain rule, the second
@@ -296,9 +306,7 @@ async fn a_chain_is_handled_in_order_across_batches() {
             seen.lock().unwrap().extend(ids);
         }
     };
-    let policy = BatchPolicy::new(2, Duration::from_millis(1));
-    let metrics = Arc::new(Metrics::new());
-    let run = erase_batch(handler, policy, 4, Duration::from_secs(5), metrics);
+    let run = erase_batch(handler, setup(2, 4));
     let waits: Vec<_> = (0..8u32)
         .map(|id| {
             let origin = crate::Origin::new("jobs", u64::from(id));
@@ -325,14 +333,7 @@ async fn messages_of_other_chains_run_beside_a_busy_chain() {
             r.fetch_sub(1, SeqCst);
         }
     };
-    let policy = BatchPolicy::new(1, Duration::from_millis(1));
-    let run = erase_batch(
-        handler,
-        policy,
-        4,
-        Duration::from_secs(5),
-        Arc::new(Metrics::new()),
-    );
+    let run = erase_batch(handler, setup(1, 4));
     let waits: Vec<_> = (0..4u64)
         .map(|chain| {
             let message = Message::new(crate::Origin::new("jobs", chain), "x").with_chain(chain);

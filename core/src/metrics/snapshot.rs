@@ -72,8 +72,14 @@ pub struct MetricsSnapshot {
     pub batched: u64,
     /// Batches that failed as a whole and were bisected.
     pub bisected: u64,
-    /// Deliveries skipped as duplicates of one already handled (acked).
+    /// Deliveries skipped as duplicates of one already handled (also
+    /// counted as acked).
     pub deduplicated: u64,
+    /// Ids the deduplication store holds (an in-process store's; 0 for
+    /// one that does not say).
+    pub dedup_ids: u64,
+    /// Bytes those ids take.
+    pub dedup_bytes: u64,
     /// Handlers allowed at once now (moves with the adaptive limit).
     pub limit: u64,
     /// The prefetch now (follows the adaptive limit).

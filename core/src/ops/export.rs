@@ -173,6 +173,20 @@ const SETTLED: &[(&str, &str, Read)] = &[
         "Times the rate limit held a waiting delivery back.",
         |s| s.rate_limited,
     ),
+    (
+        "deduplicated",
+        "Deliveries skipped as duplicates of one already handled (acked, also counted there).",
+        |s| s.deduplicated,
+    ),
+    ("batches", "Batches a batch handler was called with.", |s| {
+        s.batches
+    }),
+    ("batched", "Messages in those batches.", |s| s.batched),
+    (
+        "bisected",
+        "Batches that failed as a whole and were bisected down to the messages that fail alone.",
+        |s| s.bisected,
+    ),
 ];
 
 fn settled(e: &mut DescriptorEncoder<'_>, s: &MetricsSnapshot) -> fmt::Result {
@@ -213,7 +227,17 @@ fn saturation(e: &mut DescriptorEncoder<'_>, s: &MetricsSnapshot) -> fmt::Result
 
 /// What the worker holds now, against its limits.
 fn held(e: &mut DescriptorEncoder<'_>, s: &MetricsSnapshot, ops: &super::Ops) -> fmt::Result {
-    let gauges: [(&str, &str, u64); 9] = [
+    let gauges: [(&str, &str, u64); 11] = [
+        (
+            "dedup_ids",
+            "Ids the deduplication store holds (an in-process store's).",
+            s.dedup_ids,
+        ),
+        (
+            "dedup_bytes",
+            "Bytes the in-process deduplication store's ids take.",
+            s.dedup_bytes,
+        ),
         (
             "held",
             "Deliveries held now: waiting in the lanes, running, being settled.",

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Flow;
-use crate::batch::{BatchHandler, erase_batch};
+use crate::batch::{BatchHandler, Setup, erase_batch};
 use crate::config::{Config, ConfigError, Overflow};
+use crate::dedup::Dedup;
 use crate::handler::{ErasedHandler, FromMessage, Handler, erase};
 use crate::message::Message;
 use crate::metrics::{Metrics, MetricsSnapshot, WorkerState};
@@ -97,6 +98,7 @@ pub struct Worker<S> {
     metrics: Arc<Metrics>,
     on_settled: Option<OnSettled>,
     classify: Option<Classify>,
+    dedup: Option<Dedup>,
 }
 
 /// A user function giving each arriving message its priority.
@@ -110,7 +112,7 @@ enum Handling {
 }
 
 /// Builds a batch handler's runs from the configuration the worker runs with.
-type MakeBatch = Box<dyn FnOnce(&Config, Arc<Metrics>) -> ErasedHandler + Send>;
+type MakeBatch = Box<dyn FnOnce(&Config, Arc<Metrics>, Option<Dedup>) -> ErasedHandler + Send>;
 
 /// How long a run of a batch handler's message may wait for its batch:
 /// the batch's own call is what the handler timeout limits.
@@ -127,6 +129,7 @@ impl<S: Source> Worker<S> {
             metrics: Arc::new(Metrics::new()),
             on_settled: None,
             classify: None,
+            dedup: None,
         }
     }
 
@@ -137,19 +140,21 @@ impl<S: Source> Worker<S> {
     pub fn batch<H: BatchHandler<T>, T: FromMessage>(source: S, handler: H) -> Self {
         Self {
             source,
-            handler: Handling::Batch(Box::new(move |config: &Config, metrics| {
-                erase_batch(
-                    handler,
-                    config.batch_policy(),
-                    usize::from(config.max_in_flight_limit()),
-                    config.handler_timeout_duration(),
+            handler: Handling::Batch(Box::new(move |config: &Config, metrics, dedup| {
+                let setup = Setup {
+                    policy: config.batch_policy(),
+                    slots: usize::from(config.max_in_flight_limit()),
+                    timeout: config.handler_timeout_duration(),
                     metrics,
-                )
+                    dedup,
+                };
+                erase_batch(handler, setup)
             })),
             config: Config::default(),
             metrics: Arc::new(Metrics::new()),
             on_settled: None,
             classify: None,
+            dedup: None,
         }
     }
 
@@ -179,6 +184,14 @@ impl<S: Source> Worker<S> {
     /// ```
     pub fn classify(mut self, priority: impl Fn(&Message) -> u8 + Send + Sync + 'static) -> Self {
         self.classify = Some(Arc::new(priority));
+        self
+    }
+
+    /// Skips messages already handled (see [`crate::dedup`]): a duplicate
+    /// is acked without running the handler, and an id is recorded once
+    /// its handler succeeded.
+    pub fn dedup(mut self, dedup: Dedup) -> Self {
+        self.dedup = Some(dedup);
         self
     }
 
@@ -248,10 +261,16 @@ impl<S: Source> Worker<S> {
     ) -> Result<Report, Error> {
         self.config.validate()?;
         let (handler, config, batch) = match self.handler {
-            Handling::One(handler) => (handler, self.config, None),
+            Handling::One(handler) => {
+                let handler = match self.dedup {
+                    Some(dedup) => dedup.wrap(handler, Arc::clone(&self.metrics)),
+                    None => handler,
+                };
+                (handler, self.config, None)
+            }
             Handling::Batch(make) => {
                 let max = usize::from(self.config.batch_policy().max());
-                let (handler, config) = batch_mode(make, self.config, &self.metrics)?;
+                let (handler, config) = batch_mode(make, self.config, &self.metrics, self.dedup)?;
                 (handler, config, Some(max))
             }
         };
@@ -298,6 +317,7 @@ fn batch_mode(
     make: MakeBatch,
     config: Config,
     metrics: &Arc<Metrics>,
+    dedup: Option<Dedup>,
 ) -> Result<(ErasedHandler, Config), Error> {
     if config.adaptive_policy().is_some() {
         return Err(Error::Config(ConfigError::new(
@@ -306,7 +326,7 @@ fn batch_mode(
             "off with a batch handler (the adaptive limit moves handlers of one message each)",
         )));
     }
-    let handler = make(&config, Arc::clone(metrics));
+    let handler = make(&config, Arc::clone(metrics), dedup);
     let batches = usize::from(config.max_in_flight_limit());
     let messages = (batches * usize::from(config.batch_policy().max()))
         .min(usize::from(config.prefetch_limit()));

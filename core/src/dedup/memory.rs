@@ -1,0 +1,157 @@
+//! The in-process store: the last `max_ids` ids handled within `max_age`,
+//! each kept as a 128-bit hash and the time it was recorded, forgotten
+//! oldest first. Memory stays under about 100 bytes an id, whatever the
+//! ids.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::time::Instant;
+
+use super::claims::key_of;
+use super::{DedupError, DedupStats, DedupStore};
+use crate::config::{ConfigError, Env, Var, invalid, lookup};
+
+/// The environment variables the memory store reads.
+pub const DEDUP_VARS: &[Var] = &[
+    Var::new(
+        "SLUICEGATE_DEDUP_MAX_IDS",
+        "1000000",
+        "deduplication in memory: the most ids remembered (about 50 bytes each)",
+        "a whole number from 1",
+    ),
+    Var::new(
+        "SLUICEGATE_DEDUP_MAX_AGE_MS",
+        "86400000",
+        "deduplication: how long an id is remembered after it was handled",
+        "a whole number of milliseconds from 1",
+    ),
+];
+
+/// A bounded in-process [`DedupStore`], for one worker.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use std::time::Duration;
+/// use sluicegate::dedup::{DedupStore, MemoryStore};
+///
+/// let store = MemoryStore::new(2, Duration::from_secs(60));
+/// store.record(&["a", "b", "c"]).await.unwrap();
+/// assert_eq!(store.seen(&["a", "b", "c"]).await.unwrap(), [false, true, true]);
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct MemoryStore {
+    max_ids: usize,
+    max_age: Duration,
+    ids: Mutex<Ids>,
+}
+
+#[derive(Debug, Default)]
+struct Ids {
+    /// Each id's hash and when it was recorded last.
+    at: HashMap<u128, Instant>,
+    /// Records in order, oldest first (an id recorded twice is here twice;
+    /// only its last record keeps it).
+    order: VecDeque<(u128, Instant)>,
+}
+
+impl MemoryStore {
+    /// Remembers at most `max_ids` ids, each for at most `max_age`.
+    pub fn new(max_ids: usize, max_age: Duration) -> Self {
+        Self {
+            max_ids: max_ids.max(1),
+            max_age,
+            ids: Mutex::new(Ids::default()),
+        }
+    }
+
+    /// A store sized by `SLUICEGATE_DEDUP_MAX_IDS` and
+    /// `SLUICEGATE_DEDUP_MAX_AGE_MS`.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_env_in(&Env::process())
+    }
+
+    /// A store sized by the variables in `env`.
+    pub fn from_env_in(env: &Env) -> Result<Self, ConfigError> {
+        let max_ids = env
+            .read::<usize>(lookup(DEDUP_VARS, "SLUICEGATE_DEDUP_MAX_IDS"))?
+            .unwrap_or(1_000_000);
+        if max_ids == 0 {
+            return Err(invalid(DEDUP_VARS, "SLUICEGATE_DEDUP_MAX_IDS", max_ids));
+        }
+        let max_age = env
+            .read_millis(lookup(DEDUP_VARS, "SLUICEGATE_DEDUP_MAX_AGE_MS"))?
+            .unwrap_or(Duration::from_secs(24 * 3600));
+        if max_age.is_zero() {
+            return Err(invalid(DEDUP_VARS, "SLUICEGATE_DEDUP_MAX_AGE_MS", 0));
+        }
+        Ok(Self::new(max_ids, max_age))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ids> {
+        self.ids.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Ids {
+    /// Forgets the oldest records past the count or the age.
+    fn trim(&mut self, max_ids: usize, oldest: Option<Instant>) {
+        while let Some(&(key, at)) = self.order.front() {
+            let too_many = self.at.len() > max_ids || self.order.len() > 2 * max_ids;
+            let too_old = oldest.is_some_and(|oldest| at < oldest);
+            if !too_many && !too_old {
+                break;
+            }
+            self.order.pop_front();
+            if self.at.get(&key) == Some(&at) {
+                self.at.remove(&key);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl DedupStore for MemoryStore {
+    async fn seen(&self, ids: &[&str]) -> Result<Vec<bool>, DedupError> {
+        let now = Instant::now();
+        let ids_held = self.lock();
+        Ok(ids
+            .iter()
+            .map(|id| {
+                ids_held
+                    .at
+                    .get(&key_of(id))
+                    .is_some_and(|at| now.saturating_duration_since(*at) < self.max_age)
+            })
+            .collect())
+    }
+
+    async fn record(&self, ids: &[&str]) -> Result<(), DedupError> {
+        let now = Instant::now();
+        let mut held = self.lock();
+        for id in ids {
+            let key = key_of(id);
+            held.at.insert(key, now);
+            held.order.push_back((key, now));
+        }
+        held.trim(self.max_ids, now.checked_sub(self.max_age));
+        Ok(())
+    }
+
+    fn stats(&self) -> Option<DedupStats> {
+        let held = self.lock();
+        // Each entry of the map (a hash, an instant and hashbrown's
+        // control byte, at its load factor) and each of the order's slots.
+        let entry = std::mem::size_of::<(u128, Instant)>() as u64;
+        let map = held.at.capacity() as u64 * (entry + 1) * 8 / 7;
+        let order = held.order.capacity() as u64 * entry;
+        Some(DedupStats::new(held.at.len() as u64, map + order))
+    }
+
+    fn name(&self) -> String {
+        format!("memory (at most {} ids, {:?})", self.max_ids, self.max_age)
+    }
+}
