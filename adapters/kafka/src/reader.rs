@@ -144,16 +144,21 @@ impl<Q: Clone> Reader<Q> {
     /// appended to `out`. With `shares`, each partition stops at its share
     /// of `capacity` (the runtime blocks when full); without, partitions
     /// read up to `capacity` as a whole (the runtime sheds, drops or
-    /// defers what is past its limit). Returns whether reading is held
-    /// back anywhere (a partition, or the whole, is full).
+    /// defers what is past its limit). Either way all of them together
+    /// hold at most `capacity`: the second value is what this round may
+    /// take over all partitions (retry topics' partitions, which take no
+    /// share, count here). Returns too whether reading is held back
+    /// anywhere (a partition, or the whole, is full).
     pub(crate) fn readable(
         &mut self,
         capacity: usize,
         shares: bool,
         stats: &KafkaStats,
         out: &mut Vec<Readable<Q>>,
-    ) -> bool {
+    ) -> (bool, usize) {
         let capacity = capacity.max(1);
+        let total: usize = self.readings.iter().map(Reading::held).sum();
+        let left = capacity.saturating_sub(total);
         if !shares {
             // No partition is held back on its own (shares were just turned
             // off, say): only the whole is.
@@ -162,23 +167,22 @@ impl<Q: Clone> Reader<Q> {
                 stats.paused_partitions.fetch_sub(1, Relaxed);
                 self.changed = true;
             }
-            let held: usize = self.readings.iter().map(Reading::held).sum();
-            if self.all_full && held <= capacity - capacity / 4 {
+            if self.all_full && total <= capacity - capacity / 4 {
                 self.all_full = false;
-            } else if !self.all_full && held >= capacity {
+            } else if !self.all_full && total >= capacity {
                 self.all_full = true;
             }
             if self.all_full {
-                return true;
+                return (true, 0);
             }
-            let room = capacity - held;
+            let room = left;
             out.extend(self.readings.iter().map(|r| Readable {
                 part: r.part,
                 queue: r.queue.clone(),
                 room,
                 retry: r.retry,
             }));
-            return false;
+            return (false, left);
         }
         self.all_full = false;
         let cap = self.partition_cap(capacity);
@@ -196,16 +200,18 @@ impl<Q: Clone> Reader<Q> {
                 self.changed = true;
             }
             held_back |= r.full;
-            if !r.full {
+            if !r.full && left > 0 {
                 out.push(Readable {
                     part: r.part,
                     queue: r.queue.clone(),
-                    room: cap - held,
+                    room: (cap - held).min(left),
                     retry: r.retry,
                 });
             }
         }
-        held_back
+        // The whole full (retry topics' records among it): nothing is read
+        // until some are released.
+        (held_back || left == 0, left)
     }
 }
 
@@ -223,7 +229,7 @@ mod tests {
     /// The room each readable partition has, by partition number.
     fn rooms(reader: &mut Reader<()>, capacity: usize, shares: bool) -> (Vec<(i32, usize)>, bool) {
         let mut out = Vec::new();
-        let held_back = reader.readable(capacity, shares, &KafkaStats::default(), &mut out);
+        let (held_back, _) = reader.readable(capacity, shares, &KafkaStats::default(), &mut out);
         (
             out.iter().map(|r| (r.part.partition, r.room)).collect(),
             held_back,
@@ -249,7 +255,11 @@ mod tests {
         reader.took(part(0), 50);
         reader.took(part(1), 10);
         let (readable, held_back) = rooms(&mut reader, 100, true);
-        assert_eq!(readable, [(1, 40), (0, 50)], "partition 0 holds its share");
+        assert_eq!(
+            readable,
+            [(1, 40), (0, 40)],
+            "partition 0 holds its share; 40 left of the whole"
+        );
         assert!(held_back);
 
         released[0].fetch_add(11, SeqCst);
@@ -262,6 +272,22 @@ mod tests {
         let (readable, held_back) = rooms(&mut reader, 100, true);
         assert_eq!(readable, [(0, 12), (1, 40), (0, 50)], "38 held: read again");
         assert!(!held_back);
+    }
+
+    #[test]
+    fn a_retry_partition_takes_no_share_but_counts_against_the_whole() {
+        let mut reader = Reader::default();
+        reader.add(part(0), (), false, Arc::default());
+        let retry = PartitionId::new(TopicId::new(1), 0);
+        reader.add(retry, (), true, Arc::default());
+        reader.took(retry, 70);
+        let (readable, held_back) = rooms(&mut reader, 100, true);
+        assert_eq!(readable, [(0, 30), (0, 30)], "30 left of 100");
+        assert!(!held_back);
+        reader.took(part(0), 30);
+        let (readable, held_back) = rooms(&mut reader, 100, true);
+        assert!(readable.is_empty(), "the whole is full: {readable:?}");
+        assert!(held_back, "held back: a release wakes the poll thread");
     }
 
     #[test]
@@ -311,7 +337,7 @@ mod tests {
         let stats = KafkaStats::default();
         let mut reader = one_of_two_paused(&stats);
         let mut out = Vec::new();
-        assert!(!reader.readable(100, false, &stats, &mut out));
+        assert!(!reader.readable(100, false, &stats, &mut out).0);
         assert_eq!(stats.paused_partitions.load(SeqCst), 0);
         assert_eq!(out.len(), 2, "both read up to the whole capacity");
     }

@@ -318,9 +318,11 @@ fn poll_loop(
             shared.deliver(&mut batch);
         }
         // Each partition's own queue, as far as it has room.
-        shared.readable(&mut readable);
-        for readable in readable.drain(..) {
-            taken += read_partition(
+        // All of them together take at most what the whole has room for.
+        let mut left = shared.readable(&mut readable);
+        for mut readable in readable.drain(..) {
+            readable.room = readable.room.min(left);
+            let read = read_partition(
                 shared,
                 readable,
                 &mut owner,
@@ -328,6 +330,8 @@ fn poll_loop(
                 &mut errors,
                 received_at,
             );
+            left -= read;
+            taken += read;
         }
         if now.duration_since(stored_at) >= STORE_EVERY {
             shared.store_due(&consumer);

@@ -129,13 +129,15 @@ impl Shared {
     }
 
     /// The partitions with room, with their queues: the poll thread reads
-    /// these (at most the room each has).
-    pub(crate) fn readable(&self, out: &mut Vec<Readable>) {
+    /// these (at most the room each has, and the returned count over all
+    /// of them).
+    pub(crate) fn readable(&self, out: &mut Vec<Readable>) -> usize {
         let (capacity, shares) = (self.capacity.load(Relaxed), self.shares.load(Relaxed));
-        if !self.reader().readable(capacity, shares, &self.stats, out) {
+        let (held_back, left) = self.reader().readable(capacity, shares, &self.stats, out);
+        if !held_back {
             self.handover.set_held_back(false);
             self.tell_held_back();
-            return;
+            return left;
         }
         // Held back: from now on a record taken in wakes this thread. Take
         // in what finished before (records finished on tasks wait in
@@ -145,9 +147,10 @@ impl Shared {
         self.handover.set_held_back(true);
         self.absorb(&mut self.lock());
         out.clear();
-        let held_back = self.reader().readable(capacity, shares, &self.stats, out);
+        let (held_back, left) = self.reader().readable(capacity, shares, &self.stats, out);
         self.handover.set_held_back(held_back);
         self.tell_held_back();
+        left
     }
 
     /// Names the partitions held back for the status page, when they

@@ -116,7 +116,11 @@ async fn twenty_thousand_in_batches_keep_partition_order_and_settle_each_record(
         "{m:?}"
     );
     assert!(m.max_held <= u64::from(prefetch), "{}", m.max_held);
-    assert!(stats.snapshot().max_held <= u64::from(prefetch));
+    let adapter_held = stats.snapshot().max_held;
+    assert!(
+        adapter_held <= u64::from(prefetch),
+        "the adapter held {adapter_held}"
+    );
     assert!(
         m.batches < u64::from(N) / 20,
         "{} batches: not batching",

@@ -13,6 +13,8 @@ pub fn child_args() -> Option<Vec<String>> {
 }
 
 /// Runs this test binary again as a child with `--child` and `args`.
+/// Its output is dropped, unless `SLUICEGATE_CHILD_OUTPUT` is set (then
+/// it goes where the test's own goes: for finding why a child failed).
 ///
 /// # Panics
 ///
@@ -22,10 +24,18 @@ pub fn spawn_child<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>)
     Command::new(std::env::current_exe().expect("the test binary's path"))
         .arg("--child")
         .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(child_output())
+        .stderr(child_output())
         .spawn()
         .expect("the child starts")
+}
+
+fn child_output() -> Stdio {
+    if std::env::var_os("SLUICEGATE_CHILD_OUTPUT").is_some() {
+        Stdio::inherit()
+    } else {
+        Stdio::null()
+    }
 }
 
 /// Stops `child` with SIGTERM and waits for it; whether it exited cleanly.
