@@ -11,6 +11,9 @@ use sluicegate_kafka::ENV_VARS as KAFKA;
 
 #[path = "../common/ingest_vars.rs"]
 mod ingest_vars;
+#[allow(dead_code)]
+#[path = "../common/sink.rs"]
+mod sink;
 
 #[test]
 fn readme_lists_every_variable_with_its_default() {
@@ -24,6 +27,9 @@ fn readme_lists_every_variable_with_its_default() {
         .chain(PUBLISH)
         .chain(ADMISSION)
         .chain(ingest_vars::INGEST_VARS)
+        .chain(sluicegate::dedup::DEDUP_VARS)
+        .chain(sluicegate_dedup::ENV_VARS)
+        .chain(sink::SINK_VARS)
     {
         let (name, default) = (var.name, var.default);
         let row = readme

@@ -56,11 +56,10 @@ use crate::message::Message;
 use crate::outcome::{HandlerError, IntoOutcome, Outcome};
 
 mod former;
-mod policy;
 mod run;
 
+pub use crate::config::BatchPolicy;
 pub(crate) use former::{Setup, erase_batch};
-pub use policy::BatchPolicy;
 
 /// Up to [`BatchPolicy::max`] messages of one lane, in the order they
 /// arrived, each extracted as `T` and with its own [`Context`].

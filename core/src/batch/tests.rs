@@ -4,6 +4,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::*;
+use crate::dedup::{Dedup, MemoryStore};
 use crate::memory::{MemoryBroker, Publish, QueueOptions};
 use crate::metrics::Metrics;
 use crate::{Config, Json, Report, RetryPolicy, Worker};
@@ -342,4 +343,57 @@ async fn messages_of_other_chains_run_beside_a_busy_chain() {
         .collect();
     futures_util::future::join_all(waits).await;
     assert_eq!(most.load(SeqCst), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn batches_skip_duplicates_with_one_question_and_record_only_what_succeeded() {
+    let broker = MemoryBroker::new();
+    for id in ["a", "b", "c", "a", "d", "b", "e", "f", "a", "g"] {
+        let publish = Publish::new(id).header(crate::header::ID, id);
+        broker.publish("jobs", publish).await.unwrap();
+    }
+    broker.close("jobs");
+    let runs: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    let seen = Arc::clone(&runs);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&calls);
+    let handler = move |batch: Batch<String>| {
+        counted.fetch_add(1, SeqCst);
+        let mut runs = seen.lock().unwrap();
+        let outcomes: Vec<_> = batch
+            .iter()
+            .map(|item| {
+                let count = runs.entry(item.value.clone()).or_default();
+                *count += 1;
+                // "e" fails its first run: not recorded, so it runs again.
+                if item.value == "e" && *count == 1 {
+                    Err(HandlerError::retryable("e is flaky"))
+                } else {
+                    Ok(())
+                }
+            })
+            .collect();
+        async move { outcomes }
+    };
+    let report = Worker::batch(broker.source("jobs"), handler)
+        .config(config(10, 5))
+        .dedup(Dedup::new(MemoryStore::new(
+            1000,
+            Duration::from_secs(3600),
+        )))
+        .run_until(std::future::pending())
+        .await
+        .unwrap();
+    let runs = runs.lock().unwrap();
+    for id in ["a", "b", "c", "d", "f", "g"] {
+        assert_eq!(runs[id], 1, "{id}: {runs:?}");
+    }
+    assert_eq!(runs["e"], 2);
+    assert_eq!(report.metrics.deduplicated, 3);
+    assert_eq!(report.metrics.acked, 10);
+    assert!(
+        report.metrics.dedup_ids >= 7,
+        "{}",
+        report.metrics.dedup_ids
+    );
 }

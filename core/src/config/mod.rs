@@ -28,18 +28,19 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::adaptive::AdaptivePolicy;
-use crate::batch::BatchPolicy;
 use crate::breaker::BreakerPolicy;
 use crate::rate::RateLimit;
 use crate::retry::RetryPolicy;
 use crate::settling::Unsettleable;
 
+mod batch;
 mod env;
 mod policies;
 mod unknown;
 mod validate;
 mod vars;
 
+pub use batch::BatchPolicy;
 pub use env::Env;
 pub use policies::{Overflow, ShedAction};
 pub use unknown::{Unknown, unknown_variables, warn_unknown_variables};

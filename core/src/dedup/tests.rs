@@ -1,10 +1,9 @@
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::*;
-use crate::batch::{Batch, BatchPolicy};
 use crate::memory::{MemoryBroker, Publish};
 use crate::{Config, Context, HandlerError, Report, RetryPolicy, Worker, header};
 
@@ -33,7 +32,6 @@ fn config() -> Config {
             Duration::from_millis(10),
             Duration::from_millis(10),
         ))
-        .batch(BatchPolicy::new(10, Duration::from_millis(5)))
 }
 
 /// Runs a one-message handler that counts its runs by payload, sleeping
@@ -158,52 +156,6 @@ async fn a_store_that_does_not_answer_retries_the_message_instead_of_running_it(
     let (report, runs) = run_one(&broker, Dedup::new(flaky), Duration::ZERO, false).await;
     assert_eq!(runs.lock().unwrap()["a"], 1);
     assert_eq!((report.metrics.retried, report.metrics.acked), (1, 1));
-}
-
-#[tokio::test(start_paused = true)]
-async fn batches_skip_duplicates_with_one_question_and_record_only_what_succeeded() {
-    let ids = ["a", "b", "c", "a", "d", "b", "e", "f", "a", "g"];
-    let broker = broker_with(&ids).await;
-    let runs: Runs = Arc::default();
-    let seen = Arc::clone(&runs);
-    let calls = Arc::new(AtomicUsize::new(0));
-    let counted = Arc::clone(&calls);
-    let handler = move |batch: Batch<String>| {
-        counted.fetch_add(1, SeqCst);
-        let mut runs = seen.lock().unwrap();
-        let outcomes: Vec<_> = batch
-            .iter()
-            .map(|item| {
-                let count = runs.entry(item.value.clone()).or_default();
-                *count += 1;
-                // "e" fails its first run: not recorded, so it runs again.
-                if item.value == "e" && *count == 1 {
-                    Err(HandlerError::retryable("e is flaky"))
-                } else {
-                    Ok(())
-                }
-            })
-            .collect();
-        async move { outcomes }
-    };
-    let report = Worker::batch(broker.source("jobs"), handler)
-        .config(config())
-        .dedup(Dedup::new(store()))
-        .run_until(std::future::pending())
-        .await
-        .unwrap();
-    let runs = runs.lock().unwrap();
-    for id in ["a", "b", "c", "d", "f", "g"] {
-        assert_eq!(runs[id], 1, "{id}: {runs:?}");
-    }
-    assert_eq!(runs["e"], 2);
-    assert_eq!(report.metrics.deduplicated, 3);
-    assert_eq!(report.metrics.acked, 10);
-    assert!(
-        report.metrics.dedup_ids >= 7,
-        "{}",
-        report.metrics.dedup_ids
-    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -9,7 +9,7 @@ use std::time::Duration;
 ///
 /// ```
 /// use std::time::Duration;
-/// use sluicegate::batch::BatchPolicy;
+/// use sluicegate::batch::BatchPolicy; // also sluicegate::config::BatchPolicy
 ///
 /// let policy = BatchPolicy::new(500, Duration::from_millis(50)).bisect(true);
 /// assert_eq!(policy.max(), 500);
