@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use sluicegate::dedup::{DedupStore, MemoryStore};
+use sluicegate::dedup::{DedupStats, DedupStore, MemoryStore};
 
 /// The process's resident memory, in KiB.
 fn rss_kib() -> u64 {
@@ -31,23 +31,31 @@ async fn record_distinct(store: &MemoryStore, from: u64, count: u64) {
     }
 }
 
+/// Records `count` distinct ids from `from` and prints what the store
+/// holds then, and how much the process grew (KiB).
+async fn measure(what: &str, store: &MemoryStore, from: u64, count: u64) -> (DedupStats, u64) {
+    let before = rss_kib();
+    record_distinct(store, from, count).await;
+    let stats = store.stats().unwrap();
+    let grown = rss_kib().saturating_sub(before);
+    println!(
+        "{what}: holds {} ids, {:.1} MiB by its count ({} B an id), RSS +{:.1} MiB",
+        stats.ids,
+        stats.bytes as f64 / 1048576.0,
+        stats.bytes / stats.ids.max(1),
+        grown as f64 / 1024.0
+    );
+    (stats, grown)
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn a_million_distinct_ids_stay_within_the_store_s_bounds() {
     const MILLION: u64 = 1_000_000;
 
     // Bounded at 100,000: a million through it leaves the last 100,000.
-    let before = rss_kib();
     let bounded = MemoryStore::new(100_000, Duration::from_secs(3600));
-    record_distinct(&bounded, 0, MILLION).await;
-    let stats = bounded.stats().unwrap();
-    let grown = rss_kib().saturating_sub(before);
-    println!(
-        "memory store bounded at 100,000 ids, 1,000,000 recorded: holds {} ids, {:.1} MiB by its count ({} B an id), RSS +{:.1} MiB",
-        stats.ids,
-        stats.bytes as f64 / 1048576.0,
-        stats.bytes / stats.ids,
-        grown as f64 / 1024.0
-    );
+    let what = "memory store bounded at 100,000 ids, 1,000,000 recorded";
+    let (stats, _) = measure(what, &bounded, 0, MILLION).await;
     assert_eq!(stats.ids, 100_000);
     assert!(stats.bytes <= 100_000 * 100, "{} bytes", stats.bytes);
     let first = "order-000000000000-7f3a9c";
@@ -56,33 +64,16 @@ async fn a_million_distinct_ids_stay_within_the_store_s_bounds() {
     drop(bounded);
 
     // Sized for a million: all of them, at the same cost an id.
-    let before = rss_kib();
     let full = MemoryStore::new(MILLION as usize, Duration::from_secs(3600));
-    record_distinct(&full, 0, MILLION).await;
-    let stats = full.stats().unwrap();
-    let grown = rss_kib().saturating_sub(before);
-    println!(
-        "memory store sized for 1,000,000 ids, 1,000,000 recorded: holds {} ids, {:.1} MiB by its count ({} B an id), RSS +{:.1} MiB",
-        stats.ids,
-        stats.bytes as f64 / 1048576.0,
-        stats.bytes / stats.ids,
-        grown as f64 / 1024.0
-    );
+    let what = "memory store sized for 1,000,000 ids, 1,000,000 recorded";
+    let (stats, grown) = measure(what, &full, 0, MILLION).await;
     assert_eq!(stats.ids, MILLION);
     assert!(stats.bytes <= MILLION * 100, "{} bytes", stats.bytes);
     assert!(grown * 1024 <= MILLION * 100, "RSS grew {grown} KiB");
 
     // Another million through it: the count holds, the memory does not grow.
-    let settled = rss_kib();
-    record_distinct(&full, MILLION, MILLION).await;
-    let after = full.stats().unwrap();
-    let regrown = rss_kib().saturating_sub(settled);
-    println!(
-        "another 1,000,000 through it: holds {} ids, {:.1} MiB, RSS +{:.1} MiB",
-        after.ids,
-        after.bytes as f64 / 1048576.0,
-        regrown as f64 / 1024.0
-    );
+    let what = "another 1,000,000 through it";
+    let (after, regrown) = measure(what, &full, MILLION, MILLION).await;
     assert_eq!(after.ids, MILLION);
     assert!(
         after.bytes <= stats.bytes * 5 / 4,

@@ -11,7 +11,7 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use serde::Deserialize;
 use sluicegate::batch::Batch;
-use sluicegate::config::{ConfigError, Env, Var, invalid, lookup};
+use sluicegate::config::{ConfigError, Env, Var, invalid, lookup, redact_url};
 use sluicegate::dedup::{Dedup, DedupStore};
 use sluicegate::{Config, Source, Worker};
 use sluicegate::{HandlerError, Json};
@@ -112,7 +112,7 @@ impl Sink {
         let client = pool
             .get()
             .await
-            .map_err(|e| format!("{}: {e}", redact(&config.url)))?;
+            .map_err(|e| format!("{}: {e}", redact_url(&config.url)))?;
         let table = &config.table;
         client
             .batch_execute(&format!(
@@ -245,16 +245,5 @@ pub(crate) async fn run(
             eprintln!("{program}: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// `url` without its password, for errors.
-fn redact(url: &str) -> String {
-    match url.split_once('@') {
-        Some((credentials, host)) => match credentials.rsplit_once(':') {
-            Some((user, _)) if !user.ends_with('/') => format!("{user}:***@{host}"),
-            _ => url.to_owned(),
-        },
-        None => url.to_owned(),
     }
 }

@@ -215,7 +215,7 @@ impl AmqpConfig {
 
     /// The broker's URL without its password, for messages.
     pub fn redacted_url(&self) -> String {
-        redact(&self.url)
+        sluicegate::config::redact_url(&self.url)
     }
 
     /// The dead-letter queue of `queue`: the one set, or `<queue>.dlq`.
@@ -230,20 +230,6 @@ impl AmqpConfig {
 /// ([`ENV_VARS`]) says a value must be.
 fn invalid(name: &str, value: impl std::fmt::Display) -> ConfigError {
     sluicegate::config::invalid(ENV_VARS, name, value)
-}
-
-/// The URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
 }
 
 #[cfg(test)]
@@ -261,10 +247,10 @@ mod tests {
     #[test]
     fn passwords_are_not_printed() {
         assert_eq!(
-            super::redact("amqp://guest:secret@host:5672/%2f"),
+            sluicegate::config::redact_url("amqp://guest:secret@host:5672/%2f"),
             "amqp://guest:***@host:5672/%2f"
         );
-        assert_eq!(super::redact("amqp://host"), "amqp://host");
+        assert_eq!(sluicegate::config::redact_url("amqp://host"), "amqp://host");
     }
 
     #[test]

@@ -13,15 +13,10 @@ use std::time::{Duration, Instant};
 
 use common::{broker_unacked, channel, delete, publish_all, ready, unique, url};
 use sluicegate::batch::{Batch, BatchPolicy};
-use sluicegate::{Config, HandlerError, Json, RetryPolicy, Worker};
+use sluicegate::{Config, Json, RetryPolicy, Worker};
 use sluicegate_amqp::{AmqpConfig, AmqpSource};
+use sluicegate_test_support::batch::{BatchJob, assert_ran_as_expected, batch_job, outcomes};
 use sluicegate_test_support::{finished, run_until_metrics, wait_until};
-
-#[derive(serde::Deserialize)]
-struct Job {
-    id: u32,
-    fail: bool,
-}
 
 type Attempts = BTreeMap<u32, Vec<u32>>;
 
@@ -37,26 +32,17 @@ async fn twenty_thousand_in_batches_with_2pc_failing_each_settled_on_its_own() {
     const N: u32 = 20_000;
     let failing: BTreeSet<u32> = (0..N).filter(|id| id % 50 == 3).collect();
     let payloads: Vec<Vec<u8>> = (0..N)
-        .map(|id| format!(r#"{{"id":{id},"fail":{}}}"#, failing.contains(&id)).into_bytes())
+        .map(|id| batch_job(id, failing.contains(&id)))
         .collect();
     publish_all(&ch, &queue, &payloads).await;
 
     let seen: Arc<Mutex<Attempts>> = Arc::default();
     let log = Arc::clone(&seen);
-    let handler = move |batch: Batch<Json<Job>>| {
-        let mut outcomes = Vec::with_capacity(batch.len());
-        {
+    let handler = move |batch: Batch<Json<BatchJob>>| {
+        let outcomes = outcomes(&batch, |job, ctx| {
             let mut log = log.lock().unwrap();
-            for item in &batch {
-                let Json(job) = &item.value;
-                log.entry(job.id).or_default().push(item.context.attempt());
-                outcomes.push(if job.fail {
-                    Err(HandlerError::retryable(format!("row {} refused", job.id)))
-                } else {
-                    Ok(())
-                });
-            }
-        }
+            log.entry(job.id).or_default().push(ctx.attempt());
+        });
         async move {
             // One write for the whole batch.
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -99,15 +85,7 @@ async fn twenty_thousand_in_batches_with_2pc_failing_each_settled_on_its_own() {
         m.batches
     );
 
-    let seen = std::mem::take(&mut *seen.lock().unwrap());
-    for id in 0..N {
-        let expected: &[u32] = if failing.contains(&id) {
-            &[1, 2, 3]
-        } else {
-            &[1]
-        };
-        assert_eq!(seen.get(&id).map(Vec::as_slice), Some(expected), "job {id}");
-    }
+    assert_ran_as_expected(N, &failing, &seen.lock().unwrap());
     wait_until(
         "the broker to hold nothing unacked",
         Duration::from_secs(10),

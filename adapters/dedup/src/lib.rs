@@ -85,5 +85,5 @@ pub async fn store_from_env_in(env: &Env) -> Result<Arc<dyn DedupStore>, StoreEr
     if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
         return Ok(Arc::new(PostgresStore::connect(spec, max_age).await?));
     }
-    Err(invalid(ENV_VARS, name, postgres::redacted(spec)).into())
+    Err(invalid(ENV_VARS, name, sluicegate::config::redact_url(spec)).into())
 }

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use sluicegate::config::redact_url;
 use sluicegate::dedup::{DedupError, DedupStore};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Config, GenericClient, NoTls};
@@ -36,7 +37,7 @@ impl PostgresStore {
     /// Connects to `url` (`postgres://user:password@host:port/database`),
     /// creating the table when absent, remembering ids for `max_age`.
     pub async fn connect(url: &str, max_age: Duration) -> Result<Self, DedupError> {
-        let name = redacted(url);
+        let name = redact_url(url);
         let mut config: Config = url
             .parse()
             .map_err(|e| DedupError::new(name.clone(), format!("not a PostgreSQL URL: {e}")))?;
@@ -174,31 +175,5 @@ fn describe(error: &tokio_postgres::Error) -> String {
     match std::error::Error::source(error) {
         Some(source) => format!("{error}: {source}"),
         None => error.to_string(),
-    }
-}
-
-/// `url` with its password replaced.
-pub(crate) fn redacted(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    match rest.split_once('@') {
-        Some((credentials, host)) => {
-            let user = credentials.split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:***@{host}")
-        }
-        None => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn a_url_is_named_without_its_password() {
-        assert_eq!(
-            super::redacted("postgres://app:s3cret@db:5432/jobs"),
-            "postgres://app:***@db:5432/jobs"
-        );
-        assert_eq!(super::redacted("postgres://db/jobs"), "postgres://db/jobs");
     }
 }

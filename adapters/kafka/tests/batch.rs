@@ -12,15 +12,10 @@ use std::time::{Duration, Instant};
 
 use common::{Out, brokers, committed, create_topic, log_end, produce, read_all, unique};
 use sluicegate::batch::{Batch, BatchPolicy};
-use sluicegate::{Config, HandlerError, Json, RetryPolicy, Worker};
+use sluicegate::{Config, Json, RetryPolicy, Worker};
 use sluicegate_kafka::{KafkaConfig, KafkaSource};
+use sluicegate_test_support::batch::{BatchJob, assert_ran_as_expected, batch_job, outcomes};
 use sluicegate_test_support::{finished, run_until_metrics};
-
-#[derive(serde::Deserialize)]
-struct Job {
-    id: u32,
-    fail: bool,
-}
 
 /// What the handler saw, in the order it saw it.
 #[derive(Default)]
@@ -41,7 +36,7 @@ async fn twenty_thousand_in_batches_keep_partition_order_and_settle_each_record(
     let records = (0..N)
         .map(|id| Out {
             key: Some(id.to_string().into_bytes()),
-            payload: format!(r#"{{"id":{id},"fail":{}}}"#, failing.contains(&id)).into_bytes(),
+            payload: batch_job(id, failing.contains(&id)),
             partition: None,
         })
         .collect();
@@ -55,31 +50,19 @@ async fn twenty_thousand_in_batches_keep_partition_order_and_settle_each_record(
     let seen: Arc<Mutex<Seen>> = Arc::default();
     let log = Arc::clone(&seen);
     let work_topic = topic.clone();
-    let handler = move |batch: Batch<Json<Job>>| {
-        let mut outcomes = Vec::with_capacity(batch.len());
-        {
+    let handler = move |batch: Batch<Json<BatchJob>>| {
+        let outcomes = outcomes(&batch, |job, ctx| {
             let mut log = log.lock().unwrap();
-            for item in &batch {
-                let Json(job) = &item.value;
-                let origin = item.context.origin();
-                log.attempts
-                    .entry(job.id)
+            log.attempts.entry(job.id).or_default().push(ctx.attempt());
+            let origin = ctx.origin();
+            if *origin.source == *work_topic {
+                let partition = origin.partition.unwrap();
+                log.offsets
+                    .entry(partition)
                     .or_default()
-                    .push(item.context.attempt());
-                if *origin.source == *work_topic {
-                    let partition = origin.partition.unwrap();
-                    log.offsets
-                        .entry(partition)
-                        .or_default()
-                        .push(origin.position);
-                }
-                outcomes.push(if job.fail {
-                    Err(HandlerError::retryable(format!("row {} refused", job.id)))
-                } else {
-                    Ok(())
-                });
+                    .push(origin.position);
             }
-        }
+        });
         async move {
             tokio::time::sleep(Duration::from_millis(5)).await;
             outcomes
@@ -128,15 +111,7 @@ async fn twenty_thousand_in_batches_keep_partition_order_and_settle_each_record(
     );
 
     let seen = std::mem::take(&mut *seen.lock().unwrap());
-    for id in 0..N {
-        let expected: &[u32] = if failing.contains(&id) {
-            &[1, 2, 3]
-        } else {
-            &[1]
-        };
-        let attempts = seen.attempts.get(&id).map(Vec::as_slice);
-        assert_eq!(attempts, Some(expected), "job {id}");
-    }
+    assert_ran_as_expected(N, &failing, &seen.attempts);
     assert_eq!(seen.offsets.len(), 6);
     for (partition, offsets) in &seen.offsets {
         assert!(

@@ -392,6 +392,27 @@ impl Config {
     }
 }
 
+/// `url` with its password replaced by `***`, for messages and logs: the
+/// one way every broker's and store's URL is shown.
+///
+/// ```
+/// use sluicegate::config::redact_url;
+/// assert_eq!(redact_url("amqp://guest:s3cr@t@host:5672/%2f"), "amqp://guest:***@host:5672/%2f");
+/// assert_eq!(redact_url("postgres://db/jobs"), "postgres://db/jobs");
+/// ```
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
 /// The slots of `prefetch` kept free to see and settle overflowing
 /// messages under `overflow`: none with `Block`, an eighth (at least one)
 /// otherwise. The runtime applies it to the prefetch in force (which the

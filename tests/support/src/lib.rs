@@ -2,6 +2,7 @@
 //! its metrics say it is done, collect its report within a limit, wait for a
 //! condition, parse a scrape. Not part of any published crate.
 
+pub mod batch;
 pub mod child;
 pub mod corpus;
 pub mod exposition;
