@@ -8,14 +8,15 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Out, brokers, committed, create_topic, log_end, produce, read_all, unique};
-use sluicegate::batch::{Batch, BatchPolicy};
-use sluicegate::{Config, Json, RetryPolicy, Worker};
+use sluicegate::Json;
+use sluicegate::batch::Batch;
 use sluicegate_kafka::{KafkaConfig, KafkaSource};
-use sluicegate_test_support::batch::{BatchJob, assert_ran_as_expected, batch_job, outcomes};
-use sluicegate_test_support::{finished, run_until_metrics};
+use sluicegate_test_support::batch::{
+    BatchJob, assert_ran_as_expected, batch_job, outcomes, run_batches,
+};
 
 /// What the handler saw, in the order it saw it.
 #[derive(Default)]
@@ -69,45 +70,18 @@ async fn twenty_thousand_in_batches_keep_partition_order_and_settle_each_record(
         }
     };
     let prefetch = 1200;
-    let config = Config::default()
-        .prefetch(prefetch)
-        .max_in_flight(4)
-        .retry(RetryPolicy::new(
-            2,
-            Duration::from_millis(100),
-            Duration::from_millis(400),
-        ))
-        .batch(BatchPolicy::new(200, Duration::from_millis(20)));
-    let good = u64::from(N) - failing.len() as u64;
     let bad = failing.len() as u64;
-    let started = Instant::now();
-    let worker = Worker::batch(source, handler).config(config);
-    let run = run_until_metrics(worker, move |m| m.acked >= good && m.dead_lettered >= bad);
-    let report = finished(run, Duration::from_secs(180)).await;
-    let m = &report.metrics;
+    let (m, took) = run_batches(source, handler, prefetch, N, bad).await;
+    let adapter_held = stats.snapshot().max_held;
     println!(
-        "Kafka, 20k in batches over 6 partitions: {:?}, {} batches, {:.1} records each, max held {} (adapter {}) of {prefetch}; {m}",
-        started.elapsed(),
+        "Kafka, 20k in batches over 6 partitions: {took:?}, {} batches, {:.1} records each, max held {} (adapter {adapter_held}) of {prefetch}; {m}",
         m.batches,
         m.batched as f64 / m.batches as f64,
         m.max_held,
-        stats.snapshot().max_held,
     );
-    assert_eq!(
-        (m.acked, m.dead_lettered, m.retried),
-        (good, bad, 2 * bad),
-        "{m:?}"
-    );
-    assert!(m.max_held <= u64::from(prefetch), "{}", m.max_held);
-    let adapter_held = stats.snapshot().max_held;
     assert!(
         adapter_held <= u64::from(prefetch),
         "the adapter held {adapter_held}"
-    );
-    assert!(
-        m.batches < u64::from(N) / 20,
-        "{} batches: not batching",
-        m.batches
     );
 
     let seen = std::mem::take(&mut *seen.lock().unwrap());
