@@ -1,20 +1,23 @@
 //! Consume + ack throughput against a real RabbitMQ: sluicegate (no-op
-//! handler) beside raw lapin, same broker, same run, same prefetch, 256 B
-//! messages, alternating rounds, medians compared.
+//! handler) beside raw consumers of both Rust AMQP clients, same broker,
+//! same run, same prefetch, 256 B messages, rounds interleaved, medians
+//! compared.
 //!
-//! Baselines (raw lapin, one channel, basic.qos = prefetch):
-//! - `ack each`: ack every delivery without awaiting it before taking the
-//!   next (each ack future runs on its own task: pipelined);
-//! - `multiple every k`: one `multiple=true` ack per k deliveries (k = 5%
-//!   of the prefetch, sluicegate's batch), sent in order by one task;
-//! - `no-ack`: the broker's ceiling, consuming with no_ack (nothing acked).
+//! Baselines, each acking the way the adapter does (on the channel,
+//! `multiple=true` every k deliveries, k = 5% of the prefetch, in order):
+//! - raw lapin: `ack each` (one `basic_ack` per delivery) and `multiple`;
+//! - raw amqprs: `multiple`;
+//! - `no-ack` on each client: what it can take from the broker at all.
+//!   The faster of the two is the broker's ceiling here, the number
+//!   sluicegate is held against (lapin's own no-ack is lapin's ceiling,
+//!   not RabbitMQ's).
 //!
 //! Every consumer's clock runs from its first delivery to its last ack
 //! (sluicegate's: the last ack handed to its coalescer, which flushes it
 //! within 1 ms): connecting, declaring and draining are left out of all.
 //!
 //! ```text
-//! cargo bench -p sluicegate-amqp --bench throughput                       # 20k messages, 3 rounds
+//! cargo bench -p sluicegate-amqp --bench throughput                       # 50k messages, 5 rounds
 //! AMQP_BENCH_MESSAGES=5000 AMQP_BENCH_ROUNDS=1 cargo bench -p sluicegate-amqp --bench throughput
 //! AMQP_BENCH_ONLY=1000 cargo bench -p sluicegate-amqp --bench throughput    # sluicegate alone, for a profiler
 //! ```
@@ -60,26 +63,38 @@ async fn fill(queue: &str, n: usize) {
     }
 }
 
-/// How the raw lapin consumer acks.
+/// How a raw consumer acks.
 #[derive(Clone, Copy, PartialEq)]
 enum RawAck {
-    /// Every delivery, on its own task (pipelined).
+    /// Every delivery, one `basic_ack` each.
     Each,
     /// `multiple=true` every `n`th delivery (and at the end): the best a
     /// hand-written consumer does, without sluicegate's bookkeeping.
     Every(usize),
-    /// Nothing: the broker's ceiling.
+    /// Nothing: what the client can take from the broker at all.
     None,
 }
 
-async fn raw(queue: &str, n: usize, prefetch: u16, mode: RawAck) -> Duration {
-    let no_ack = mode == RawAck::None;
+impl RawAck {
+    /// Whether delivery `i` of `n` (from 1) is acked, and how.
+    fn ack(self, i: usize, n: usize) -> Option<bool> {
+        match self {
+            RawAck::Each => Some(false),
+            RawAck::Every(k) if i % k == 0 || i == n => Some(true),
+            RawAck::Every(_) | RawAck::None => None,
+        }
+    }
+}
+
+/// Raw lapin, acking on the channel as the adapter does (not through
+/// `Delivery::ack`, which costs two more hand-offs a message).
+async fn raw_lapin(queue: &str, n: usize, prefetch: u16, mode: RawAck) -> Duration {
     let (_conn, ch) = connect().await;
     ch.basic_qos(prefetch, BasicQosOptions { global: true })
         .await
         .expect("qos");
     let options = BasicConsumeOptions {
-        no_ack,
+        no_ack: mode == RawAck::None,
         ..BasicConsumeOptions::default()
     };
     let mut consumer = ch
@@ -92,15 +107,6 @@ async fn raw(queue: &str, n: usize, prefetch: u16, mode: RawAck) -> Duration {
         .await
         .expect("consume");
     let mut started = None;
-    let mut acks = Vec::with_capacity(if no_ack { 0 } else { n });
-    // Multiple acks must reach the broker in tag order: one task sends them.
-    let (in_order, mut to_send) =
-        tokio::sync::mpsc::unbounded_channel::<lapin::message::Delivery>();
-    let sender = tokio::spawn(async move {
-        while let Some(delivery) = to_send.recv().await {
-            let _ = delivery.ack(BasicAckOptions { multiple: true }).await;
-        }
-    });
     for i in 1..=n {
         let delivery = consumer
             .next()
@@ -108,22 +114,49 @@ async fn raw(queue: &str, n: usize, prefetch: u16, mode: RawAck) -> Duration {
             .expect("a delivery")
             .expect("no error");
         started.get_or_insert_with(Instant::now);
-        match mode {
-            RawAck::Each => acks.push(tokio::spawn(async move {
-                delivery.ack(BasicAckOptions::default()).await
-            })),
-            RawAck::Every(k) if i % k == 0 || i == n => {
-                let _ = in_order.send(delivery);
-            }
-            RawAck::Every(_) | RawAck::None => {}
+        if let Some(multiple) = mode.ack(i, n) {
+            ch.basic_ack(delivery.delivery_tag, BasicAckOptions { multiple })
+                .await
+                .expect("ack");
         }
     }
-    drop(in_order);
-    let _ = sender.await;
-    for ack in acks {
-        let _ = ack.await;
-    }
     started.map_or(Duration::ZERO, |s| s.elapsed())
+}
+
+/// Raw amqprs (its reader and writer are tokio tasks), acking the same way.
+async fn raw_amqprs(queue: &str, n: usize, prefetch: u16, mode: RawAck) -> Duration {
+    use amqprs::channel::{BasicAckArguments, BasicConsumeArguments, BasicQosArguments};
+    use amqprs::connection::{Connection, OpenConnectionArguments};
+
+    let url = url();
+    let mut args = OpenConnectionArguments::try_from(url.as_str()).expect("amqprs reads the URL");
+    // amqprs takes the vhost as written: `%2f` is not decoded to `/`.
+    let vhost = url.rsplit_once('/').map_or("", |(_, v)| v);
+    if vhost.eq_ignore_ascii_case("%2f") {
+        args.virtual_host("/");
+    }
+    let conn = Connection::open(&args).await.expect("amqprs connects");
+    let ch = conn.open_channel(None).await.expect("a channel");
+    ch.basic_qos(BasicQosArguments::new(0, prefetch, true))
+        .await
+        .expect("qos");
+    let mut consume = BasicConsumeArguments::new(queue, "");
+    consume.manual_ack(mode != RawAck::None);
+    let (_tag, mut deliveries) = ch.basic_consume_rx(consume).await.expect("consume");
+    let mut started = None;
+    for i in 1..=n {
+        let message = deliveries.recv().await.expect("a delivery");
+        started.get_or_insert_with(Instant::now);
+        let tag = message.deliver.expect("a deliver frame").delivery_tag();
+        if let Some(multiple) = mode.ack(i, n) {
+            ch.basic_ack(BasicAckArguments::new(tag, multiple))
+                .await
+                .expect("ack");
+        }
+    }
+    let elapsed = started.map_or(Duration::ZERO, |s| s.elapsed());
+    let _ = conn.close().await;
+    elapsed
 }
 
 async fn sluicegate(queue: &str, n: usize, prefetch: u16) -> Duration {
@@ -158,9 +191,27 @@ async fn sluicegate(queue: &str, n: usize, prefetch: u16) -> Duration {
     }
 }
 
+/// One consumer of the comparison.
+#[derive(Clone, Copy)]
+enum Contender {
+    Lapin(RawAck),
+    Amqprs(RawAck),
+    Sluicegate,
+}
+
+impl Contender {
+    async fn run(self, queue: &str, n: usize, prefetch: u16) -> Duration {
+        match self {
+            Contender::Lapin(mode) => raw_lapin(queue, n, prefetch, mode).await,
+            Contender::Amqprs(mode) => raw_amqprs(queue, n, prefetch, mode).await,
+            Contender::Sluicegate => sluicegate(queue, n, prefetch).await,
+        }
+    }
+}
+
 fn main() {
-    let n = env_usize("AMQP_BENCH_MESSAGES", 20_000);
-    let rounds = env_usize("AMQP_BENCH_ROUNDS", 3).max(1);
+    let n = env_usize("AMQP_BENCH_MESSAGES", 50_000);
+    let rounds = env_usize("AMQP_BENCH_ROUNDS", 5).max(1);
     let rt = runtime();
     println!(
         "AMQP throughput: {n} messages of 256 B per run, {rounds} rounds, RabbitMQ at {}",
@@ -183,33 +234,41 @@ fn main() {
         return;
     }
     for prefetch in [10u16, 100, 1000] {
-        let batch = (usize::from(prefetch) / 20).max(1);
-        let (mut acked, mut batched, mut ceiling, mut ours) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let k = (usize::from(prefetch) / 20).max(1);
+        // Each contender's rates over the rounds, in this order.
+        let contenders: [(&str, Contender); 6] = [
+            ("lapin ack each", Contender::Lapin(RawAck::Each)),
+            ("lapin multiple", Contender::Lapin(RawAck::Every(k))),
+            ("amqprs multiple", Contender::Amqprs(RawAck::Every(k))),
+            ("lapin no-ack", Contender::Lapin(RawAck::None)),
+            ("amqprs no-ack", Contender::Amqprs(RawAck::None)),
+            ("sluicegate", Contender::Sluicegate),
+        ];
+        let mut rates: Vec<Vec<f64>> = vec![Vec::new(); contenders.len()];
         for _ in 0..rounds {
-            let rate = |d: Duration| n as f64 / d.as_secs_f64();
-            rt.block_on(fill(&queue, n));
-            acked.push(rate(rt.block_on(raw(&queue, n, prefetch, RawAck::Each))));
-            rt.block_on(fill(&queue, n));
-            batched.push(rate(rt.block_on(raw(
-                &queue,
-                n,
-                prefetch,
-                RawAck::Every(batch),
-            ))));
-            rt.block_on(fill(&queue, n));
-            ceiling.push(rate(rt.block_on(raw(&queue, n, prefetch, RawAck::None))));
-            rt.block_on(fill(&queue, n));
-            ours.push(rate(rt.block_on(sluicegate(&queue, n, prefetch))));
+            for (i, (_, contender)) in contenders.iter().enumerate() {
+                rt.block_on(fill(&queue, n));
+                let took = rt.block_on(contender.run(&queue, n, prefetch));
+                rates[i].push(n as f64 / took.as_secs_f64());
+            }
         }
-        let (a, b) = (median(&mut acked), median(&mut batched));
-        let (c, s) = (median(&mut ceiling), median(&mut ours));
+        let m: Vec<f64> = rates.iter_mut().map(|r| median(r)).collect();
+        let ceiling = m[3].max(m[4]);
+        let ours = m[5];
+        let line: Vec<String> = contenders
+            .iter()
+            .zip(&m)
+            .map(|((name, _), rate)| format!("{name} {rate:.0}"))
+            .collect();
         println!(
-            "prefetch {prefetch:>4}: raw lapin ack each {a:>6.0} | multiple every {batch:>2} {b:>6.0} | no-ack ceiling {c:>6.0} | \
-             sluicegate {s:>6.0} msg/s = {:.2}x ack each, {:.2}x multiple, {:.2}x ceiling",
-            s / a,
-            s / b,
-            s / c
+            "prefetch {prefetch:>4} (multiple every {k}): {} msg/s",
+            line.join(" | ")
+        );
+        println!(
+            "  sluicegate = {:.2}x the broker's ceiling (the faster no-ack), {:.2}x lapin's best raw consumer, {:.2}x amqprs multiple",
+            ours / ceiling,
+            ours / m[0].max(m[1]),
+            ours / m[2]
         );
     }
     rt.block_on(async {
