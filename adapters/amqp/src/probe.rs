@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -27,7 +27,10 @@ const FRESH: Duration = Duration::from_secs(1);
 pub(crate) struct Watched {
     /// The connection now (`None` while reconnecting).
     connection: Mutex<Option<Arc<Connection>>>,
+    /// Connections after the first; counted before the new one is seen,
+    /// so whoever sees it connected sees it counted.
     pub(crate) reconnects: AtomicU64,
+    ever_connected: AtomicBool,
     pub(crate) acks_lost: Arc<AtomicU64>,
     /// Delay queues declared for the work queues, across reconnects.
     delay_queues: Mutex<BTreeSet<String>>,
@@ -35,6 +38,9 @@ pub(crate) struct Watched {
 
 impl Watched {
     pub(crate) fn connected_to(&self, connection: Option<Arc<Connection>>) {
+        if connection.is_some() && self.ever_connected.swap(true, Relaxed) {
+            self.reconnects.fetch_add(1, Relaxed);
+        }
         *self
             .connection
             .lock()

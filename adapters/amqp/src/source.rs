@@ -301,7 +301,7 @@ impl AmqpSource {
                     let link = Link::open(&config, &watched).await?;
                     set_qos(link.channel.clone(), prefetch).await?;
                     link.acks.set_prefetch(prefetch);
-                    let reconnects = watched.reconnects.fetch_add(1, Relaxed) + 1;
+                    let reconnects = watched.reconnects.load(Relaxed);
                     tracing::info!(queues = %label, reconnects, "reconnected to RabbitMQ");
                     link
                 }
