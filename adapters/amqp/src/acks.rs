@@ -28,11 +28,11 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lapin::Channel;
-use lapin::options::BasicAckOptions;
 use sluicegate::watermark::Watermark;
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
+
+use crate::client::Channel;
 
 /// How long a completed tag may wait behind an unfinished lower one before
 /// it is acked on its own.
@@ -59,8 +59,8 @@ pub(crate) enum AckError {
     /// The flusher stopped before it told this ack's waiter.
     #[error("the ack flusher stopped; the broker redelivers the message")]
     FlusherStopped,
-    /// lapin could not send the frame (the reason is lapin's, as text: one
-    /// failed flush is told to every waiter it carried).
+    /// The client could not send the frame (its reason, as text: one failed
+    /// flush is told to every waiter it carried).
     #[error(
         "basic.ack (tag {tag}, multiple={multiple}): {reason}; the broker redelivers the message"
     )]
@@ -111,7 +111,7 @@ pub(crate) struct Acks {
 
 impl Acks {
     /// A coalescer for `channel`, with its flusher task spawned.
-    pub(crate) fn start(channel: Channel, lost: Arc<AtomicU64>) -> Arc<Self> {
+    pub(crate) fn start(channel: Arc<dyn Channel>, lost: Arc<AtomicU64>) -> Arc<Self> {
         let acks = Arc::new(Self {
             state: Mutex::new(State {
                 marks: Watermark::new(1),
@@ -269,7 +269,7 @@ fn stragglers(state: &mut State, now: Instant, mut flush: Flush) -> Flush {
     flush
 }
 
-async fn flush_loop(acks: Arc<Acks>, channel: Channel) {
+async fn flush_loop(acks: Arc<Acks>, channel: Arc<dyn Channel>) {
     loop {
         let (flush, closed, finishing) = {
             let mut state = acks.lock();
@@ -287,7 +287,7 @@ async fn flush_loop(acks: Arc<Acks>, channel: Channel) {
             return;
         }
         if let Some(tag) = flush.through {
-            let sent = send(&channel, tag, true).await;
+            let sent = send(&*channel, tag, true).await;
             if let Err(error) = &sent {
                 acks.lost.fetch_add(flush.through_count, Relaxed);
                 tracing::warn!(%error, acks = flush.through_count, "ack not sent");
@@ -297,7 +297,7 @@ async fn flush_loop(acks: Arc<Acks>, channel: Channel) {
             }
         }
         for (tag, done) in flush.single {
-            let sent = send(&channel, tag, false).await;
+            let sent = send(&*channel, tag, false).await;
             if let Err(error) = &sent {
                 acks.lost.fetch_add(1, Relaxed);
                 tracing::warn!(%error, "ack not sent");
@@ -324,9 +324,9 @@ async fn flush_loop(acks: Arc<Acks>, channel: Channel) {
     }
 }
 
-async fn send(channel: &Channel, tag: u64, multiple: bool) -> Result<(), AckError> {
+async fn send(channel: &dyn Channel, tag: u64, multiple: bool) -> Result<(), AckError> {
     channel
-        .basic_ack(tag, BasicAckOptions { multiple })
+        .ack(tag, multiple)
         .await
         .map_err(|e| AckError::Send {
             tag,

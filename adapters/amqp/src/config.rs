@@ -4,6 +4,8 @@
 use sluicegate::ConfigError;
 use sluicegate::config::{Env, Var};
 
+use crate::client::AmqpClient;
+
 /// Whether the worker creates its topology or only checks that it exists.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -35,6 +37,9 @@ pub struct AmqpConfig {
     /// A PEM file of certificates to trust for amqps://, besides the
     /// system's roots (a private CA).
     pub(crate) tls_ca: Option<String>,
+    /// The client library; `None` leaves it to `SLUICEGATE_AMQP_CLIENT`
+    /// when connecting.
+    pub(crate) client: Option<AmqpClient>,
 }
 
 /// The environment variables the adapter reads.
@@ -75,6 +80,12 @@ pub const ENV_VARS: &[Var] = &[
         "x-max-priority of the work queue (0 = no priorities). 0-255",
         "a whole number from 0 to 255",
     ),
+    Var::new(
+        "SLUICEGATE_AMQP_CLIENT",
+        "lapin",
+        "the AMQP client library, when the build has both: lapin | amqprs (amqprs needs the `amqprs` feature)",
+        "lapin or amqprs",
+    ),
 ];
 
 impl AmqpConfig {
@@ -87,6 +98,7 @@ impl AmqpConfig {
             dead_letter_queue: None,
             max_priority: 0,
             tls_ca: None,
+            client: None,
         }
     }
 
@@ -144,6 +156,7 @@ impl AmqpConfig {
             }
             config.dead_letter_queue = Some(dlq.trim().to_owned());
         }
+        config.client = Some(AmqpClient::from_env_in(env)?);
         if let Some(ca) = lookup("SLUICEGATE_AMQP_TLS_CA") {
             if ca.trim().is_empty() {
                 return Err(invalid("SLUICEGATE_AMQP_TLS_CA", ca));
@@ -196,6 +209,31 @@ impl AmqpConfig {
     pub fn tls_ca(mut self, pem_file: impl Into<String>) -> Self {
         self.tls_ca = Some(pem_file.into());
         self
+    }
+
+    /// Run on this client library, whatever `SLUICEGATE_AMQP_CLIENT` says.
+    /// Without it the variable picks when connecting (lapin when unset).
+    pub fn client(mut self, client: AmqpClient) -> Self {
+        self.client = Some(client);
+        self
+    }
+
+    /// The client a connection runs on: the one set, else the one
+    /// `SLUICEGATE_AMQP_CLIENT` names, else the default. A client this
+    /// build lacks is an error naming it.
+    pub(crate) fn client_in_use(&self) -> Result<AmqpClient, ConfigError> {
+        let client = match self.client {
+            Some(client) => client,
+            None => AmqpClient::from_env_in(&Env::process())?,
+        };
+        if !client.compiled() {
+            return Err(ConfigError::new(
+                "SLUICEGATE_AMQP_CLIENT",
+                client.name(),
+                format!("a client this build has (enable the `{client}` feature of sluicegate-amqp)"),
+            ));
+        }
+        Ok(client)
     }
 
     /// The (first) work queue.
@@ -306,9 +344,44 @@ mod tests {
             ),
             (&[("SLUICEGATE_QUEUE", "a,,b")][..], "SLUICEGATE_QUEUE"),
             (&[("SLUICEGATE_QUEUE", "a,b,a")][..], "SLUICEGATE_QUEUE"),
+            (
+                &[("SLUICEGATE_QUEUE", "q"), ("SLUICEGATE_AMQP_CLIENT", "kombu")][..],
+                "SLUICEGATE_AMQP_CLIENT",
+            ),
         ] {
             let err = from(vars).expect_err(variable);
             assert_eq!(err.variable, variable, "{err}");
         }
+    }
+}
+
+#[cfg(test)]
+mod client_tests {
+    use super::*;
+
+    #[test]
+    fn the_client_is_the_one_named_and_a_missing_one_is_refused_with_its_feature() {
+        let env = |value: &str| {
+            Env::from_pairs([
+                ("SLUICEGATE_QUEUE".to_owned(), "q".to_owned()),
+                ("SLUICEGATE_AMQP_CLIENT".to_owned(), value.to_owned()),
+            ])
+        };
+        for client in [AmqpClient::Lapin, AmqpClient::Amqprs] {
+            let read = AmqpConfig::from_env_in(&env(client.name()));
+            match (client.compiled(), read) {
+                (true, Ok(config)) => assert_eq!(config.client, Some(client)),
+                (false, Err(error)) => {
+                    assert_eq!(error.variable, "SLUICEGATE_AMQP_CLIENT");
+                    assert!(error.to_string().contains(&format!("`{client}` feature")), "{error}");
+                }
+                (compiled, read) => panic!("{client} compiled={compiled}: {read:?}"),
+            }
+        }
+        let unset = AmqpConfig::from_env_in(&Env::from_pairs([(
+            "SLUICEGATE_QUEUE".to_owned(),
+            "q".to_owned(),
+        )]));
+        assert_eq!(unset.ok().and_then(|c| c.client), Some(AmqpClient::default()));
     }
 }

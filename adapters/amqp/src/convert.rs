@@ -1,15 +1,19 @@
-//! From lapin's types to sluicegate's: deliveries become owned
-//! [`Message`]s at once (the copies that go back out are built from the
-//! delivery itself: `republish`).
+//! From what the broker delivered to sluicegate's types: deliveries become
+//! owned [`Message`]s at once, their bodies moved, not copied (the copies
+//! that go back out are built from the delivery's properties:
+//! `republish`).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use amq_protocol::protocol::BasicProperties;
+use amq_protocol::types::AMQPValue;
 use bytes::Bytes;
-use lapin::types::AMQPValue;
 use sluicegate::convention::DELAY_MAX;
 use sluicegate::message::header;
 use sluicegate::{Headers, Message, Origin};
+
+use crate::client::Incoming;
 
 /// The text or bytes of an AMQP header value, numbers as decimal text,
 /// other types as their debug form: what a handler reads (the copies a
@@ -32,9 +36,16 @@ fn value_bytes(value: &AMQPValue) -> Bytes {
     }
 }
 
-/// An owned message from a lapin delivery consumed from `queue`.
-pub(crate) fn message_from(queue: &Arc<str>, delivery: &lapin::message::Delivery) -> Message {
-    let props = &delivery.properties;
+/// An owned message from a delivery consumed from `queue`, and the
+/// delivery's properties (what a retry's or dead-letter's copy keeps).
+pub(crate) fn message_from(queue: &Arc<str>, incoming: Incoming) -> (Message, BasicProperties) {
+    let Incoming {
+        tag,
+        redelivered,
+        routing_key,
+        properties: props,
+        data,
+    } = incoming;
     let mut headers = Headers::new();
     if let Some(table) = props.headers() {
         for (name, value) in table.inner() {
@@ -42,18 +53,13 @@ pub(crate) fn message_from(queue: &Arc<str>, delivery: &lapin::message::Delivery
         }
     }
     let attempt = headers.get(header::ATTEMPT).cloned();
-    let mut message = Message::new(
-        Origin::new(Arc::clone(queue), delivery.delivery_tag),
-        Bytes::copy_from_slice(&delivery.data),
-    )
-    .with_headers(headers)
-    .with_attempt_header(attempt.as_deref())
-    .with_redelivered(delivery.redelivered)
-    .with_priority(props.priority().unwrap_or(0));
-    if !delivery.routing_key.as_str().is_empty() {
-        message = message.with_key(Bytes::copy_from_slice(
-            delivery.routing_key.as_str().as_bytes(),
-        ));
+    let mut message = Message::new(Origin::new(Arc::clone(queue), tag), Bytes::from(data))
+        .with_headers(headers)
+        .with_attempt_header(attempt.as_deref())
+        .with_redelivered(redelivered)
+        .with_priority(props.priority().unwrap_or(0));
+    if !routing_key.is_empty() {
+        message = message.with_key(Bytes::from(routing_key));
     }
     if let Some(id) = props.message_id() {
         message = message.with_id(id.as_str());
@@ -62,7 +68,7 @@ pub(crate) fn message_from(queue: &Arc<str>, delivery: &lapin::message::Delivery
         message =
             message.with_broker_timestamp(SystemTime::UNIX_EPOCH + Duration::from_secs(*seconds));
     }
-    message
+    (message, props)
 }
 
 /// Delay queues come in fixed tiers (RabbitMQ expires only at the head of a

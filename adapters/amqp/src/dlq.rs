@@ -13,18 +13,17 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use amq_protocol::protocol::BasicProperties;
+
 use async_trait::async_trait;
-use lapin::options::{BasicAckOptions, BasicGetOptions, ConfirmSelectOptions};
-use lapin::types::ShortString;
-use lapin::{Channel, Connection};
 use sluicegate::deadletter::{
     DeadLetter, DeadLetterError, DeadLetterQueue, Decision, Redrive, RedriveLog, RedriveReport,
     content_id,
 };
 use sluicegate::rate::Pacer;
 
+use crate::client::{Channel, ClientError, Connection, Incoming, Watch, connect};
 use crate::config::AmqpConfig;
-use crate::connect::connect;
 use crate::convert::message_from;
 use crate::probe::ready_in;
 use crate::publish::{Confirming, Failure};
@@ -46,7 +45,7 @@ use crate::republish::redriven;
 /// ```
 pub struct AmqpDeadLetters {
     url: String,
-    connection: Arc<Connection>,
+    connection: Arc<dyn Connection>,
     confirming: Confirming,
 }
 
@@ -58,7 +57,7 @@ impl std::fmt::Debug for AmqpDeadLetters {
     }
 }
 
-fn broker_error(action: impl Into<String>) -> impl FnOnce(lapin::Error) -> DeadLetterError {
+fn broker_error(action: impl Into<String>) -> impl FnOnce(ClientError) -> DeadLetterError {
     let action = action.into();
     move |e| DeadLetterError::Broker {
         action,
@@ -74,21 +73,15 @@ impl AmqpDeadLetters {
             at: format!("AMQP_URL={url}"),
             why,
         };
-        let connection = connect(&config).await.map_err(|e| {
+        let watch = Watch::new("dead-letter operator", None);
+        let connection = connect(&config, watch).await.map_err(|e| {
             let why =
                 std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
             unreachable(why)
         })?;
-        let channel = connection
-            .create_channel()
+        let confirming = Confirming::open(Arc::clone(&connection))
             .await
             .map_err(|e| unreachable(e.to_string()))?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        let connection = Arc::new(connection);
-        let confirming = Confirming::new(Arc::clone(&connection), channel);
         Ok(Self {
             url: format!("AMQP_URL={url}"),
             connection,
@@ -96,9 +89,9 @@ impl AmqpDeadLetters {
         })
     }
 
-    async fn channel(&self) -> Result<Channel, DeadLetterError> {
+    async fn channel(&self) -> Result<Arc<dyn Channel>, DeadLetterError> {
         self.connection
-            .create_channel()
+            .channel()
             .await
             .map_err(broker_error("opening a channel"))
     }
@@ -107,12 +100,12 @@ impl AmqpDeadLetters {
     /// own (a missing queue closes the channel it is asked on).
     async fn ready(&self, queue: &str) -> Result<u64, DeadLetterError> {
         let channel = self.channel().await?;
-        match ready_in(&channel, queue).await {
+        match ready_in(&*channel, queue).await {
             Ok(count) => {
-                let _ = channel.close(200, "counted".into()).await;
+                channel.close("counted").await;
                 Ok(count)
             }
-            Err(e) if e.to_string().contains("NOT_FOUND") => Err(DeadLetterError::NotFound {
+            Err(e) if e.not_found() => Err(DeadLetterError::NotFound {
                 kind: "queue",
                 name: queue.to_owned(),
                 at: self.url.clone(),
@@ -122,19 +115,16 @@ impl AmqpDeadLetters {
     }
 
     /// The next message of `queue`, held unacked on `channel`.
-    async fn get(
-        channel: &Channel,
-        queue: &str,
-    ) -> Result<Option<lapin::message::BasicGetMessage>, DeadLetterError> {
+    async fn get(channel: &dyn Channel, queue: &str) -> Result<Option<Incoming>, DeadLetterError> {
         channel
-            .basic_get(ShortString::from(queue), BasicGetOptions { no_ack: false })
+            .get(queue)
             .await
             .map_err(broker_error(format!("reading from queue {queue:?}")))
     }
 
     async fn redrive_on(
         &self,
-        channel: &Channel,
+        channel: &dyn Channel,
         queue: &str,
         plan: &Redrive,
         log: &mut dyn RedriveLog,
@@ -150,7 +140,8 @@ impl AmqpDeadLetters {
             };
             report.scanned += 1;
             log.scanned();
-            let letter = letter_from(queue, &got.delivery);
+            let tag = got.tag;
+            let (letter, properties) = letter_from(queue, got);
             match plan.decide(&letter, SystemTime::now(), report.moved)? {
                 Decision::Stop => break,
                 Decision::Leave => report.left += 1,
@@ -164,9 +155,9 @@ impl AmqpDeadLetters {
                     }
                     if !plan.dry_run {
                         pacer.wait().await;
-                        let copy = redriven(&got.delivery.properties, &letter);
+                        let copy = redriven(&properties, &letter);
                         self.confirming
-                            .publish(&to, &got.delivery.data, copy)
+                            .publish(&to, &letter.payload, copy)
                             .await
                             .map_err(|failure| DeadLetterError::Broker {
                                 action: format!("putting {:?} back on {to:?}", letter.id),
@@ -175,7 +166,7 @@ impl AmqpDeadLetters {
                                 },
                             })?;
                         channel
-                            .basic_ack(got.delivery.delivery_tag, BasicAckOptions::default())
+                            .ack(tag, false)
                             .await
                             .map_err(broker_error(format!(
                                 "removing {:?} from {queue:?} (its copy is on {to:?})",
@@ -194,24 +185,27 @@ impl AmqpDeadLetters {
 
 /// Gives back every message `channel` holds (closing a channel requeues
 /// what it held, each where it was).
-async fn give_back(channel: Channel) {
-    let _ = channel.close(200, "done".into()).await;
+async fn give_back(channel: Arc<dyn Channel>) {
+    channel.close("done").await;
 }
 
-fn letter_from(queue: &str, delivery: &lapin::message::Delivery) -> DeadLetter {
-    let message = message_from(&Arc::from(queue), delivery);
-    let id = match delivery.properties.message_id() {
+/// The dead letter a `basic.get` read, and its properties (a redrive's
+/// copy keeps them).
+fn letter_from(queue: &str, got: Incoming) -> (DeadLetter, BasicProperties) {
+    let (message, properties) = message_from(&Arc::from(queue), got);
+    let id = match properties.message_id() {
         Some(id) => id.as_str().to_owned(),
-        None => content_id(message.headers(), &delivery.data),
+        None => content_id(message.headers(), message.payload()),
     };
-    DeadLetter::new(
+    let letter = DeadLetter::new(
         id,
         queue,
         message.headers().clone(),
         None,
         message.payload().clone(),
     )
-    .with_timestamp(message.broker_timestamp())
+    .with_timestamp(message.broker_timestamp());
+    (letter, properties)
 }
 
 #[async_trait]
@@ -226,8 +220,8 @@ impl DeadLetterQueue for AmqpDeadLetters {
         let mut letters = Vec::new();
         let mut read = Ok(());
         while (letters.len() as u64) < total && letters.len() < limit {
-            match Self::get(&channel, queue).await {
-                Ok(Some(got)) => letters.push(letter_from(queue, &got.delivery)),
+            match Self::get(&*channel, queue).await {
+                Ok(Some(got)) => letters.push(letter_from(queue, got).0),
                 Ok(None) => break,
                 Err(e) => {
                     read = Err(e);
@@ -246,7 +240,7 @@ impl DeadLetterQueue for AmqpDeadLetters {
         log: &mut dyn RedriveLog,
     ) -> Result<RedriveReport, DeadLetterError> {
         let channel = self.channel().await?;
-        let report = self.redrive_on(&channel, queue, plan, log).await;
+        let report = self.redrive_on(&*channel, queue, plan, log).await;
         give_back(channel).await;
         report
     }

@@ -1,7 +1,9 @@
 //! # sluicegate-amqp
 //!
-//! RabbitMQ (AMQP 0-9-1) for sluicegate, on lapin. An [`AmqpSource`] makes
-//! RabbitMQ's own flow control carry the runtime's decisions:
+//! RabbitMQ (AMQP 0-9-1) for sluicegate, on lapin or amqprs ([`AmqpClient`]:
+//! the `lapin` feature, on by default, and `amqprs`; with both compiled in,
+//! `SLUICEGATE_AMQP_CLIENT` picks). An [`AmqpSource`] makes RabbitMQ's own
+//! flow control carry the runtime's decisions:
 //!
 //! - the prefetch is `basic.qos` with `global: true` (RabbitMQ applies a
 //!   re-issued per-channel limit at once, a per-consumer one only to new
@@ -44,8 +46,8 @@
 //! lines.
 
 mod acks;
+mod client;
 mod config;
-mod connect;
 mod convert;
 mod dlq;
 mod probe;
@@ -54,6 +56,7 @@ mod republish;
 mod settle;
 mod source;
 
+pub use client::{AmqpClient, ClientError};
 pub use config::{AmqpConfig, Declare, ENV_VARS};
 pub use dlq::AmqpDeadLetters;
 pub use publish::AmqpPublisher;
@@ -71,14 +74,14 @@ pub enum AmqpError {
     Broker {
         /// What the adapter was doing, with the names involved.
         action: String,
-        /// What lapin said.
+        /// What the client library said.
         #[source]
-        source: lapin::Error,
+        source: ClientError,
     },
 }
 
 impl AmqpError {
-    pub(crate) fn broker(action: impl Into<String>) -> impl FnOnce(lapin::Error) -> Self {
+    pub(crate) fn broker(action: impl Into<String>) -> impl FnOnce(ClientError) -> Self {
         let action = action.into();
         move |source| AmqpError::Broker { action, source }
     }

@@ -11,22 +11,22 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use lapin::options::QueueDeclareOptions;
-use lapin::types::{FieldTable, ShortString};
-use lapin::{Channel, Connection};
+use amq_protocol::types::FieldTable;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::MetricType;
 use sluicegate::ops::{BrokerStatus, Probe, QueueStatus, counter, gauge, labelled};
 use tokio::time::Instant;
 
+use crate::client::{Channel, ClientError, Connection};
+
 /// How long a count of the queues stays fresh.
 const FRESH: Duration = Duration::from_secs(1);
 
 /// The consumer's side of the probe: the source keeps it up to date.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct Watched {
     /// The connection now (`None` while reconnecting).
-    connection: Mutex<Option<Arc<Connection>>>,
+    connection: Mutex<Option<Arc<dyn Connection>>>,
     /// Connections after the first; counted before the new one is seen,
     /// so whoever sees it connected sees it counted.
     pub(crate) reconnects: AtomicU64,
@@ -36,8 +36,17 @@ pub(crate) struct Watched {
     delay_queues: Mutex<BTreeSet<String>>,
 }
 
+impl fmt::Debug for Watched {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Watched")
+            .field("connected", &self.connection().is_some_and(|c| c.connected()))
+            .field("reconnects", &self.reconnects.load(Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
 impl Watched {
-    pub(crate) fn connected_to(&self, connection: Option<Arc<Connection>>) {
+    pub(crate) fn connected_to(&self, connection: Option<Arc<dyn Connection>>) {
         if connection.is_some() && self.ever_connected.swap(true, Relaxed) {
             self.reconnects.fetch_add(1, Relaxed);
         }
@@ -47,7 +56,7 @@ impl Watched {
             .unwrap_or_else(PoisonError::into_inner) = connection;
     }
 
-    fn connection(&self) -> Option<Arc<Connection>> {
+    fn connection(&self) -> Option<Arc<dyn Connection>> {
         self.connection
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -75,7 +84,7 @@ pub(crate) struct AmqpProbe {
 #[derive(Default)]
 struct Counted {
     at: Option<Instant>,
-    channel: Option<Channel>,
+    channel: Option<Arc<dyn Channel>>,
     /// Messages ready in each queue at the last count.
     ready: Vec<(String, u64)>,
     total: Option<u64>,
@@ -92,15 +101,8 @@ impl fmt::Debug for AmqpProbe {
 /// Messages ready in `queue`, from a passive declare on `channel`. A
 /// missing queue is an error and closes the channel (RabbitMQ's answer to
 /// a passive declare of a queue it does not have).
-pub(crate) async fn ready_in(channel: &Channel, queue: &str) -> Result<u64, lapin::Error> {
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..QueueDeclareOptions::default()
-    };
-    let declared = channel
-        .queue_declare(ShortString::from(queue), passive, FieldTable::default())
-        .await?;
-    Ok(u64::from(declared.message_count()))
+pub(crate) async fn ready_in(channel: &dyn Channel, queue: &str) -> Result<u64, ClientError> {
+    channel.declare(queue, true, FieldTable::default()).await
 }
 
 impl AmqpProbe {
@@ -115,12 +117,12 @@ impl AmqpProbe {
     /// Counts the ready messages of the work queues and the delay queues.
     async fn count(&self, counted: &mut Counted) -> Option<u64> {
         let connection = self.watched.connection()?;
-        if !connection.status().connected() {
+        if !connection.connected() {
             return None;
         }
         let channel = match counted.channel.take() {
-            Some(c) if c.status().connected() => c,
-            _ => connection.create_channel().await.ok()?,
+            Some(c) if c.connected() => c,
+            _ => connection.channel().await.ok()?,
         };
         let delay_queues = self
             .watched
@@ -130,7 +132,7 @@ impl AmqpProbe {
             .clone();
         let mut ready = Vec::new();
         for name in self.queues.iter().chain(delay_queues.iter()) {
-            match ready_in(&channel, name).await {
+            match ready_in(&*channel, name).await {
                 Ok(count) => ready.push((name.clone(), count)),
                 // A queue gone closes the channel: count again next time.
                 Err(error) => {
@@ -155,7 +157,7 @@ impl Probe for AmqpProbe {
     fn connected(&self) -> bool {
         self.watched
             .connection()
-            .is_some_and(|c| c.status().connected())
+            .is_some_and(|c| c.connected())
     }
 
     async fn waiting(&self) -> Option<u64> {

@@ -12,15 +12,14 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use amq_protocol::protocol::BasicProperties;
+use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
 use sluicegate::Headers;
 use sluicegate::publish::{Confirmed, Pressure, Publish, PublishConfig, PublishError, Window};
 
 use crate::AmqpError;
+use crate::client::{Channel, ClientError, Confirm, Connection, Watch, connect};
 use crate::config::AmqpConfig;
-use crate::connect::{connect, watch_events};
 use crate::probe::ready_in;
 use crate::republish::frame_size;
 
@@ -35,14 +34,14 @@ pub(crate) enum Failure {
 /// refused publish closes it) is replaced at the next publish, on the same
 /// connection.
 pub(crate) struct Confirming {
-    connection: Arc<Connection>,
-    channel: Mutex<Channel>,
+    connection: Arc<dyn Connection>,
+    channel: Mutex<Arc<dyn Channel>>,
     frame_max: u32,
 }
 
 impl Confirming {
-    pub(crate) fn new(connection: Arc<Connection>, channel: Channel) -> Self {
-        let frame_max = connection.configuration().frame_max();
+    pub(crate) fn new(connection: Arc<dyn Connection>, channel: Arc<dyn Channel>) -> Self {
+        let frame_max = connection.frame_max();
         Self {
             connection,
             channel: Mutex::new(channel),
@@ -50,34 +49,39 @@ impl Confirming {
         }
     }
 
+    /// Opens a confirming channel on `connection`.
+    pub(crate) async fn open(connection: Arc<dyn Connection>) -> Result<Self, ClientError> {
+        let channel = connection.channel().await?;
+        channel.confirm_select().await?;
+        Ok(Self::new(connection, channel))
+    }
+
     /// The largest frame the broker takes on this connection.
     pub(crate) fn frame_max(&self) -> u32 {
         self.frame_max
     }
 
-    pub(crate) fn connection(&self) -> &Connection {
+    pub(crate) fn connection(&self) -> &Arc<dyn Connection> {
         &self.connection
     }
 
     fn alive(&self) -> bool {
-        self.connection.status().connected()
+        self.connection.connected()
     }
 
     /// The channel, reopened (with confirms) if the broker closed it.
-    pub(crate) async fn channel(&self) -> Result<Channel, lapin::Error> {
-        let current = self.channel.lock().ok().map(|c| c.clone());
+    pub(crate) async fn channel(&self) -> Result<Arc<dyn Channel>, ClientError> {
+        let current = self.channel.lock().ok().map(|c| Arc::clone(&c));
         if let Some(channel) = current {
-            if channel.status().connected() || !self.connection.status().connected() {
+            if channel.connected() || !self.connection.connected() {
                 return Ok(channel);
             }
         }
-        let channel = self.connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+        let channel = self.connection.channel().await?;
+        channel.confirm_select().await?;
         tracing::info!("reopened the publishing channel");
         if let Ok(mut current) = self.channel.lock() {
-            *current = channel.clone();
+            *current = Arc::clone(&channel);
         }
         Ok(channel)
     }
@@ -92,33 +96,21 @@ impl Confirming {
         properties: BasicProperties,
     ) -> Result<(), Failure> {
         let unsettled =
-            |what: &str, e: lapin::Error| Failure::Unsettled(format!("{what} {queue:?}: {e}"));
+            |what: &str, e: ClientError| Failure::Unsettled(format!("{what} {queue:?}: {e}"));
         let channel = self
             .channel()
             .await
             .map_err(|e| unsettled("opening a channel to publish to", e))?;
-        let options = BasicPublishOptions {
-            mandatory: true,
-            ..BasicPublishOptions::default()
-        };
         let confirm = channel
-            .basic_publish(
-                ShortString::from(""),
-                ShortString::from(queue),
-                options,
-                body,
-                properties,
-            )
+            .publish(queue, body, properties)
             .await
-            .map_err(|e| unsettled("publishing to", e))?
-            .await
-            .map_err(|e| unsettled("waiting for the confirm from", e))?;
+            .map_err(|e| unsettled("publishing to", e))?;
         match confirm {
-            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-            Confirmation::Ack(Some(_)) => Err(Failure::Refused(format!(
+            Confirm::Ack => Ok(()),
+            Confirm::Returned => Err(Failure::Refused(format!(
                 "queue {queue:?} does not exist: the broker returned the message as unroutable"
             ))),
-            Confirmation::Nack(_) => Err(Failure::Refused(format!(
+            Confirm::Nack => Err(Failure::Refused(format!(
                 "the broker refused (nack) the message for {queue:?} (a full queue that rejects publishes?)"
             ))),
         }
@@ -146,7 +138,7 @@ pub struct AmqpPublisher {
     link: tokio::sync::Mutex<Arc<Confirming>>,
     /// The channel `waiting` counts on, kept between calls (admission asks
     /// twice a second); opened again after a failed count closed it.
-    counting: tokio::sync::Mutex<Option<Channel>>,
+    counting: tokio::sync::Mutex<Option<Arc<dyn Channel>>>,
 }
 
 impl std::fmt::Debug for AmqpPublisher {
@@ -193,22 +185,13 @@ impl AmqpPublisher {
 
 /// Connects, opens a confirming channel, and follows `connection.blocked`.
 async fn open(config: &AmqpConfig, window: &Arc<Window>) -> Result<Arc<Confirming>, AmqpError> {
-    let connection = connect(config).await?;
-    let channel = connection
-        .create_channel()
-        .await
-        .map_err(AmqpError::broker("opening the publishing channel"))?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .map_err(AmqpError::broker("enabling publisher confirms"))?;
     window.set_blocked(None);
-    watch_events(
-        &connection,
-        "publisher".to_owned(),
-        Some(Arc::clone(window)),
-    );
-    Ok(Arc::new(Confirming::new(Arc::new(connection), channel)))
+    let watch = Watch::new("publisher", Some(Arc::clone(window)));
+    let connection = connect(config, watch).await?;
+    let confirming = Confirming::open(connection)
+        .await
+        .map_err(AmqpError::broker("opening the publishing channel with confirms"))?;
+    Ok(Arc::new(confirming))
 }
 
 /// Persistent, stamped with the time (for end-to-end latency), with the
@@ -282,13 +265,13 @@ impl Publish for AmqpPublisher {
     async fn waiting(&self, queue: &str) -> Option<u64> {
         let mut counting = self.counting.lock().await;
         let channel = match counting.take() {
-            Some(channel) if channel.status().connected() => channel,
+            Some(channel) if channel.connected() => channel,
             _ => {
                 let link = self.link().await.ok()?;
-                link.connection().create_channel().await.ok()?
+                link.connection().channel().await.ok()?
             }
         };
-        match ready_in(&channel, queue).await {
+        match ready_in(&*channel, queue).await {
             Ok(count) => {
                 *counting = Some(channel);
                 Some(count)

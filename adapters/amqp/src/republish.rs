@@ -12,9 +12,9 @@
 use std::time::SystemTime;
 
 use amq_protocol::frame::{AMQPContentHeader, AMQPFrame, WriteContext, gen_frame};
+use amq_protocol::protocol::BasicProperties;
+use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
 use bytes::Bytes;
-use lapin::BasicProperties;
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use sluicegate::convention::{header, plan_cut, republish_headers, too_large};
 use sluicegate::deadletter::{DeadLetter, redrive_headers};
 use sluicegate::{Message, Settlement};

@@ -4,23 +4,25 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-use lapin::options::{BasicNackOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use amq_protocol::protocol::BasicProperties;
+use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use sluicegate::{Message, Settle, SettleError, SettleFuture, Settlement};
 
 use crate::acks::Acks;
+use crate::client::{Channel, ClientError};
 use crate::convert::delay_tier;
 use crate::probe::Watched;
 use crate::publish::{Confirming, Failure};
 use crate::republish::{Copy, copy_for};
 
-/// What every delivery's handle shares: the publishing channel (publisher
-/// confirms on, reopened if the broker closed it), the topology names and
-/// the connection's frame size.
+/// What every delivery's handle shares: the consuming channel (for nacks),
+/// the publishing channel (publisher confirms on, reopened if the broker
+/// closed it), the topology names and the connection's frame size.
 pub(crate) struct Topology {
     pub(crate) queue: String,
     pub(crate) dead_letter_queue: String,
     publisher: Confirming,
+    consuming: Arc<dyn Channel>,
     /// Ack coalescing for the consuming channel.
     pub(crate) acks: Arc<Acks>,
     declared_tiers: Mutex<HashSet<u64>>,
@@ -29,9 +31,9 @@ pub(crate) struct Topology {
 
 impl Topology {
     pub(crate) fn new(
-        queue: String,
-        dead_letter_queue: String,
+        (queue, dead_letter_queue): (String, String),
         publisher: Confirming,
+        consuming: Arc<dyn Channel>,
         acks: Arc<Acks>,
         watched: Arc<Watched>,
     ) -> Self {
@@ -39,6 +41,7 @@ impl Topology {
             queue,
             dead_letter_queue,
             publisher,
+            consuming,
             acks,
             declared_tiers: Mutex::new(HashSet::new()),
             watched,
@@ -47,7 +50,7 @@ impl Topology {
 
     /// `<queue>.delay.<ms>`: holds messages `ms` milliseconds, then
     /// dead-letters them back into the work queue. Declared on first use.
-    async fn delay_queue(&self, tier_ms: u64) -> Result<String, lapin::Error> {
+    async fn delay_queue(&self, tier_ms: u64) -> Result<String, ClientError> {
         let name = format!("{}.delay.{tier_ms}", self.queue);
         let known = self
             .declared_tiers
@@ -68,14 +71,10 @@ impl Topology {
                 "x-dead-letter-routing-key".into(),
                 AMQPValue::LongString(LongString::from(self.queue.as_bytes().to_vec())),
             );
-            let durable = QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            };
             self.publisher
                 .channel()
                 .await?
-                .queue_declare(ShortString::from(name.as_str()), durable, args)
+                .declare(&name, false, args)
                 .await?;
             if let Ok(mut tiers) = self.declared_tiers.lock() {
                 tiers.insert(tier_ms);
@@ -96,19 +95,22 @@ impl Topology {
 
 /// The settle handle of one AMQP delivery.
 pub(crate) struct AmqpSettle {
-    pub(crate) delivery: lapin::message::Delivery,
+    pub(crate) tag: u64,
+    /// The delivery's properties, which a retry's or dead-letter's copy
+    /// keeps.
+    pub(crate) properties: BasicProperties,
     pub(crate) topology: Arc<Topology>,
 }
 
-/// lapin answers `Ok(false)` when the delivery's channel is gone: nothing
-/// was settled, and the broker will redeliver the message.
-fn settled(what: &str, result: Result<bool, lapin::Error>) -> Result<(), String> {
-    match result {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(format!(
-            "{what}: the delivery's channel is closed; the broker redelivers the message"
-        )),
-        Err(e) => Err(format!("{what}: {e}")),
+impl Topology {
+    /// Gives `tag` back to the broker; a channel gone means the broker
+    /// redelivers it anyway.
+    async fn requeue(&self, tag: u64) -> Result<(), String> {
+        let nacked = self.consuming.nack(tag, true).await.map_err(|e| {
+            format!("basic.nack: {e}; the broker redelivers the message when the channel closes")
+        });
+        self.acks.settled(tag);
+        nacked
     }
 }
 
@@ -120,13 +122,7 @@ impl AmqpSettle {
         let queue = match &settlement {
             Settlement::Ack => None,
             Settlement::Requeue => {
-                let requeue = BasicNackOptions {
-                    multiple: false,
-                    requeue: true,
-                };
-                let nacked = settled("basic.nack", self.delivery.acker.nack(requeue).await);
-                topology.acks.settled(self.delivery.delivery_tag);
-                return nacked.map_err(unsettled);
+                return topology.requeue(self.tag).await.map_err(unsettled);
             }
             Settlement::Delay { after, .. } => Some(
                 topology
@@ -140,7 +136,7 @@ impl AmqpSettle {
         };
         if let Some(queue) = queue {
             let frame_max = topology.publisher.frame_max();
-            let original = &self.delivery.properties;
+            let original = &self.properties;
             let published = match copy_for(original, &message, &settlement, frame_max) {
                 Ok(copy) => topology.publish_confirmed(&queue, copy).await,
                 Err(why) => Err(Failure::Refused(why)),
@@ -165,7 +161,7 @@ impl AmqpSettle {
         // coalesced with its neighbours (see the `acks` module).
         topology
             .acks
-            .ack(self.delivery.delivery_tag)
+            .ack(self.tag)
             .await
             .map_err(|e| unsettled(e.to_string()))
     }
@@ -175,16 +171,10 @@ impl AmqpSettle {
     /// not, and a delivery left unsettled there would hold its prefetch
     /// slot for good.
     fn hand_back(self) {
-        let origin = format!("delivery tag {}", self.delivery.delivery_tag);
         tokio::spawn(async move {
-            let requeue = BasicNackOptions {
-                multiple: false,
-                requeue: true,
-            };
-            if let Err(error) = settled("basic.nack", self.delivery.acker.nack(requeue).await) {
-                tracing::warn!(%origin, %error, "could not hand a delivery back; the broker redelivers it when the channel closes");
+            if let Err(error) = self.topology.requeue(self.tag).await {
+                tracing::warn!(tag = self.tag, %error, "could not hand a delivery back");
             }
-            self.topology.acks.settled(self.delivery.delivery_tag);
         });
     }
 }
@@ -192,7 +182,7 @@ impl AmqpSettle {
 impl Settle for AmqpSettle {
     fn settle(self: Box<Self>, message: Arc<Message>, settlement: Settlement) -> SettleFuture {
         if settlement == Settlement::Ack {
-            let tag = self.delivery.delivery_tag;
+            let tag = self.tag;
             return SettleFuture::done(
                 self.topology
                     .acks

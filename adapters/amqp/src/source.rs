@@ -6,20 +6,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use async_trait::async_trait;
+use amq_protocol::types::{AMQPValue, FieldTable};
 use futures_util::{FutureExt, Stream, StreamExt};
-use lapin::options::{
-    BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions,
-};
-use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{Channel, Connection};
 use sluicegate::convention::lane_priority;
 use sluicegate::ops::Probe;
 use sluicegate::{Delivery, Source, SourceError};
 
 use crate::AmqpError;
 use crate::acks::Acks;
+use crate::client::{Channel, ClientError, Connection, Incoming, Watch, connect};
 use crate::config::{AmqpConfig, Declare};
-use crate::connect::{connect, watch_events};
 use crate::convert::message_from;
 use crate::probe::{AmqpProbe, Watched};
 use crate::publish::Confirming;
@@ -51,8 +47,7 @@ pub struct AmqpSource {
 }
 
 /// Deliveries of every consumer of a link, tagged with their lane.
-type Incoming =
-    Pin<Box<dyn Stream<Item = (usize, lapin::Result<lapin::message::Delivery>)> + Send>>;
+type Merged = Pin<Box<dyn Stream<Item = (usize, Result<Incoming, ClientError>)> + Send>>;
 
 /// One consumed queue.
 struct Lane {
@@ -63,16 +58,16 @@ struct Lane {
     topology: Arc<Topology>,
 }
 
-/// One connection's worth of state.
 /// How long closing waits for the last acks, and then for the broker's
 /// close-ok.
 const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// One connection's worth of state.
 struct Link {
-    connection: Arc<Connection>,
-    channel: Channel,
+    connection: Arc<dyn Connection>,
+    channel: Arc<dyn Channel>,
     lanes: Vec<Lane>,
-    incoming: Option<Incoming>,
+    incoming: Option<Merged>,
     acks: Arc<Acks>,
 }
 
@@ -91,68 +86,39 @@ impl Link {
     /// Connects, opens a consuming and a publishing (confirming) channel,
     /// and declares (or checks) every work queue and dead-letter queue.
     async fn open(config: &AmqpConfig, watched: &Arc<Watched>) -> Result<Self, AmqpError> {
-        let connection = connect(config).await?;
-        let connection = Arc::new(connection);
+        let who = format!("queues {}", config.queues().join(","));
+        let connection = connect(config, Watch::new(who, None)).await?;
         let channel = connection
-            .create_channel()
+            .channel()
             .await
             .map_err(AmqpError::broker("opening the consuming channel"))?;
-        let publisher = connection
-            .create_channel()
+        let publisher_channel = connection
+            .channel()
             .await
             .map_err(AmqpError::broker("opening the publishing channel"))?;
-        publisher
-            .confirm_select(ConfirmSelectOptions::default())
+        publisher_channel
+            .confirm_select()
             .await
             .map_err(AmqpError::broker("enabling publisher confirms"))?;
-        let options = QueueDeclareOptions {
-            passive: config.declare == Declare::Passive,
-            durable: true,
-            ..QueueDeclareOptions::default()
-        };
-        let acks = Acks::start(channel.clone(), Arc::clone(&watched.acks_lost));
+        let acks = Acks::start(Arc::clone(&channel), Arc::clone(&watched.acks_lost));
         let count = config.queues().len();
         let mut lanes = Vec::with_capacity(count);
         for (rank, queue) in config.queues().iter().enumerate() {
             let dead_letter_queue = config.dead_letter_queue_for(queue);
-            let mut work_args = FieldTable::default();
-            if config.max_priority > 0 {
-                work_args.insert(
-                    "x-max-priority".into(),
-                    AMQPValue::ShortShortUInt(config.max_priority),
-                );
-            }
-            for (name, args) in [
-                (queue.as_str(), work_args),
-                (dead_letter_queue.as_str(), FieldTable::default()),
-            ] {
-                channel
-                    .queue_declare(ShortString::from(name), options, args)
-                    .await
-                    .map_err(AmqpError::broker(match config.declare {
-                        Declare::Create => format!("declaring queue {name:?}"),
-                        Declare::Passive => {
-                            format!("checking that queue {name:?} exists (SLUICEGATE_AMQP_DECLARE=passive)")
-                        }
-                    }))?;
-            }
+            declare_lane(config, &*channel, queue, &dead_letter_queue).await?;
+            let publisher = Confirming::new(Arc::clone(&connection), Arc::clone(&publisher_channel));
             lanes.push(Lane {
                 queue: Arc::from(queue.as_str()),
                 priority: (count > 1).then(|| lane_priority(rank, count)),
                 topology: Arc::new(Topology::new(
-                    queue.clone(),
-                    dead_letter_queue,
-                    Confirming::new(Arc::clone(&connection), publisher.clone()),
+                    (queue.clone(), dead_letter_queue),
+                    publisher,
+                    Arc::clone(&channel),
                     Arc::clone(&acks),
                     Arc::clone(watched),
                 )),
             });
         }
-        watch_events(
-            &connection,
-            format!("queues {}", config.queues().join(",")),
-            None,
-        );
         watched.connected_to(Some(Arc::clone(&connection)));
         Ok(Self {
             connection,
@@ -168,12 +134,7 @@ impl Link {
         for (index, lane) in self.lanes.iter().enumerate() {
             let consumer = self
                 .channel
-                .basic_consume(
-                    ShortString::from(&*lane.queue),
-                    ShortString::from(""),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
+                .consume(&lane.queue)
                 .await
                 .map_err(AmqpError::broker(format!(
                     "consuming from {:?}",
@@ -186,23 +147,54 @@ impl Link {
     }
 
     fn alive(&self) -> bool {
-        self.connection.status().connected() && self.channel.status().connected()
+        self.connection.connected() && self.channel.connected()
     }
 
-    fn delivery(&self, lane: usize, delivery: lapin::message::Delivery) -> Delivery {
+    fn delivery(&self, lane: usize, incoming: Incoming) -> Delivery {
         let lane = &self.lanes[lane];
-        let mut message = message_from(&lane.queue, &delivery);
+        let tag = incoming.tag;
+        let (mut message, properties) = message_from(&lane.queue, incoming);
         if let Some(priority) = lane.priority {
             message = message.with_priority(priority);
         }
         Delivery::new(
             message,
             AmqpSettle {
-                delivery,
+                tag,
+                properties,
                 topology: Arc::clone(&lane.topology),
             },
         )
     }
+}
+
+/// Declares (or checks) a work queue and its dead-letter queue.
+async fn declare_lane(
+    config: &AmqpConfig,
+    channel: &dyn Channel,
+    queue: &str,
+    dead_letter_queue: &str,
+) -> Result<(), AmqpError> {
+    let mut work_args = FieldTable::default();
+    if config.max_priority > 0 {
+        work_args.insert(
+            "x-max-priority".into(),
+            AMQPValue::ShortShortUInt(config.max_priority),
+        );
+    }
+    let passive = config.declare == Declare::Passive;
+    for (name, args) in [(queue, work_args), (dead_letter_queue, FieldTable::default())] {
+        channel
+            .declare(name, passive, args)
+            .await
+            .map_err(AmqpError::broker(match config.declare {
+                Declare::Create => format!("declaring queue {name:?}"),
+                Declare::Passive => {
+                    format!("checking that queue {name:?} exists (SLUICEGATE_AMQP_DECLARE=passive)")
+                }
+            }))?;
+    }
+    Ok(())
 }
 
 impl Drop for Link {
@@ -276,7 +268,7 @@ impl AmqpSource {
                 })?;
             // The prefetch may have moved while the link was opening.
             if applied != self.prefetch {
-                set_qos(link.channel.clone(), self.prefetch)
+                set_qos(&*link.channel, self.prefetch)
                     .await
                     .map_err(|e| SourceError::retryable(e.to_string()))?;
                 link.acks.set_prefetch(self.prefetch);
@@ -299,7 +291,7 @@ impl AmqpSource {
                 Some(link) => link,
                 None => {
                     let link = Link::open(&config, &watched).await?;
-                    set_qos(link.channel.clone(), prefetch).await?;
+                    set_qos(&*link.channel, prefetch).await?;
                     link.acks.set_prefetch(prefetch);
                     let reconnects = watched.reconnects.load(Relaxed);
                     tracing::info!(queues = %label, reconnects, "reconnected to RabbitMQ");
@@ -314,7 +306,7 @@ impl AmqpSource {
     /// A consumer ended or failed. A dead connection or channel is dropped
     /// (the next pull reconnects); consumers the broker cancelled on a live
     /// channel mean the queues are gone: the source is finished.
-    fn ended(&mut self, error: Option<lapin::Error>) -> Result<Option<Delivery>, SourceError> {
+    fn ended(&mut self, error: Option<ClientError>) -> Result<Option<Delivery>, SourceError> {
         let alive = self.link.as_ref().is_some_and(Link::alive);
         if alive && error.is_none() {
             tracing::warn!(queues = %self.label, "RabbitMQ cancelled the consumers (queues deleted?): the source is finished");
@@ -401,8 +393,10 @@ impl Source for AmqpSource {
         if let Some(link) = &self.link {
             link.acks.set_prefetch(prefetch);
         }
-        match self.link.as_ref().map(|link| link.channel.clone()) {
-            Some(channel) => set_qos(channel, prefetch).await.map_err(SourceError::from),
+        match self.link.as_ref().map(|link| Arc::clone(&link.channel)) {
+            Some(channel) => set_qos(&*channel, prefetch)
+                .await
+                .map_err(SourceError::from),
             // Applied when the connection is back.
             None => Ok(()),
         }
@@ -427,9 +421,7 @@ impl Source for AmqpSource {
             // channel held.
             return Ok(());
         }
-        let closing = link
-            .connection
-            .close(200, ShortString::from("sluicegate worker stopped"));
+        let closing = link.connection.close("sluicegate worker stopped");
         match tokio::time::timeout(CLOSE_WAIT, closing).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => Err(SourceError::retryable(format!(
@@ -447,9 +439,9 @@ impl Source for AmqpSource {
 /// Sets the prefetch. `global: true` is RabbitMQ's per-channel limit, which
 /// applies at once to the running consumers (a per-consumer limit would
 /// not), and is shared by every lane's consumer.
-async fn set_qos(channel: Channel, prefetch: u16) -> Result<(), AmqpError> {
+async fn set_qos(channel: &dyn Channel, prefetch: u16) -> Result<(), AmqpError> {
     channel
-        .basic_qos(prefetch, BasicQosOptions { global: true })
+        .qos(prefetch)
         .await
         .map_err(AmqpError::broker(format!(
             "setting the prefetch (basic.qos) to {prefetch}"
