@@ -230,7 +230,9 @@ impl AmqpConfig {
             return Err(ConfigError::new(
                 "SLUICEGATE_AMQP_CLIENT",
                 client.name(),
-                format!("a client this build has (enable the `{client}` feature of sluicegate-amqp)"),
+                format!(
+                    "a client this build has (enable the `{client}` feature of sluicegate-amqp)"
+                ),
             ));
         }
         Ok(client)
@@ -345,7 +347,10 @@ mod tests {
             (&[("SLUICEGATE_QUEUE", "a,,b")][..], "SLUICEGATE_QUEUE"),
             (&[("SLUICEGATE_QUEUE", "a,b,a")][..], "SLUICEGATE_QUEUE"),
             (
-                &[("SLUICEGATE_QUEUE", "q"), ("SLUICEGATE_AMQP_CLIENT", "kombu")][..],
+                &[
+                    ("SLUICEGATE_QUEUE", "q"),
+                    ("SLUICEGATE_AMQP_CLIENT", "kombu"),
+                ][..],
                 "SLUICEGATE_AMQP_CLIENT",
             ),
         ] {
@@ -373,7 +378,10 @@ mod client_tests {
                 (true, Ok(config)) => assert_eq!(config.client, Some(client)),
                 (false, Err(error)) => {
                     assert_eq!(error.variable, "SLUICEGATE_AMQP_CLIENT");
-                    assert!(error.to_string().contains(&format!("`{client}` feature")), "{error}");
+                    assert!(
+                        error.to_string().contains(&format!("`{client}` feature")),
+                        "{error}"
+                    );
                 }
                 (compiled, read) => panic!("{client} compiled={compiled}: {read:?}"),
             }
@@ -382,6 +390,9 @@ mod client_tests {
             "SLUICEGATE_QUEUE".to_owned(),
             "q".to_owned(),
         )]));
-        assert_eq!(unset.ok().and_then(|c| c.client), Some(AmqpClient::default()));
+        assert_eq!(
+            unset.ok().and_then(|c| c.client),
+            Some(AmqpClient::default())
+        );
     }
 }

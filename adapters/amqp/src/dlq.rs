@@ -165,13 +165,10 @@ impl AmqpDeadLetters {
                                     Failure::Refused(why) | Failure::Unsettled(why) => why,
                                 },
                             })?;
-                        channel
-                            .ack(tag, false)
-                            .await
-                            .map_err(broker_error(format!(
-                                "removing {:?} from {queue:?} (its copy is on {to:?})",
-                                letter.id
-                            )))?;
+                        channel.ack(tag, false).await.map_err(broker_error(format!(
+                            "removing {:?} from {queue:?} (its copy is on {to:?})",
+                            letter.id
+                        )))?;
                     }
                     report.moved += 1;
                     log.moved(&letter, &to);

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use amq_protocol::types::FieldTable;
+use async_trait::async_trait;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::MetricType;
 use sluicegate::ops::{BrokerStatus, Probe, QueueStatus, counter, gauge, labelled};
@@ -39,7 +39,10 @@ pub(crate) struct Watched {
 impl fmt::Debug for Watched {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Watched")
-            .field("connected", &self.connection().is_some_and(|c| c.connected()))
+            .field(
+                "connected",
+                &self.connection().is_some_and(|c| c.connected()),
+            )
             .field("reconnects", &self.reconnects.load(Relaxed))
             .finish_non_exhaustive()
     }
@@ -155,9 +158,7 @@ impl Probe for AmqpProbe {
     }
 
     fn connected(&self) -> bool {
-        self.watched
-            .connection()
-            .is_some_and(|c| c.connected())
+        self.watched.connection().is_some_and(|c| c.connected())
     }
 
     async fn waiting(&self) -> Option<u64> {

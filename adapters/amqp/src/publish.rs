@@ -9,11 +9,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use amq_protocol::protocol::BasicProperties;
+use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
 use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
-use amq_protocol::protocol::BasicProperties;
-use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
 use sluicegate::Headers;
 use sluicegate::publish::{Confirmed, Pressure, Publish, PublishConfig, PublishError, Window};
 
@@ -190,7 +190,9 @@ async fn open(config: &AmqpConfig, window: &Arc<Window>) -> Result<Arc<Confirmin
     let connection = connect(config, watch).await?;
     let confirming = Confirming::open(connection)
         .await
-        .map_err(AmqpError::broker("opening the publishing channel with confirms"))?;
+        .map_err(AmqpError::broker(
+            "opening the publishing channel with confirms",
+        ))?;
     Ok(Arc::new(confirming))
 }
 

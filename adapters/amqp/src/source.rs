@@ -5,8 +5,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use async_trait::async_trait;
 use amq_protocol::types::{AMQPValue, FieldTable};
+use async_trait::async_trait;
 use futures_util::{FutureExt, Stream, StreamExt};
 use sluicegate::convention::lane_priority;
 use sluicegate::ops::Probe;
@@ -106,7 +106,8 @@ impl Link {
         for (rank, queue) in config.queues().iter().enumerate() {
             let dead_letter_queue = config.dead_letter_queue_for(queue);
             declare_lane(config, &*channel, queue, &dead_letter_queue).await?;
-            let publisher = Confirming::new(Arc::clone(&connection), Arc::clone(&publisher_channel));
+            let publisher =
+                Confirming::new(Arc::clone(&connection), Arc::clone(&publisher_channel));
             lanes.push(Lane {
                 queue: Arc::from(queue.as_str()),
                 priority: (count > 1).then(|| lane_priority(rank, count)),
@@ -183,7 +184,10 @@ async fn declare_lane(
         );
     }
     let passive = config.declare == Declare::Passive;
-    for (name, args) in [(queue, work_args), (dead_letter_queue, FieldTable::default())] {
+    for (name, args) in [
+        (queue, work_args),
+        (dead_letter_queue, FieldTable::default()),
+    ] {
         channel
             .declare(name, passive, args)
             .await

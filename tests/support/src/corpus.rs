@@ -263,9 +263,17 @@ impl Outcomes {
     ///
     /// On the first case that went otherwise: a failed test.
     pub fn check(&self, left: usize) {
-        let cases = corpus();
+        self.check_cases(&corpus(), left);
+    }
+
+    /// [`Outcomes::check`] for `cases`, a part of the corpus.
+    ///
+    /// # Panics
+    ///
+    /// On the first case that went otherwise: a failed test.
+    pub fn check_cases(&self, cases: &[Case], left: usize) {
         let mut wrong = Vec::new();
-        for case in &cases {
+        for case in cases {
             let runs = self.handled.get(case.name).copied().unwrap_or(0);
             let reasons = self
                 .dead_lettered

@@ -35,8 +35,13 @@ pub(super) async fn connect(
                 cert_chain: Some(pem),
             };
             let runtime = lapin::runtime::default_runtime().map_err(ClientError::new)?;
-            lapin::Connection::connect_with_config(url, ConnectionProperties::default(), tls, runtime)
-                .await
+            lapin::Connection::connect_with_config(
+                url,
+                ConnectionProperties::default(),
+                tls,
+                runtime,
+            )
+            .await
         }
     }
     .map_err(ClientError::new)?;

@@ -190,8 +190,12 @@ pub(crate) trait Channel: Send + Sync {
     fn connected(&self) -> bool;
     /// Declares a durable queue (or only checks it, `passive`); answers the
     /// number of messages ready in it.
-    async fn declare(&self, queue: &str, passive: bool, args: FieldTable)
-    -> Result<u64, ClientError>;
+    async fn declare(
+        &self,
+        queue: &str,
+        passive: bool,
+        args: FieldTable,
+    ) -> Result<u64, ClientError>;
     /// `basic.qos` with `global: true`: RabbitMQ's per-channel limit, which
     /// applies at once to running consumers and is shared by all of them.
     async fn qos(&self, prefetch: u16) -> Result<(), ClientError>;

@@ -56,7 +56,10 @@ impl Notices {
 
     /// Numbers a publish to `queue`; its answer comes through the receiver.
     /// Call it in the order the publishes are sent.
-    pub(super) fn expect(&self, queue: &str) -> (u64, oneshot::Receiver<Result<Confirm, ClientError>>) {
+    pub(super) fn expect(
+        &self,
+        queue: &str,
+    ) -> (u64, oneshot::Receiver<Result<Confirm, ClientError>>) {
         let (answer, answered) = oneshot::channel();
         let mut state = self.lock();
         let number = state.next;
@@ -129,7 +132,11 @@ pub(super) struct Callback(pub(super) Arc<Notices>);
 
 #[async_trait]
 impl ChannelCallback for Callback {
-    async fn close(&mut self, _: &Channel, close: CloseChannel) -> Result<(), amqprs::error::Error> {
+    async fn close(
+        &mut self,
+        _: &Channel,
+        close: CloseChannel,
+    ) -> Result<(), amqprs::error::Error> {
         let why = format!("{} {}", close.reply_code(), close.reply_text());
         self.0.close(why);
         Ok(())

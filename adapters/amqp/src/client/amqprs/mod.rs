@@ -8,6 +8,10 @@
 //!   conversions (a name over 255 bytes would panic inside it);
 //! - nothing is sent on a channel the broker closed (a frame on a closed
 //!   channel makes RabbitMQ close the whole connection);
+//! - one synchronous request at a time per channel: amqprs keeps one
+//!   responder per reply type, and a second declare in flight on the same
+//!   channel would take the first's reply (and panic inside amqprs at the
+//!   second);
 //! - publisher confirms, returns and channel closes arrive at one callback
 //!   per channel and are matched to each publish here (`confirms`);
 //! - TLS trusts the system's roots and the configured CA, as lapin does.
@@ -19,6 +23,7 @@ use std::time::Duration;
 use amq_protocol::protocol::BasicProperties;
 use amq_protocol::types::FieldTable;
 use amq_protocol::uri::{AMQPScheme, AMQPUri};
+use amqprs::Close;
 use amqprs::callbacks::ConnectionCallback;
 use amqprs::channel::{
     BasicAckArguments, BasicConsumeArguments, BasicGetArguments, BasicNackArguments,
@@ -26,7 +31,6 @@ use amqprs::channel::{
     QueueDeclareArguments,
 };
 use amqprs::connection::OpenConnectionArguments;
-use amqprs::Close;
 use async_trait::async_trait;
 use futures_util::stream;
 
@@ -84,7 +88,9 @@ impl ConnectionCallback for Watcher {
         close: Close,
     ) -> Result<(), amqprs::error::Error> {
         let why = format!("{} {}", close.reply_code(), close.reply_text());
-        self.0.seen(Event::Error(format!("the broker closed the connection: {why}")));
+        self.0.seen(Event::Error(format!(
+            "the broker closed the connection: {why}"
+        )));
         Ok(())
     }
 
@@ -117,6 +123,7 @@ impl Connection for AmqprsConnection {
             inner: channel,
             notices,
             publishing: tokio::sync::Mutex::new(()),
+            requesting: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -139,6 +146,9 @@ struct AmqprsChannel {
     /// Held while a publish is numbered and sent, so publishes reach the
     /// broker in the order of their numbers.
     publishing: tokio::sync::Mutex<()>,
+    /// Held for each synchronous request (declare, qos, consume, get, …):
+    /// amqprs matches replies to requests by their type alone.
+    requesting: tokio::sync::Mutex<()>,
 }
 
 impl AmqprsChannel {
@@ -198,6 +208,7 @@ impl Channel for AmqprsChannel {
         args: FieldTable,
     ) -> Result<u64, ClientError> {
         check_name("queue", queue)?;
+        let _one = self.requesting.lock().await;
         self.open()?;
         let args = QueueDeclareArguments::new(queue)
             .passive(passive)
@@ -213,6 +224,7 @@ impl Channel for AmqprsChannel {
     }
 
     async fn qos(&self, prefetch: u16) -> Result<(), ClientError> {
+        let _one = self.requesting.lock().await;
         self.open()?;
         self.inner
             .basic_qos(BasicQosArguments::new(0, prefetch, true))
@@ -221,6 +233,7 @@ impl Channel for AmqprsChannel {
     }
 
     async fn confirm_select(&self) -> Result<(), ClientError> {
+        let _one = self.requesting.lock().await;
         self.open()?;
         self.inner
             .confirm_select(ConfirmSelectArguments::new(false))
@@ -232,6 +245,7 @@ impl Channel for AmqprsChannel {
 
     async fn consume(&self, queue: &str) -> Result<Deliveries, ClientError> {
         check_name("queue", queue)?;
+        let _one = self.requesting.lock().await;
         self.open()?;
         let args = BasicConsumeArguments::new(queue, "")
             .manual_ack(true)
@@ -248,9 +262,12 @@ impl Channel for AmqprsChannel {
             let (mut receiver, notices) = state?;
             match receiver.recv().await {
                 Some(message) => Some((Ok(incoming(message)), Some((receiver, notices)))),
-                None => notices
-                    .closed()
-                    .map(|why| (Err(ClientError::new(format!("channel closed: {why}"))), None)),
+                None => notices.closed().map(|why| {
+                    (
+                        Err(ClientError::new(format!("channel closed: {why}"))),
+                        None,
+                    )
+                }),
             }
         });
         Ok(Box::pin(deliveries))
@@ -274,9 +291,14 @@ impl Channel for AmqprsChannel {
 
     async fn get(&self, queue: &str) -> Result<Option<Incoming>, ClientError> {
         check_name("queue", queue)?;
+        let _one = self.requesting.lock().await;
         self.open()?;
         let args = BasicGetArguments::new(queue).no_ack(false).finish();
-        let got = self.inner.basic_get(args).await.map_err(|e| self.failed(e))?;
+        let got = self
+            .inner
+            .basic_get(args)
+            .await
+            .map_err(|e| self.failed(e))?;
         Ok(got.map(|(ok, properties, data)| Incoming {
             tag: ok.delivery_tag(),
             redelivered: ok.redelivered(),
@@ -294,7 +316,9 @@ impl Channel for AmqprsChannel {
     ) -> Result<Confirm, ClientError> {
         check_name("routing key", queue)?;
         let properties = properties_to(&properties);
-        let args = BasicPublishArguments::new("", queue).mandatory(true).finish();
+        let args = BasicPublishArguments::new("", queue)
+            .mandatory(true)
+            .finish();
         let (number, answered) = {
             let _order = self.publishing.lock().await;
             self.open()?;
