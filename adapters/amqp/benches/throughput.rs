@@ -12,6 +12,10 @@
 //!   sluicegate is held against (lapin's own no-ack is lapin's ceiling,
 //!   not RabbitMQ's).
 //!
+//! sluicegate runs on each client in turn (`sluicegate lapin`, `sluicegate
+//! amqprs`), held against the ceiling and against its own client's best
+//! raw consumer.
+//!
 //! Every consumer's clock runs from its first delivery to its last ack
 //! (sluicegate's: the last ack handed to its coalescer, which flushes it
 //! within 1 ms): connecting, declaring and draining are left out of all.
@@ -20,6 +24,7 @@
 //! cargo bench -p sluicegate-amqp --bench throughput                       # 50k messages, 5 rounds
 //! AMQP_BENCH_MESSAGES=5000 AMQP_BENCH_ROUNDS=1 cargo bench -p sluicegate-amqp --bench throughput
 //! AMQP_BENCH_ONLY=1000 cargo bench -p sluicegate-amqp --bench throughput    # sluicegate alone, for a profiler
+//!                                         # (on the client SLUICEGATE_AMQP_CLIENT names)
 //! ```
 
 use std::sync::{Arc, OnceLock};
@@ -33,7 +38,7 @@ use lapin::options::{
 };
 use lapin::types::{FieldTable, ShortString};
 use sluicegate::{Config, Worker};
-use sluicegate_amqp::{AmqpConfig, AmqpSource};
+use sluicegate_amqp::{AmqpClient, AmqpConfig, AmqpSource};
 
 mod common;
 
@@ -159,8 +164,8 @@ async fn raw_amqprs(queue: &str, n: usize, prefetch: u16, mode: RawAck) -> Durat
     elapsed
 }
 
-async fn sluicegate(queue: &str, n: usize, prefetch: u16) -> Duration {
-    let source = AmqpSource::connect(AmqpConfig::new(url(), queue))
+async fn sluicegate(queue: &str, n: usize, prefetch: u16, client: AmqpClient) -> Duration {
+    let source = AmqpSource::connect(AmqpConfig::new(url(), queue).client(client))
         .await
         .expect("connect");
     let config = Config::default().prefetch(prefetch).max_in_flight(prefetch);
@@ -196,7 +201,7 @@ async fn sluicegate(queue: &str, n: usize, prefetch: u16) -> Duration {
 enum Contender {
     Lapin(RawAck),
     Amqprs(RawAck),
-    Sluicegate,
+    Sluicegate(AmqpClient),
 }
 
 impl Contender {
@@ -204,7 +209,7 @@ impl Contender {
         match self {
             Contender::Lapin(mode) => raw_lapin(queue, n, prefetch, mode).await,
             Contender::Amqprs(mode) => raw_amqprs(queue, n, prefetch, mode).await,
-            Contender::Sluicegate => sluicegate(queue, n, prefetch).await,
+            Contender::Sluicegate(client) => sluicegate(queue, n, prefetch, client).await,
         }
     }
 }
@@ -223,11 +228,13 @@ fn main() {
         .ok()
         .and_then(|p| p.parse::<u16>().ok())
     {
+        let client = AmqpClient::from_env_in(&sluicegate::config::Env::process())
+            .expect("SLUICEGATE_AMQP_CLIENT");
         for _ in 0..rounds {
             rt.block_on(fill(&queue, n));
-            let elapsed = rt.block_on(sluicegate(&queue, n, prefetch));
+            let elapsed = rt.block_on(sluicegate(&queue, n, prefetch, client));
             println!(
-                "sluicegate at prefetch {prefetch}: {:.0} msg/s",
+                "sluicegate ({client}) at prefetch {prefetch}: {:.0} msg/s",
                 n as f64 / elapsed.as_secs_f64()
             );
         }
@@ -236,13 +243,17 @@ fn main() {
     for prefetch in [10u16, 100, 1000] {
         let k = (usize::from(prefetch) / 20).max(1);
         // Each contender's rates over the rounds, in this order.
-        let contenders: [(&str, Contender); 6] = [
+        let contenders: [(&str, Contender); 7] = [
             ("lapin ack each", Contender::Lapin(RawAck::Each)),
             ("lapin multiple", Contender::Lapin(RawAck::Every(k))),
             ("amqprs multiple", Contender::Amqprs(RawAck::Every(k))),
             ("lapin no-ack", Contender::Lapin(RawAck::None)),
             ("amqprs no-ack", Contender::Amqprs(RawAck::None)),
-            ("sluicegate", Contender::Sluicegate),
+            ("sluicegate lapin", Contender::Sluicegate(AmqpClient::Lapin)),
+            (
+                "sluicegate amqprs",
+                Contender::Sluicegate(AmqpClient::Amqprs),
+            ),
         ];
         let mut rates: Vec<Vec<f64>> = vec![Vec::new(); contenders.len()];
         for _ in 0..rounds {
@@ -254,7 +265,7 @@ fn main() {
         }
         let m: Vec<f64> = rates.iter_mut().map(|r| median(r)).collect();
         let ceiling = m[3].max(m[4]);
-        let ours = m[5];
+        let (on_lapin, on_amqprs) = (m[5], m[6]);
         let line: Vec<String> = contenders
             .iter()
             .zip(&m)
@@ -265,10 +276,14 @@ fn main() {
             line.join(" | ")
         );
         println!(
-            "  sluicegate = {:.2}x the broker's ceiling (the faster no-ack), {:.2}x lapin's best raw consumer, {:.2}x amqprs multiple",
-            ours / ceiling,
-            ours / m[0].max(m[1]),
-            ours / m[2]
+            "  sluicegate on lapin  = {:.2}x the broker's ceiling (the faster no-ack), {:.2}x lapin's best raw consumer",
+            on_lapin / ceiling,
+            on_lapin / m[0].max(m[1]),
+        );
+        println!(
+            "  sluicegate on amqprs = {:.2}x the broker's ceiling, {:.2}x amqprs's raw multiple-ack consumer",
+            on_amqprs / ceiling,
+            on_amqprs / m[2]
         );
     }
     rt.block_on(async {

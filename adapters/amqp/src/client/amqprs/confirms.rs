@@ -8,17 +8,30 @@
 //! number, only the routing key, so it belongs to the oldest publish to
 //! that key still waiting (the broker handles one channel's publishes in
 //! order).
+//!
+//! amqprs does not ask RabbitMQ for `connection.blocked` (its client
+//! capabilities are fixed), so the broker never says it blocks the
+//! connection; it just stops reading it. A publish unanswered for
+//! [`STALL`] while no answer came at all is taken for that block: the
+//! watcher (a publisher's window) is told blocked, and unblocked at the
+//! next answer.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use amqprs::callbacks::ChannelCallback;
 use amqprs::channel::Channel;
 use amqprs::{Ack, BasicProperties, Cancel, CloseChannel, Nack, Return};
 use async_trait::async_trait;
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
-use crate::client::{ClientError, Confirm};
+use crate::client::{ClientError, Confirm, Event, Watch};
+
+/// How long the broker may leave every publish unanswered before the
+/// connection is taken for blocked.
+pub(super) const STALL: Duration = Duration::from_secs(1);
 
 /// Told how the broker answered one publish.
 type Answer = oneshot::Sender<Result<Confirm, ClientError>>;
@@ -26,11 +39,16 @@ type Answer = oneshot::Sender<Result<Confirm, ClientError>>;
 struct Waiting {
     queue: String,
     returned: bool,
+    sent: Instant,
     answer: Answer,
 }
 
 #[derive(Default)]
 struct State {
+    /// When the broker last answered a publish.
+    answered_at: Option<Instant>,
+    /// Taken for blocked (see the module's notes).
+    stalled: bool,
     /// The number the next publish gets.
     next: u64,
     waiting: BTreeMap<u64, Waiting>,
@@ -39,12 +57,19 @@ struct State {
 }
 
 /// What one channel's callback and its users share.
-#[derive(Default)]
 pub(super) struct Notices {
     state: Mutex<State>,
+    watch: Watch,
 }
 
 impl Notices {
+    pub(super) fn new(watch: Watch) -> Self {
+        Self {
+            state: Mutex::default(),
+            watch,
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -69,6 +94,7 @@ impl Notices {
             Waiting {
                 queue: queue.to_owned(),
                 returned: false,
+                sent: Instant::now(),
                 answer,
             },
         );
@@ -86,8 +112,45 @@ impl Notices {
         self.lock().closed.clone()
     }
 
+    /// Looks whether the broker has left every publish unanswered for
+    /// [`STALL`]; tells the watcher the first time.
+    pub(super) fn check_stall(&self, now: Instant) {
+        let newly = {
+            let mut state = self.lock();
+            let oldest = state.waiting.values().map(|w| w.sent).min();
+            let silent = oldest.is_some_and(|sent| {
+                now.duration_since(sent) >= STALL && state.answered_at.is_none_or(|at| at <= sent)
+            });
+            let newly = silent && !state.stalled;
+            state.stalled |= silent;
+            newly
+        };
+        if newly {
+            self.watch.seen(Event::Blocked(format!(
+                "no publisher confirm for {STALL:?}: RabbitMQ is likely blocking the connection \
+                 (a resource alarm; amqprs is not sent connection.blocked)"
+            )));
+        }
+    }
+
+    /// The broker answered: a stall is over.
+    fn unstall(&self, state: &mut State) -> bool {
+        state.answered_at = Some(Instant::now());
+        std::mem::take(&mut state.stalled)
+    }
+
     fn answer(&self, through: u64, multiple: bool, nack: bool) {
-        let mut state = self.lock();
+        let unstalled = {
+            let mut state = self.lock();
+            self.answer_locked(&mut state, through, multiple, nack);
+            self.unstall(&mut state)
+        };
+        if unstalled {
+            self.watch.seen(Event::Unblocked);
+        }
+    }
+
+    fn answer_locked(&self, state: &mut State, through: u64, multiple: bool, nack: bool) {
         let numbers: Vec<u64> = if multiple {
             state.waiting.range(..=through).map(|(n, _)| *n).collect()
         } else {
@@ -117,13 +180,19 @@ impl Notices {
     }
 
     fn close(&self, why: String) {
-        let mut state = self.lock();
-        for (_, waiting) in std::mem::take(&mut state.waiting) {
-            let _ = waiting.answer.send(Err(ClientError::new(format!(
-                "the broker closed the channel before confirming: {why}"
-            ))));
+        let unstalled = {
+            let mut state = self.lock();
+            for (_, waiting) in std::mem::take(&mut state.waiting) {
+                let _ = waiting.answer.send(Err(ClientError::new(format!(
+                    "the broker closed the channel before confirming: {why}"
+                ))));
+            }
+            state.closed = Some(why);
+            self.unstall(&mut state)
+        };
+        if unstalled {
+            self.watch.seen(Event::Unblocked);
         }
-        state.closed = Some(why);
     }
 }
 
@@ -173,9 +242,13 @@ mod tests {
         answered.try_recv().ok().and_then(Result::ok)
     }
 
+    fn notices() -> Notices {
+        Notices::new(Watch::new("test", None))
+    }
+
     #[test]
     fn a_multiple_ack_answers_every_publish_up_to_it_and_a_return_marks_the_oldest_to_its_key() {
-        let notices = Notices::default();
+        let notices = notices();
         notices.confirming();
         let (one, mut first) = notices.expect("jobs");
         let (_, mut second) = notices.expect("missing");
@@ -192,12 +265,38 @@ mod tests {
 
     #[test]
     fn a_closed_channel_fails_every_publish_still_waiting_with_the_reason() {
-        let notices = Notices::default();
+        let notices = notices();
         notices.confirming();
         let (_, mut waiting) = notices.expect("jobs");
         notices.close("406 PRECONDITION_FAILED".into());
         let told = waiting.try_recv().ok().and_then(Result::err);
         assert!(told.is_some_and(|e| e.to_string().contains("PRECONDITION_FAILED")));
         assert_eq!(notices.closed().as_deref(), Some("406 PRECONDITION_FAILED"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_publish_unanswered_past_the_stall_with_no_answer_at_all_is_a_block_until_the_next_answer()
+     {
+        let window = Arc::new(sluicegate::publish::Window::new(Default::default()));
+        let notices = Notices::new(Watch::new("test", Some(Arc::clone(&window))));
+        notices.confirming();
+        let (_, _first) = notices.expect("jobs");
+        tokio::time::advance(STALL / 2).await;
+        notices.check_stall(Instant::now());
+        assert!(window.pressure().blocked.is_none(), "not yet");
+        tokio::time::advance(STALL).await;
+        notices.check_stall(Instant::now());
+        let blocked = window.pressure().blocked.unwrap_or_default();
+        assert!(blocked.contains("connection.blocked"), "{blocked}");
+        notices.answer(1, false, false);
+        assert!(window.pressure().blocked.is_none(), "an answer ends it");
+        // A slow publish while others are answered is no block.
+        let (_, _second) = notices.expect("jobs");
+        tokio::time::advance(STALL / 2).await;
+        let (_, _third) = notices.expect("jobs");
+        notices.answer(3, false, false);
+        tokio::time::advance(STALL).await;
+        notices.check_stall(Instant::now());
+        assert!(window.pressure().blocked.is_none());
     }
 }

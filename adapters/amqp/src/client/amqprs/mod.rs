@@ -72,10 +72,13 @@ pub(super) async fn connect(
         .await
         .map_err(ClientError::new)?;
     connection
-        .register_callback(Watcher(watch))
+        .register_callback(Watcher(watch.clone()))
         .await
         .map_err(ClientError::new)?;
-    Ok(Arc::new(AmqprsConnection(connection)))
+    Ok(Arc::new(AmqprsConnection {
+        inner: connection,
+        watch,
+    }))
 }
 
 struct Watcher(Watch);
@@ -105,16 +108,24 @@ impl ConnectionCallback for Watcher {
     async fn secret_updated(&mut self, _: &amqprs::connection::Connection) {}
 }
 
-struct AmqprsConnection(amqprs::connection::Connection);
+struct AmqprsConnection {
+    inner: amqprs::connection::Connection,
+    /// Told when a channel's publishes stall (see `confirms`).
+    watch: Watch,
+}
 
 #[async_trait]
 impl Connection for AmqprsConnection {
     async fn channel(&self) -> Result<Arc<dyn Channel>, ClientError> {
-        if !self.0.is_open() {
+        if !self.inner.is_open() {
             return Err(ClientError::new("the connection is closed"));
         }
-        let channel = self.0.open_channel(None).await.map_err(ClientError::new)?;
-        let notices = Arc::new(Notices::default());
+        let channel = self
+            .inner
+            .open_channel(None)
+            .await
+            .map_err(ClientError::new)?;
+        let notices = Arc::new(Notices::new(self.watch.clone()));
         channel
             .register_callback(Callback(Arc::clone(&notices)))
             .await
@@ -128,15 +139,15 @@ impl Connection for AmqprsConnection {
     }
 
     fn connected(&self) -> bool {
-        self.0.is_open()
+        self.inner.is_open()
     }
 
     fn frame_max(&self) -> u32 {
-        self.0.frame_max()
+        self.inner.frame_max()
     }
 
     async fn close(&self, _reason: &str) -> Result<(), ClientError> {
-        self.0.clone().close().await.map_err(ClientError::new)
+        self.inner.clone().close().await.map_err(ClientError::new)
     }
 }
 
@@ -182,7 +193,9 @@ impl AmqprsChannel {
             match tokio::time::timeout(CONFIRM_CHECK, &mut answered).await {
                 Ok(Ok(answer)) => return answer,
                 Ok(Err(_)) => break,
-                Err(_) if self.inner.is_open() => {}
+                Err(_) if self.inner.is_open() => {
+                    self.notices.check_stall(tokio::time::Instant::now());
+                }
                 Err(_) => break,
             }
         }
