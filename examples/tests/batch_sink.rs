@@ -44,9 +44,17 @@ fn main() {
         runtime.block_on(child(&args));
         return;
     }
+    // `cargo test --test batch_sink -- amqp` runs one broker's runs only.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     let lines = runtime.block_on(async {
         let mut lines = Vec::new();
         for broker in ["amqp", "kafka"] {
+            if !only.is_empty() && !only.iter().any(|o| o == broker) {
+                continue;
+            }
             for dedup in [true, false] {
                 lines.push(parent(broker, dedup).await);
             }

@@ -45,11 +45,17 @@ pub(crate) fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// Two worker threads, like the machine's two cores.
+/// Two worker threads, like the machine's two cores; with
+/// `AMQP_BENCH_RUNTIME=current`, one thread for everything (the consumers
+/// and the clients' tasks alike).
 pub(crate) fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a tokio runtime")
+    let mut builder = match std::env::var("AMQP_BENCH_RUNTIME").as_deref() {
+        Ok("current") => tokio::runtime::Builder::new_current_thread(),
+        _ => {
+            let mut multi = tokio::runtime::Builder::new_multi_thread();
+            multi.worker_threads(2);
+            multi
+        }
+    };
+    builder.enable_all().build().expect("a tokio runtime")
 }
