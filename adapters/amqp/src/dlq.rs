@@ -22,8 +22,9 @@ use sluicegate::deadletter::{
 };
 use sluicegate::rate::Pacer;
 
-use crate::client::{Channel, ClientError, Connection, Incoming, Watch, connect};
+use crate::client::{Channel, ClientError, Connection, Incoming, Watch};
 use crate::config::AmqpConfig;
+use crate::connect::connect;
 use crate::convert::message_from;
 use crate::probe::ready_in;
 use crate::publish::{Confirming, Failure};

@@ -48,6 +48,7 @@
 mod acks;
 mod client;
 mod config;
+mod connect;
 mod convert;
 mod dlq;
 mod probe;

@@ -18,8 +18,9 @@ use sluicegate::Headers;
 use sluicegate::publish::{Confirmed, Pressure, Publish, PublishConfig, PublishError, Window};
 
 use crate::AmqpError;
-use crate::client::{Channel, ClientError, Confirm, Connection, Watch, connect};
+use crate::client::{Channel, ClientError, Confirm, Connection, Watch};
 use crate::config::AmqpConfig;
+use crate::connect::connect;
 use crate::probe::ready_in;
 use crate::republish::frame_size;
 

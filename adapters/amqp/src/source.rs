@@ -14,8 +14,9 @@ use sluicegate::{Delivery, Source, SourceError};
 
 use crate::AmqpError;
 use crate::acks::Acks;
-use crate::client::{Channel, ClientError, Connection, Incoming, Watch, connect};
+use crate::client::{Channel, ClientError, Connection, Incoming, Watch};
 use crate::config::{AmqpConfig, Declare};
+use crate::connect::connect;
 use crate::convert::message_from;
 use crate::probe::{AmqpProbe, Watched};
 use crate::publish::Confirming;

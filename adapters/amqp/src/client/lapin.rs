@@ -22,7 +22,7 @@ use super::{
 
 /// Connects over TLS trusting `ca` (PEM) besides the system's roots when
 /// given, and follows the connection's events for `watch`.
-pub(super) async fn connect(
+pub(crate) async fn connect(
     url: &str,
     ca: Option<String>,
     watch: Watch,

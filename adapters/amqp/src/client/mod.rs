@@ -24,13 +24,10 @@ use sluicegate::ConfigError;
 use sluicegate::config::Env;
 use sluicegate::publish::Window;
 
-use crate::AmqpError;
-use crate::config::AmqpConfig;
-
 #[cfg(feature = "amqprs")]
-mod amqprs;
+pub(crate) mod amqprs;
 #[cfg(feature = "lapin")]
-mod lapin;
+pub(crate) mod lapin;
 
 #[cfg(not(any(feature = "lapin", feature = "amqprs")))]
 compile_error!("sluicegate-amqp needs a client: enable the `lapin` feature, `amqprs`, or both");
@@ -217,39 +214,6 @@ pub(crate) trait Channel: Send + Sync {
     ) -> Result<Confirm, ClientError>;
     /// Closes the channel: the broker requeues what it held.
     async fn close(&self, reason: &str);
-}
-
-/// Connects with the client the configuration names, over TLS with its CA
-/// when one is set; the error names the URL without its password. `watch`
-/// learns of the connection's blocked, unblocked and error events.
-pub(crate) async fn connect(
-    config: &AmqpConfig,
-    watch: Watch,
-) -> Result<Arc<dyn Connection>, AmqpError> {
-    let client = config.client_in_use()?;
-    let connecting = format!(
-        "connecting to AMQP_URL={} with {client}",
-        config.redacted_url()
-    );
-    let ca = match &config.tls_ca {
-        None => None,
-        Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
-            AmqpError::Config(ConfigError::new(
-                "SLUICEGATE_AMQP_TLS_CA",
-                path,
-                format!("a readable PEM file ({e})"),
-            ))
-        })?),
-    };
-    let connected: Result<Arc<dyn Connection>, ClientError> = match client {
-        #[cfg(feature = "lapin")]
-        AmqpClient::Lapin => lapin::connect(&config.url, ca, watch).await,
-        #[cfg(feature = "amqprs")]
-        AmqpClient::Amqprs => amqprs::connect(&config.url, ca, watch).await,
-        #[allow(unreachable_patterns)]
-        other => Err(ClientError::new(format!("{other} is not compiled in"))),
-    };
-    connected.map_err(AmqpError::broker(connecting))
 }
 
 /// Who watches a connection's events, for log lines (and a publisher's

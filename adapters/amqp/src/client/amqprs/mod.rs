@@ -48,7 +48,7 @@ mod tls;
 /// is still open (a connection lost under it tells no callback).
 const CONFIRM_CHECK: Duration = Duration::from_millis(250);
 
-pub(super) async fn connect(
+pub(crate) async fn connect(
     url: &str,
     ca: Option<String>,
     watch: Watch,
