@@ -222,20 +222,10 @@ impl AmqpConfig {
     /// `SLUICEGATE_AMQP_CLIENT` names, else the default. A client this
     /// build lacks is an error naming it.
     pub(crate) fn client_in_use(&self) -> Result<AmqpClient, ConfigError> {
-        let client = match self.client {
-            Some(client) => client,
-            None => AmqpClient::from_env_in(&Env::process())?,
-        };
-        if !client.compiled() {
-            return Err(ConfigError::new(
-                "SLUICEGATE_AMQP_CLIENT",
-                client.name(),
-                format!(
-                    "a client this build has (enable the `{client}` feature of sluicegate-amqp)"
-                ),
-            ));
+        match self.client {
+            Some(client) => client.in_this_build(),
+            None => AmqpClient::from_env_in(&Env::process()),
         }
-        Ok(client)
     }
 
     /// The (first) work queue.

@@ -75,16 +75,26 @@ impl AmqpClient {
             "amqprs" => AmqpClient::Amqprs,
             _ => return Err(ConfigError::new(VAR, raw, "lapin or amqprs")),
         };
-        if !client.compiled() {
-            let expected = format!(
-                "a client this build has ({}; build sluicegate-amqp with the `{}` feature for {})",
-                Self::available().join(", "),
-                client.name(),
-                client.name()
-            );
-            return Err(ConfigError::new(VAR, raw, expected));
+        client.in_this_build()
+    }
+
+    /// This client, or an error naming `SLUICEGATE_AMQP_CLIENT`, the client
+    /// and the feature when this build lacks it.
+    pub(crate) fn in_this_build(self) -> Result<Self, ConfigError> {
+        if self.compiled() {
+            return Ok(self);
         }
-        Ok(client)
+        let expected = format!(
+            "a client this build has ({}; build sluicegate-amqp with the `{}` feature for {})",
+            Self::available().join(", "),
+            self.name(),
+            self.name()
+        );
+        Err(ConfigError::new(
+            "SLUICEGATE_AMQP_CLIENT",
+            self.name(),
+            expected,
+        ))
     }
 
     fn available() -> Vec<&'static str> {
@@ -125,7 +135,7 @@ impl ClientError {
 
     /// RabbitMQ said the queue (or exchange) does not exist.
     pub(crate) fn not_found(&self) -> bool {
-        self.0.contains("NOT_FOUND") || self.0.contains("404")
+        self.0.contains("NOT_FOUND")
     }
 }
 
