@@ -53,6 +53,8 @@ mod convert;
 mod dlq;
 mod probe;
 mod publish;
+#[cfg(all(feature = "lapin", feature = "amqprs"))]
+mod repair;
 mod republish;
 mod settle;
 mod source;

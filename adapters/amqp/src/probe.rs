@@ -32,6 +32,9 @@ pub(crate) struct Watched {
     pub(crate) reconnects: AtomicU64,
     ever_connected: AtomicBool,
     pub(crate) acks_lost: Arc<AtomicU64>,
+    /// Messages amqprs could not read, published again readable (see the
+    /// `repair` module).
+    pub(crate) repaired: AtomicU64,
     /// Delay queues declared for the work queues, across reconnects.
     delay_queues: Mutex<BTreeSet<String>>,
 }
@@ -205,6 +208,12 @@ impl Probe for AmqpProbe {
             "amqp_acks_lost",
             "Acks decided but lost with their channel (RabbitMQ redelivers those messages).",
             w.acks_lost.load(Relaxed),
+        )?;
+        counter(
+            e,
+            "amqp_unreadable_repaired",
+            "Messages amqprs could not read (a header value not UTF-8), published again with the value as bytes.",
+            w.repaired.load(Relaxed),
         )?;
         let ready: Vec<_> = match self.counted.try_lock() {
             Ok(counted) => counted

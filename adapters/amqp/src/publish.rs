@@ -41,20 +41,15 @@ pub(crate) struct Confirming {
 }
 
 impl Confirming {
-    pub(crate) fn new(connection: Arc<dyn Connection>, channel: Arc<dyn Channel>) -> Self {
-        let frame_max = connection.frame_max();
-        Self {
-            connection,
-            channel: Mutex::new(channel),
-            frame_max,
-        }
-    }
-
     /// Opens a confirming channel on `connection`.
     pub(crate) async fn open(connection: Arc<dyn Connection>) -> Result<Self, ClientError> {
         let channel = connection.channel().await?;
         channel.confirm_select().await?;
-        Ok(Self::new(connection, channel))
+        Ok(Self {
+            frame_max: connection.frame_max(),
+            connection,
+            channel: Mutex::new(channel),
+        })
     }
 
     /// The largest frame the broker takes on this connection.

@@ -21,7 +21,7 @@ use crate::republish::{Copy, copy_for};
 pub(crate) struct Topology {
     pub(crate) queue: String,
     pub(crate) dead_letter_queue: String,
-    publisher: Confirming,
+    publisher: Arc<Confirming>,
     consuming: Arc<dyn Channel>,
     /// Ack coalescing for the consuming channel.
     pub(crate) acks: Arc<Acks>,
@@ -32,7 +32,7 @@ pub(crate) struct Topology {
 impl Topology {
     pub(crate) fn new(
         (queue, dead_letter_queue): (String, String),
-        publisher: Confirming,
+        publisher: Arc<Confirming>,
         consuming: Arc<dyn Channel>,
         acks: Arc<Acks>,
         watched: Arc<Watched>,

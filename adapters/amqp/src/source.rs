@@ -93,28 +93,25 @@ impl Link {
             .channel()
             .await
             .map_err(AmqpError::broker("opening the consuming channel"))?;
-        let publisher_channel = connection
-            .channel()
-            .await
-            .map_err(AmqpError::broker("opening the publishing channel"))?;
-        publisher_channel
-            .confirm_select()
-            .await
-            .map_err(AmqpError::broker("enabling publisher confirms"))?;
+        // One confirming channel for every lane's republishes: a channel the
+        // broker closes is reopened once, not once per lane.
+        let publisher = Arc::new(
+            Confirming::open(Arc::clone(&connection))
+                .await
+                .map_err(AmqpError::broker("opening the publishing channel"))?,
+        );
         let acks = Acks::start(Arc::clone(&channel), Arc::clone(&watched.acks_lost));
         let count = config.queues().len();
         let mut lanes = Vec::with_capacity(count);
         for (rank, queue) in config.queues().iter().enumerate() {
             let dead_letter_queue = config.dead_letter_queue_for(queue);
             declare_lane(config, &*channel, queue, &dead_letter_queue).await?;
-            let publisher =
-                Confirming::new(Arc::clone(&connection), Arc::clone(&publisher_channel));
             lanes.push(Lane {
                 queue: Arc::from(queue.as_str()),
                 priority: (count > 1).then(|| lane_priority(rank, count)),
                 topology: Arc::new(Topology::new(
                     (queue.clone(), dead_letter_queue),
-                    publisher,
+                    Arc::clone(&publisher),
                     Arc::clone(&channel),
                     Arc::clone(&acks),
                     Arc::clone(watched),
@@ -244,6 +241,13 @@ impl AmqpSource {
         self.watched.acks_lost.load(Relaxed)
     }
 
+    /// Messages amqprs could not read (a header value not UTF-8) that were
+    /// published again with the value as bytes before consuming went on:
+    /// see "Choosing a client" in the README. Always 0 on lapin.
+    pub fn unreadable_repaired(&self) -> u64 {
+        self.watched.repaired.load(Relaxed)
+    }
+
     /// A shared handle on [`AmqpSource::acks_lost`], to read while the
     /// worker runs.
     pub fn acks_lost_counter(&self) -> Arc<AtomicU64> {
@@ -296,6 +300,7 @@ impl AmqpSource {
                 Some(link) => link,
                 None => {
                     let link = Link::open(&config, &watched).await?;
+                    repair_unreadable(&config, prefetch, &watched).await;
                     set_qos(&*link.channel, prefetch).await?;
                     link.acks.set_prefetch(prefetch);
                     let reconnects = watched.reconnects.load(Relaxed);
@@ -452,3 +457,19 @@ async fn set_qos(channel: &dyn Channel, prefetch: u16) -> Result<(), AmqpError> 
             "setting the prefetch (basic.qos) to {prefetch}"
         )))
 }
+
+/// On amqprs, with lapin compiled in: repairs the messages amqprs cannot
+/// read before consuming again (see the `repair` module). A failure is
+/// logged, not returned: consuming goes on, and the next loss tries again.
+#[cfg(all(feature = "lapin", feature = "amqprs"))]
+async fn repair_unreadable(config: &AmqpConfig, prefetch: u16, watched: &Watched) {
+    if !matches!(config.client_in_use(), Ok(crate::AmqpClient::Amqprs)) {
+        return;
+    }
+    if let Err(error) = crate::repair::repair_unreadable(config, prefetch, watched).await {
+        tracing::warn!(queues = %config.queues().join(","), %error, "could not look for messages amqprs cannot read");
+    }
+}
+
+#[cfg(not(all(feature = "lapin", feature = "amqprs")))]
+async fn repair_unreadable(_: &AmqpConfig, _: u16, _: &Watched) {}
