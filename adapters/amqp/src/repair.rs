@@ -14,21 +14,25 @@
 //! amqprs cannot read is published to the tail of its queue with those
 //! values as byte arrays (`x`: the same bytes, so a handler sees the same
 //! headers on either client), confirmed, and only then acked. Everything
-//! else looked at goes back in place when the channel closes, marked
+//! else looked at goes back in place when that connection closes, marked
 //! redelivered.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
 
 use amq_protocol::protocol::BasicProperties;
 use amq_protocol::types::{AMQPValue, ByteArray, FieldArray, FieldTable};
 
 use crate::AmqpError;
-use crate::client::{AmqpClient, ClientError, Watch};
+use crate::client::{AmqpClient, ClientError, Connection, Watch};
 use crate::config::AmqpConfig;
 use crate::connect::connect;
 use crate::probe::Watched;
 use crate::publish::{Confirming, Failure};
+
+/// How long closing the looking connection may take.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// Looks at up to `window` messages at the head of each work queue and
 /// repairs those amqprs cannot read; answers how many it repaired.
@@ -40,22 +44,36 @@ pub(crate) async fn repair_unreadable(
     let lapin = config.clone().client(AmqpClient::Lapin);
     let who = format!("repairing queues {}", config.queues().join(","));
     let connection = connect(&lapin, Watch::new(who, None)).await?;
+    let repaired = repair_on(&connection, config.queues(), window, watched).await;
+    // Whatever was looked at and not repaired goes back in place, whether
+    // the repair finished or failed half-way.
+    let closing = connection.close("sluicegate: looked for unreadable messages");
+    let _ = tokio::time::timeout(CLOSE_WAIT, closing).await;
+    repaired
+}
+
+async fn repair_on(
+    connection: &Arc<dyn Connection>,
+    queues: &[String],
+    window: u16,
+    watched: &Watched,
+) -> Result<u64, AmqpError> {
     let looking = connection
         .channel()
         .await
         .map_err(AmqpError::broker("opening a channel to look at the queues"))?;
-    let publisher = Confirming::open(Arc::clone(&connection))
+    let publisher = Confirming::open(Arc::clone(connection))
         .await
         .map_err(AmqpError::broker("opening the publishing channel"))?;
     let mut repaired = 0;
-    for queue in config.queues() {
+    for queue in queues {
         let broker = |what: &str| AmqpError::broker(format!("{what} queue {queue:?}"));
         for _ in 0..window {
             let Some(incoming) = looking.get(queue).await.map_err(broker("reading"))? else {
                 break;
             };
             let Some(properties) = readable_copy(&incoming.properties) else {
-                // Held until the channel closes, then back in place.
+                // Held until the connection closes, then back in place.
                 continue;
             };
             publisher
@@ -80,10 +98,6 @@ pub(crate) async fn repair_unreadable(
             );
         }
     }
-    // Whatever was looked at and not repaired goes back in place.
-    let _ = connection
-        .close("sluicegate: looked for unreadable messages")
-        .await;
     Ok(repaired)
 }
 
