@@ -27,7 +27,7 @@ use crate::config::AmqpConfig;
 use crate::connect::connect;
 use crate::convert::message_from;
 use crate::probe::ready_in;
-use crate::publish::{Confirming, Failure};
+use crate::publish::Confirming;
 use crate::republish::redriven;
 
 /// Dead-letter queues on one RabbitMQ broker; implements
@@ -162,9 +162,7 @@ impl AmqpDeadLetters {
                             .await
                             .map_err(|failure| DeadLetterError::Broker {
                                 action: format!("putting {:?} back on {to:?}", letter.id),
-                                why: match failure {
-                                    Failure::Refused(why) | Failure::Unsettled(why) => why,
-                                },
+                                why: failure.reason(),
                             })?;
                         channel.ack(tag, false).await.map_err(broker_error(format!(
                             "removing {:?} from {queue:?} (its copy is on {to:?})",

@@ -31,6 +31,15 @@ pub(crate) enum Failure {
     Unsettled(String),
 }
 
+impl Failure {
+    /// Why, for a caller that handles both kinds alike.
+    pub(crate) fn reason(self) -> String {
+        match self {
+            Failure::Refused(why) | Failure::Unsettled(why) => why,
+        }
+    }
+}
+
 /// A confirming channel on a connection. A channel the broker closed (a
 /// refused publish closes it) is replaced at the next publish, on the same
 /// connection.

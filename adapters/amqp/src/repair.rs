@@ -29,18 +29,18 @@ use crate::client::{AmqpClient, ClientError, Connection, Watch};
 use crate::config::AmqpConfig;
 use crate::connect::connect;
 use crate::probe::Watched;
-use crate::publish::{Confirming, Failure};
+use crate::publish::Confirming;
 
 /// How long closing the looking connection may take.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// Looks at up to `window` messages at the head of each work queue and
-/// repairs those amqprs cannot read; answers how many it repaired.
+/// repairs those amqprs cannot read, counting each in `watched`.
 pub(crate) async fn repair_unreadable(
     config: &AmqpConfig,
     window: u16,
     watched: &Watched,
-) -> Result<u64, AmqpError> {
+) -> Result<(), AmqpError> {
     let lapin = config.clone().client(AmqpClient::Lapin);
     let who = format!("repairing queues {}", config.queues().join(","));
     let connection = connect(&lapin, Watch::new(who, None)).await?;
@@ -57,7 +57,7 @@ async fn repair_on(
     queues: &[String],
     window: u16,
     watched: &Watched,
-) -> Result<u64, AmqpError> {
+) -> Result<(), AmqpError> {
     let looking = connection
         .channel()
         .await
@@ -65,7 +65,6 @@ async fn repair_on(
     let publisher = Confirming::open(Arc::clone(connection))
         .await
         .map_err(AmqpError::broker("opening the publishing channel"))?;
-    let mut repaired = 0;
     for queue in queues {
         let broker = |what: &str| AmqpError::broker(format!("{what} queue {queue:?}"));
         for _ in 0..window {
@@ -80,16 +79,12 @@ async fn repair_on(
                 .publish(queue, &incoming.data, properties)
                 .await
                 .map_err(|failure| {
-                    let why = match failure {
-                        Failure::Refused(why) | Failure::Unsettled(why) => why,
-                    };
-                    broker("republishing a repaired message to")(ClientError::new(why))
+                    broker("republishing a repaired message to")(ClientError::new(failure.reason()))
                 })?;
             looking
                 .ack(incoming.tag, false)
                 .await
                 .map_err(broker("acking a repaired message from"))?;
-            repaired += 1;
             watched.repaired.fetch_add(1, Relaxed);
             tracing::warn!(
                 %queue,
@@ -98,7 +93,7 @@ async fn repair_on(
             );
         }
     }
-    Ok(repaired)
+    Ok(())
 }
 
 /// The properties with every long string that is not UTF-8, in the
@@ -114,16 +109,20 @@ fn table(table: &FieldTable) -> Option<FieldTable> {
     let mut changed = false;
     let mut out = FieldTable::default();
     for (name, value) in table.inner() {
-        let value = match self::value(value) {
-            Some(repaired) => {
-                changed = true;
-                repaired
-            }
-            None => value.clone(),
-        };
-        out.insert(name.clone(), value);
+        out.insert(name.clone(), kept_or_repaired(value, &mut changed));
     }
     changed.then_some(out)
+}
+
+/// `value` repaired, or as it is; `changed` is set when it was repaired.
+fn kept_or_repaired(value: &AMQPValue, changed: &mut bool) -> AMQPValue {
+    match self::value(value) {
+        Some(repaired) => {
+            *changed = true;
+            repaired
+        }
+        None => value.clone(),
+    }
 }
 
 fn value(value: &AMQPValue) -> Option<AMQPValue> {
@@ -133,16 +132,13 @@ fn value(value: &AMQPValue) -> Option<AMQPValue> {
         ),
         AMQPValue::FieldTable(inner) => table(inner).map(AMQPValue::FieldTable),
         AMQPValue::FieldArray(items) => {
-            let repaired: Vec<Option<AMQPValue>> =
-                items.as_slice().iter().map(self::value).collect();
-            repaired.iter().any(Option::is_some).then(|| {
-                let values = items
-                    .as_slice()
-                    .iter()
-                    .zip(repaired)
-                    .map(|(old, new)| new.unwrap_or_else(|| old.clone()));
-                AMQPValue::FieldArray(FieldArray::from(values.collect::<Vec<_>>()))
-            })
+            let mut changed = false;
+            let values: Vec<AMQPValue> = items
+                .as_slice()
+                .iter()
+                .map(|item| kept_or_repaired(item, &mut changed))
+                .collect();
+            changed.then(|| AMQPValue::FieldArray(FieldArray::from(values)))
         }
         _ => None,
     }
